@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment from nothing: pinned torch, the patched detectron2,
+# taudis itself (editable) and the development tools. Idempotent: a venv built from the same
+# pyproject.toml and install scripts is reused, so `make test` and `make demo` stay fast on reruns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${TAUDIS_VENV:-.venv}
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+stamp="$venv/.taudis-bootstrap"
+want=$(cat pyproject.toml scripts/bootstrap.sh scripts/install-detectron2.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  exit 0
+fi
+echo "bootstrap: creating $venv (torch, detectron2, taudis); a few minutes on a new machine" >&2
+[[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade pip 'setuptools<81' wheel
+"${pip[@]}" install -q 'torch==2.14.1' 'torchvision==0.29.1'
+bash scripts/install-detectron2.sh "$venv/bin/python"
+"${pip[@]}" install -q -e '.[model,dev]'
+"${pip[@]}" check
+echo "$want" >"$stamp"
+echo "bootstrap: $venv ready" >&2
