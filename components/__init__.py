@@ -1,0 +1,32 @@
+"""KFP components: one thin @dsl.component per pipeline stage.
+
+Each component's body imports taudis and calls one function; the logic, and its tests, live in the
+library. Components are declared with install_kfp_package=False and no packages_to_install: the
+container images (and a local environment) already hold taudis and its pinned dependencies.
+"""
+
+from components.labels import check_parameters, ingest_labels, reveal_oracle_labels
+from components.model import evaluate_model, infer_instances, train_model
+from components.select import (
+    oversample_instances,
+    score_uncertainty,
+    select_baseline,
+    select_max_k_cover,
+    vote_images,
+)
+from components.export import export_for_labeling
+
+__all__ = [
+    "check_parameters",
+    "evaluate_model",
+    "export_for_labeling",
+    "infer_instances",
+    "ingest_labels",
+    "oversample_instances",
+    "reveal_oracle_labels",
+    "score_uncertainty",
+    "select_baseline",
+    "select_max_k_cover",
+    "train_model",
+    "vote_images",
+]

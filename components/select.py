@@ -1,0 +1,71 @@
+"""Components of the selection: score, oversample, cover, vote (TAUDIS) and the baselines."""
+
+from typing import List
+
+from kfp.dsl import Dataset, Input, Output
+
+from components.images import cpu_component
+
+
+@cpu_component
+def score_uncertainty(instances: Input[List[Dataset]], scores: Output[Dataset]):
+    """Every metric's uncertainty for every predicted instance; files: taudis.select.stages.score_uncertainty."""
+    from taudis.campaign import gather_shards
+    from taudis.select.stages import score_uncertainty as score
+
+    score(gather_shards(part.path for part in instances), scores.path)
+
+
+@cpu_component
+def oversample_instances(
+    scores: Input[Dataset], budget: int, alpha: float, metric: str, candidates: Output[Dataset]
+):
+    """The ceil(alpha * budget) most uncertain instances; files: taudis.select.stages.oversample_instances."""
+    from taudis.select.stages import oversample_instances as oversample
+
+    oversample(scores.path, candidates.path, budget=budget, alpha=alpha, metric=metric)
+
+
+@cpu_component
+def select_max_k_cover(
+    instances: Input[List[Dataset]],
+    candidates: Input[Dataset],
+    budget: int,
+    beta: float,
+    sigma: float,
+    cover: Output[Dataset],
+):
+    """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages."""
+    from taudis.campaign import gather_shards
+    from taudis.select.stages import select_max_k_cover as max_k_cover
+
+    max_k_cover(gather_shards(part.path for part in instances), candidates.path, cover.path, budget=budget,
+                beta=beta, sigma=sigma)
+
+
+@cpu_component
+def vote_images(
+    scores: Input[Dataset], cover: Input[Dataset], budget: int, aggregation: str, selection: Output[Dataset]
+):
+    """Images by majority vote of the chosen instances; selection: the selection JSON (taudis.select)."""
+    from taudis.select.stages import vote_images as vote
+
+    vote(scores.path, cover.path, selection.path, budget=budget, aggregation=aggregation)
+
+
+@cpu_component
+def select_baseline(
+    instances: Input[List[Dataset]],
+    strategy: str,
+    budget: int,
+    metric: str,
+    aggregation: str,
+    seed: int,
+    selection: Output[Dataset],
+):
+    """A baseline strategy (random, uncertainty, coreset, diversity); selection: the selection JSON."""
+    from taudis.campaign import gather_shards
+    from taudis.select import select
+
+    select(gather_shards(part.path for part in instances), budget, strategy, metric=metric,
+           aggregation=aggregation, seed=seed).save(selection.path)

@@ -1,0 +1,249 @@
+"""`taudis pipeline`: compile the pipelines, run one locally, submit a run, create a recurring run.
+
+    taudis pipeline compile --pipeline round --strategy taudis --out round.yaml
+    taudis pipeline run-local round.yaml --pipeline-root runs/kfp -p campaign_uri=runs/c ...
+    taudis pipeline submit round.yaml --host https://kfp.example --pipeline-root gs://b/kfp -p ...
+    taudis pipeline schedule round.yaml --host ... --cron "0 0 6 * * 1" -p ...
+
+Run parameters (``-p NAME=VALUE``) are typed by the compiled pipeline's declared inputs and checked
+before anything is sent or run. A recurring run always has max_concurrency=1 (rounds of one
+campaign must not overlap: each reads the ledger the previous one wrote) and no catch-up (a missed
+week is one round later, not a burst of rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.platform import TARGETS
+
+PIPELINES = ("round", "campaign")
+# Compiled-pipeline parameter types -> Python converters.
+_CONVERTERS = {
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "STRING": str,
+    "BOOLEAN": lambda v: v.lower() in ("1", "true", "yes"),
+    "LIST": json.loads,
+    "STRUCT": json.loads,
+}
+
+
+def build_pipeline(pipeline: str, strategy: str, *, rounds: int = 3, num_shards: int = 1, target: str = "kubernetes"):
+    """The pipeline function for the compile-time choices."""
+    from taudis.campaign import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if pipeline == "round":
+        from pipelines.round import build_round_pipeline
+
+        return build_round_pipeline(strategy, num_shards=num_shards, target=target)
+    if pipeline == "campaign":
+        from pipelines.campaign import build_campaign_pipeline
+
+        return build_campaign_pipeline(strategy, rounds=rounds, num_shards=num_shards, target=target)
+    raise ValueError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
+
+
+def compile_pipeline(out: str | Path, pipeline: str, strategy: str, **options: Any) -> Path:
+    """Compile to a KFP v2 YAML package; returns its path."""
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(pipeline, strategy, **options), str(out))
+    return out
+
+
+def pipeline_spec(package: str | Path) -> dict[str, Any]:
+    """The pipeline spec document of a compiled package (the platform spec, if any, follows it)."""
+    with open(package) as stream:
+        return next(iter(yaml.safe_load_all(stream)))
+
+
+def typed_arguments(package: str | Path, params: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Check run parameters against the package's declared inputs and convert them to their types.
+
+    Raises:
+        ValueError: an unknown name, a value of the wrong type, a required input missing, or a
+            selection parameter out of range (budget, alpha >= beta >= 1, sigma, metric, ...).
+    """
+    spec = pipeline_spec(package)
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    pairs = params.items() if isinstance(params, Mapping) else (_split(p) for p in params)
+    arguments: dict[str, Any] = {}
+    for name, value in pairs:
+        if name not in declared:
+            raise ValueError(f"{package}: the pipeline has no parameter {name!r} (it has {', '.join(declared)})")
+        kind = declared[name]["parameterType"]
+        try:
+            arguments[name] = _CONVERTERS[kind](value) if isinstance(value, str) else value
+        except ValueError as err:
+            raise ValueError(f"parameter {name}={value!r} is not a {kind}: {err}") from err
+    missing = [n for n, d in declared.items() if n not in arguments and not d.get("isOptional")]
+    if missing:
+        raise ValueError(f"{package}: missing required parameter(s) {', '.join(missing)}")
+    _check_selection_parameters(spec, arguments)
+    return arguments
+
+
+def run_local(package: str | Path, arguments: Mapping[str, Any], pipeline_root: str | Path) -> Any:
+    """Run a compiled package on this machine with kfp.local (each step a subprocess of this Python)."""
+    from kfp import components, local
+
+    Path(pipeline_root).mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
+    return components.load_component_from_file(str(package))(**arguments)
+
+
+def submit_run(
+    host: str,
+    package: str | Path,
+    arguments: Mapping[str, Any],
+    *,
+    pipeline_root: str,
+    experiment: str,
+    run_name: str | None = None,
+    namespace: str | None = None,
+) -> str:
+    """Submit one run of a compiled package to a KFP endpoint; returns the run id."""
+    client = _client(host, namespace)
+    result = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=dict(arguments),
+        run_name=run_name,
+        experiment_name=experiment,
+        pipeline_root=pipeline_root,
+        namespace=namespace,
+    )
+    return str(result.run_id)
+
+
+def schedule_runs(
+    host: str,
+    package: str | Path,
+    arguments: Mapping[str, Any],
+    *,
+    cron: str,
+    pipeline_root: str,
+    experiment: str,
+    name: str,
+    namespace: str | None = None,
+) -> str:
+    """Create a recurring run (cron, one run at a time, no catch-up); returns its id."""
+    client = _client(host, namespace)
+    experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+    recurring = client.create_recurring_run(
+        experiment_id=experiment_id,
+        job_name=name,
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        params=dict(arguments),
+        pipeline_package_path=str(package),
+        pipeline_root=pipeline_root,
+        enabled=True,
+    )
+    return str(recurring.recurring_run_id)
+
+
+def _client(host: str, namespace: str | None):
+    import kfp
+
+    return kfp.Client(host=host, namespace=namespace or "kubeflow")
+
+
+def _split(param: str) -> tuple[str, str]:
+    name, sep, value = param.partition("=")
+    if not sep or not name:
+        raise ValueError(f"parameter {param!r} is not NAME=VALUE")
+    return name, value
+
+
+def _check_selection_parameters(spec: dict[str, Any], arguments: Mapping[str, Any]) -> None:
+    from taudis.campaign import validate_round_parameters
+
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    value = {n: arguments.get(n, d.get("defaultValue")) for n, d in declared.items()}
+    strategy = spec["pipelineInfo"]["name"].split("-", 2)[-1]
+    validate_round_parameters(
+        strategy=strategy,
+        budget=value["budget"],
+        alpha=value["alpha"],
+        beta=value["beta"],
+        sigma=value["sigma"],
+        metric=value["metric"],
+        aggregation=value["aggregation"],
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taudis pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    comp = sub.add_parser("compile", help="compile a pipeline to KFP v2 YAML")
+    comp.add_argument("--pipeline", choices=PIPELINES, default="round")
+    comp.add_argument("--strategy", default="taudis", help="taudis, random, uncertainty, coreset or diversity")
+    comp.add_argument("--rounds", type=int, default=3, help="campaign pipeline: rounds unrolled")
+    comp.add_argument("--shards", type=int, default=2, help="parallel inference shards")
+    comp.add_argument("--target", choices=TARGETS, default="kubernetes",
+                      help="kubernetes (KFP on GKE etc.), vertex (Vertex AI Pipelines) or local")
+    comp.add_argument("--out", required=True, help="YAML file to write")
+
+    for action, help_ in (("run-local", "run a compiled pipeline here with kfp.local"),
+                          ("submit", "submit one run to a KFP endpoint"),
+                          ("schedule", "create a recurring run on a KFP endpoint")):
+        p = sub.add_parser(action, help=help_)
+        p.add_argument("package", help="compiled pipeline YAML")
+        p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+        p.add_argument("--pipeline-root", required=True,
+                       help="where KFP keeps artifacts: a local directory for run-local, gs://... on a cluster")
+        if action != "run-local":
+            p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com")
+            p.add_argument("--experiment", default="taudis")
+            p.add_argument("--namespace", default=None)
+        if action == "submit":
+            p.add_argument("--run-name", default=None)
+        if action == "schedule":
+            p.add_argument("--cron", required=True, help='6-field cron, e.g. "0 0 6 * * 1" (Mondays 06:00)')
+            p.add_argument("--name", default="taudis-round")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.action == "compile":
+            out = compile_pipeline(args.out, args.pipeline, args.strategy, rounds=args.rounds,
+                                   num_shards=args.shards, target=args.target)
+            print(f"compiled {args.pipeline} pipeline ({args.strategy}, target {args.target}) to {out}")
+            return 0
+        arguments = typed_arguments(args.package, args.param)
+        if args.action == "run-local":
+            run_local(args.package, arguments, args.pipeline_root)
+            print(f"local run finished; artifacts under {args.pipeline_root}")
+        elif args.action == "submit":
+            run_id = submit_run(args.host, args.package, arguments, pipeline_root=args.pipeline_root,
+                                experiment=args.experiment, run_name=args.run_name, namespace=args.namespace)
+            print(f"submitted run {run_id}")
+        else:
+            job = schedule_runs(args.host, args.package, arguments, cron=args.cron, pipeline_root=args.pipeline_root,
+                                experiment=args.experiment, name=args.name, namespace=args.namespace)
+            print(f"created recurring run {job} ({args.cron}, max_concurrency=1, no catch-up)")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"taudis pipeline: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
