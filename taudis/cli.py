@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("taudis.storage.cli", "create or show a campaign ledger"),
     "ingest": ("taudis.storage.labels", "ingest annotators' COCO labels for pending images"),
     "export": ("taudis.export.cli", "write labelling tasks for chosen images"),
+    "report": ("taudis.report.cli", "write a round's Markdown/HTML report, a learning curve or a campaign page"),
     "pipeline": ("pipelines.cli", "compile, run locally, submit or schedule the KFP pipelines"),
     "demo": ("pipelines.demo", "run a short local campaign on built-in synthetic data"),
 }

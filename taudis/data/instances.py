@@ -147,7 +147,7 @@ def write_shard(
         InstanceTableError: a column breaks the contract (nothing is written then).
     """
     path = Path(path)
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "image_ids": np.asarray(image_ids, dtype=np.int64).reshape(-1),
         "image_sizes": np.asarray(image_sizes, dtype=np.int32).reshape(-1, 2),
     }
@@ -168,7 +168,7 @@ def write_shard(
         columns[name] = array.astype(written, copy=False)
     mask_size = int(columns["mask_probs"].shape[-1]) if columns["mask_probs"].ndim == 3 else 0
     embedding_dim = int(columns["embeddings"].shape[-1]) if columns["embeddings"].ndim == 2 else 0
-    header = {
+    header: dict[str, Any] = {
         "schema": SCHEMA,
         "version": VERSION,
         "model_id": model_id,
