@@ -129,7 +129,7 @@ def prepare_round(
     _write_json(labelled_out, labelled)
     taken = set(ledger.labelled) | set(ledger.pending)
     _write_json(unlabelled_out, _subset(pool, [img["id"] for img in pool["images"] if img["id"] not in taken]))
-    return len(ledger.history)
+    return len(ledger.rounds)
 
 
 def shard_indices(num_shards: int) -> list[int]:
@@ -258,7 +258,6 @@ def finish_round(
         image_ids=chosen,
         model_uri=model_uri,
         metrics={"mask_ap": metrics["mask_ap"], "box_ap": metrics["box_ap"]},
-        op_id=f"round-{round_index}",
     )
     history = learning_curve(campaign_uri)
     markdown = round_markdown(selection, round_index, metrics, metrics["labelled_images"])
@@ -272,7 +271,7 @@ def finish_round(
     with tempfile.TemporaryDirectory() as tmp:
         curve = learning_curve_png(history, Path(tmp) / "learning_curve.png")
         storage.write_bytes(storage.join(campaign.uri, "learning_curve.png"), curve.read_bytes())
-    return read_ledger(campaign.ledger).history[-1]
+    return dict(read_ledger(campaign.ledger).rounds[-1])
 
 
 def learning_curve(campaign_uri: str) -> list[dict[str, Any]]:
@@ -281,8 +280,8 @@ def learning_curve(campaign_uri: str) -> list[dict[str, Any]]:
 
     campaign = Campaign(campaign_uri)
     ledger = read_ledger(campaign.ledger)
-    strategies = {entry["round"]: entry["strategy"] for entry in ledger.history}
-    fallback = ledger.history[-1]["strategy"] if ledger.history else "unknown"
+    strategies = {entry["round"]: entry["strategy"] for entry in ledger.rounds}
+    fallback = ledger.rounds[-1]["strategy"] if ledger.rounds else "unknown"
     points = []
     round_index = 0
     while storage.exists(metrics_uri := storage.join(campaign.round_dir(round_index), "metrics.json")):
@@ -312,7 +311,7 @@ def localize_images(
 
     A local ``image_root`` is returned as is; a gs:// root is copied to a temporary directory.
     """
-    if not storage.is_remote(image_root):
+    if not storage.is_gcs(image_root):
         return image_root
     coco = storage.read_json(annotations)
     wanted = set(image_ids) if image_ids is not None else None
@@ -357,7 +356,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 def _local_copy(uri: str) -> str:
     """A local path with the content of ``uri`` (the path itself when ``uri`` is local)."""
-    if not storage.is_remote(uri):
+    if not storage.is_gcs(uri):
         return uri
     fd, path = tempfile.mkstemp(suffix=os.path.basename(uri))
     with os.fdopen(fd, "wb") as out:
