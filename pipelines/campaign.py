@@ -30,7 +30,7 @@ def build_campaign_pipeline(
         image_root: str,
         val_annotations: str,
         labelled_annotations: str = "",
-        config: str = "mask_rcnn_R18_slim_cpu",
+        config: str = "mask_rcnn_R18_slim_cpu.yaml",
         train_opts: str = "",
         weights: str = "",
         budget: int = 10,

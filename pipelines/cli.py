@@ -38,7 +38,7 @@ _CONVERTERS = {
 
 def build_pipeline(pipeline: str, strategy: str, *, rounds: int = 3, num_shards: int = 1, target: str = "kubernetes"):
     """The pipeline function for the compile-time choices."""
-    from taudis.campaign import STRATEGIES
+    from taudis.select import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -168,11 +168,17 @@ def _split(param: str) -> tuple[str, str]:
     return name, value
 
 
+def _default(declaration: dict[str, Any]) -> Any:
+    value = declaration.get("defaultValue")
+    # Defaults come back from the YAML as JSON numbers: an integer default of 10 reads as 10.0.
+    return int(value) if declaration["parameterType"] == "NUMBER_INTEGER" and value is not None else value
+
+
 def _check_selection_parameters(spec: dict[str, Any], arguments: Mapping[str, Any]) -> None:
     from taudis.campaign import validate_round_parameters
 
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    value = {n: arguments.get(n, d.get("defaultValue")) for n, d in declared.items()}
+    value = {name: arguments.get(name, _default(declaration)) for name, declaration in declared.items()}
     strategy = spec["pipelineInfo"]["name"].split("-", 2)[-1]
     validate_round_parameters(
         strategy=strategy,

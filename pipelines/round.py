@@ -25,7 +25,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         image_root: str,
         val_annotations: str,
         labelled_annotations: str = "",
-        config: str = "mask_rcnn_R50_FPN_gpu",
+        config: str = "mask_rcnn_R50_FPN_gpu.yaml",
         train_opts: str = "",
         weights: str = "",
         budget: int = 10,

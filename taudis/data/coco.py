@@ -1,0 +1,326 @@
+"""COCO instance-segmentation datasets: load with validation, write, subset, register in detectron2.
+
+A dataset is a COCO JSON file (``images``, ``annotations``, ``categories``) plus an image root
+directory against which each image's ``file_name`` is resolved. Segmentations may be polygons
+(a list of flat ``[x0, y0, x1, y1, ...]`` lists) or RLE (``{"size": [h, w], "counts": str | list}``).
+
+Nothing here imports torch or detectron2 at module level; :func:`register_coco_dataset` imports
+detectron2 when called.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
+REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")
+REQUIRED_CATEGORY_KEYS = ("id", "name")
+
+
+class CocoFormatError(ValueError):
+    """A COCO file breaks the format. The message names the file, the record and the field."""
+
+    def __init__(self, source: str, message: str, *, record: str | None = None, field: str | None = None):
+        where = source
+        if record is not None:
+            where += f", {record}"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"COCO file {where}: {message}")
+        self.source = source
+        self.record = record
+        self.field = field
+
+
+def read_coco_json(annotations: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a COCO JSON file from a local path or a ``gs://`` URI (through ``taudis.storage``), unvalidated."""
+    source = str(annotations)
+    if source.startswith("gs://"):
+        from taudis.storage import read_bytes  # lazy: only remote datasets need the storage layer
+
+        raw = read_bytes(source)
+    else:
+        try:
+            raw = Path(source).read_bytes()
+        except OSError as err:
+            raise CocoFormatError(source, f"cannot read: {err}") from err
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CocoFormatError(source, f"not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CocoFormatError(source, "top level must be a JSON object")
+    return data
+
+
+def load_coco(annotations: str | os.PathLike[str], *, validate: bool = True) -> dict[str, Any]:
+    """Load a COCO instance-segmentation file, validating every record.
+
+    ``annotations`` may be omitted from the file (an unlabelled pool); ``categories`` and
+    ``images`` must be present. Returns the parsed dict, unchanged.
+
+    Raises:
+        CocoFormatError: naming the file and the offending image, annotation or category.
+    """
+    data = read_coco_json(annotations)
+    if validate:
+        validate_coco(data, source=str(annotations))
+    return data
+
+
+def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
+    """Check a parsed COCO dict: required keys, unique ids, known references, boxes, segmentations.
+
+    Raises:
+        CocoFormatError: at the first problem, naming ``source`` and the record.
+    """
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise CocoFormatError(source, f"missing or non-list top-level key {key!r}", field=key)
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise CocoFormatError(source, "non-list top-level key 'annotations'", field="annotations")
+    categories = _check_records(data["categories"], "category", REQUIRED_CATEGORY_KEYS, source)
+    images = _check_records(data["images"], "image", REQUIRED_IMAGE_KEYS, source)
+    for image_id, image in images.items():
+        where = f"image id {image_id}"
+        for key in ("height", "width"):
+            if not _is_int(image[key]) or image[key] <= 0:
+                raise CocoFormatError(
+                    source, f"must be a positive integer, got {image[key]!r}", record=where, field=key
+                )
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise CocoFormatError(source, "must be a non-empty string", record=where, field="file_name")
+    seen: set[int] = set()
+    for position, ann in enumerate(annotations):
+        record = f"annotation #{position}"
+        if not isinstance(ann, dict):
+            raise CocoFormatError(source, "not a JSON object", record=record)
+        for key in REQUIRED_ANNOTATION_KEYS:
+            if key not in ann:
+                raise CocoFormatError(source, "missing key", record=record, field=key)
+        record = f"annotation id {ann['id']} (#{position})"
+        if not _is_int(ann["id"]):
+            raise CocoFormatError(source, f"id must be an integer, got {ann['id']!r}", record=record, field="id")
+        if ann["id"] in seen:
+            raise CocoFormatError(source, f"duplicate annotation id {ann['id']}", record=record, field="id")
+        seen.add(ann["id"])
+        if ann["image_id"] not in images:
+            raise CocoFormatError(source, f"unknown image id {ann['image_id']!r}", record=record, field="image_id")
+        if ann["category_id"] not in categories:
+            raise CocoFormatError(
+                source, f"unknown category id {ann['category_id']!r}", record=record, field="category_id"
+            )
+        image = images[ann["image_id"]]
+        _check_bbox(ann["bbox"], image, source, record)
+        _check_segmentation(ann["segmentation"], image, source, record)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_records(records: list[Any], kind: str, required: Sequence[str], source: str) -> dict[int, dict[str, Any]]:
+    by_id: dict[int, dict[str, Any]] = {}
+    for position, record in enumerate(records):
+        where = f"{kind} #{position}"
+        if not isinstance(record, dict):
+            raise CocoFormatError(source, "not a JSON object", record=where)
+        for key in required:
+            if key not in record:
+                raise CocoFormatError(source, "missing key", record=where, field=key)
+        if not _is_int(record["id"]):
+            raise CocoFormatError(source, f"id must be an integer, got {record['id']!r}", record=where, field="id")
+        if record["id"] in by_id:
+            raise CocoFormatError(source, f"duplicate {kind} id {record['id']}", record=where, field="id")
+        by_id[record["id"]] = record
+    return by_id
+
+
+def _check_bbox(bbox: Any, image: dict[str, Any], source: str, record: str) -> None:
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
+        raise CocoFormatError(source, f"bbox must be [x, y, w, h] numbers, got {bbox!r}", record=record, field="bbox")
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+        raise CocoFormatError(source, f"bbox has a negative or non-finite value: {bbox!r}", record=record, field="bbox")
+    # One pixel of slack: many tools round boxes outward.
+    if x < -1 or y < -1 or x + w > image["width"] + 1 or y + h > image["height"] + 1:
+        raise CocoFormatError(
+            source,
+            f"bbox {bbox!r} lies outside its image ({image['width']}x{image['height']})",
+            record=record,
+            field="bbox",
+        )
+
+
+def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: str) -> None:
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise CocoFormatError(source, f"RLE size must be [h, w], got {size!r}", record=record, field="segmentation")
+        if list(size) != [image["height"], image["width"]]:
+            raise CocoFormatError(
+                source,
+                f"RLE size {size} differs from its image's [height, width] [{image['height']}, {image['width']}]",
+                record=record,
+                field="segmentation",
+            )
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != size[0] * size[1]:
+                raise CocoFormatError(
+                    source,
+                    "uncompressed RLE counts must be non-negative and sum to h*w",
+                    record=record,
+                    field="segmentation",
+                )
+        elif isinstance(counts, str):
+            _check_compressed_rle(seg, source, record)
+        else:
+            raise CocoFormatError(
+                source,
+                f"RLE counts must be a string or a list, got {type(counts).__name__}",
+                record=record,
+                field="segmentation",
+            )
+    elif isinstance(seg, list):
+        if not seg:
+            raise CocoFormatError(source, "empty polygon list", record=record, field="segmentation")
+        for polygon in seg:
+            if (
+                not isinstance(polygon, list)
+                or len(polygon) < 6
+                or len(polygon) % 2
+                or not all(isinstance(v, int | float) and math.isfinite(v) for v in polygon)
+            ):
+                raise CocoFormatError(
+                    source,
+                    "each polygon must be a flat list of at least 3 (x, y) number pairs",
+                    record=record,
+                    field="segmentation",
+                )
+    else:
+        raise CocoFormatError(
+            source,
+            f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}",
+            record=record,
+            field="segmentation",
+        )
+
+
+def _check_compressed_rle(seg: dict[str, Any], source: str, record: str) -> None:
+    from pycocotools import mask as mask_utils
+
+    rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii", errors="replace")}
+    try:
+        area = int(mask_utils.area(rle))
+    except Exception as err:  # pycocotools raises assorted errors on garbage counts
+        raise CocoFormatError(source, f"undecodable RLE counts: {err}", record=record, field="segmentation") from err
+    if area < 0 or area > seg["size"][0] * seg["size"][1]:
+        raise CocoFormatError(source, "RLE counts do not fit the mask size", record=record, field="segmentation")
+
+
+def write_coco(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a COCO dict as compact, deterministic JSON (keys in insertion order), atomically.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
+    return path
+
+
+def subset_coco(data: dict[str, Any], image_ids: Iterable[int], *, keep_annotations: bool = True) -> dict[str, Any]:
+    """A copy of ``data`` with only the given images (in the file's order) and their annotations.
+
+    Args:
+        data: a COCO dict.
+        image_ids: ids to keep; every id must exist in ``data``.
+        keep_annotations: False drops all annotations (an unlabelled view of the images).
+
+    Raises:
+        KeyError: an id is not in ``data``.
+    """
+    wanted = set(int(i) for i in image_ids)
+    known = {img["id"] for img in data["images"]}
+    missing = sorted(wanted - known)
+    if missing:
+        raise KeyError(f"image ids not in the dataset: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    out = {key: value for key, value in data.items() if key not in ("images", "annotations")}
+    out["images"] = [img for img in data["images"] if img["id"] in wanted]
+    anns = data.get("annotations", []) if keep_annotations else []
+    out["annotations"] = [ann for ann in anns if ann["image_id"] in wanted]
+    return out
+
+
+def class_names(data: dict[str, Any]) -> list[str]:
+    """Category names in ascending category-id order: the model's contiguous class order."""
+    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def category_ids(data: dict[str, Any]) -> list[int]:
+    """Category ids in ascending order; index i is the model's class i."""
+    return sorted(int(c["id"]) for c in data["categories"])
+
+
+def to_detectron2_dicts(data: dict[str, Any], image_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """detectron2's standard dataset dicts for a (validated) COCO dict.
+
+    Category ids become contiguous class indices in ascending id order; boxes stay XYWH_ABS
+    (``bbox_mode`` is detectron2's BoxMode.XYWH_ABS, value 1); crowd annotations keep ``iscrowd``.
+    """
+    xywh_abs = 1  # detectron2.structures.BoxMode.XYWH_ABS, without importing detectron2
+    contiguous = {cid: index for index, cid in enumerate(category_ids(data))}
+    by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in data["images"]}
+    for ann in data.get("annotations", []):
+        by_image[ann["image_id"]].append(
+            {
+                "bbox": [float(v) for v in ann["bbox"]],
+                "bbox_mode": xywh_abs,
+                "category_id": contiguous[ann["category_id"]],
+                "segmentation": ann["segmentation"],
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            }
+        )
+    root = str(image_root)
+    return [
+        {
+            "file_name": os.path.join(root, img["file_name"]),
+            "image_id": img["id"],
+            "height": img["height"],
+            "width": img["width"],
+            "annotations": by_image[img["id"]],
+        }
+        for img in data["images"]
+    ]
+
+
+def register_coco_dataset(name: str, annotations: str | os.PathLike[str], image_root: str | os.PathLike[str]) -> None:
+    """Register a COCO dataset in detectron2's DatasetCatalog and MetadataCatalog under ``name``.
+
+    The metadata carries ``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``json_file``,
+    ``image_root`` and ``evaluator_type="coco"``, as detectron2's own COCO datasets do. A name that
+    is already registered is replaced.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    data = load_coco(annotations)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: to_detectron2_dicts(data, image_root))
+    MetadataCatalog.get(name).set(
+        thing_classes=class_names(data),
+        thing_dataset_id_to_contiguous_id={cid: i for i, cid in enumerate(category_ids(data))},
+        json_file=str(annotations),
+        image_root=str(image_root),
+        evaluator_type="coco",
+    )

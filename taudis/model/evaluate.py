@@ -1,0 +1,220 @@
+"""`taudis evaluate`: mask and box AP (COCO metrics, pycocotools) of a model on a COCO split, per class too.
+
+:func:`evaluate_predictions` scores any COCO-format results against a COCO dict and needs no torch;
+:func:`evaluate_model` runs a trained model (the plain detectron2 predictor's detections and
+binary masks) and scores them. AP values are percentages (0-100), as detectron2 reports them; a
+class without ground truth in the split has AP None.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taudis.data.coco import category_ids, class_names, load_coco
+
+log = logging.getLogger("taudis.model.evaluate")
+SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """COCO box and mask AP of ``predictions`` against ``ground_truth``.
+
+    Args:
+        ground_truth: a COCO dict (validated). Missing ``area`` / ``iscrowd`` are filled in.
+        predictions: COCO results: ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and
+            ``segmentation`` (RLE or polygons), for images of ``ground_truth``.
+
+    Returns:
+        ``{"bbox": {...}, "segm": {...}, "num_images", "num_predictions"}`` where each of bbox and
+        segm holds AP, AP50, AP75, APs, APm, APl and ``per_class`` {class name: AP or None}.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_data = _with_areas(ground_truth)
+    images = {img["id"]: img for img in gt_data["images"]}
+    results = [_as_rle_result(p, images) for p in predictions]
+    names = dict(zip(category_ids(gt_data), class_names(gt_data), strict=True))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_data
+        gt.createIndex()
+        dt = gt.loadRes(results) if results else None
+    report: dict[str, Any] = {"num_images": len(images), "num_predictions": len(results)}
+    for iou_type in ("bbox", "segm"):
+        if dt is None:
+            report[iou_type] = _empty_summary(gt_data, names)
+            continue
+        evaluator = COCOeval(gt, dt, iouType=iou_type)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        report[iou_type] = _summary(evaluator, names)
+    return report
+
+
+def _with_areas(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy where every annotation has ``area`` (from its mask) and ``iscrowd``: COCOeval needs both."""
+    from pycocotools import mask as mask_utils
+
+    out = copy.copy(data)
+    images = {img["id"]: img for img in data["images"]}
+    anns = []
+    for ann in data.get("annotations", []):
+        if "area" not in ann or "iscrowd" not in ann:
+            ann = dict(ann)
+            ann.setdefault("iscrowd", 0)
+            if "area" not in ann:
+                img = images[ann["image_id"]]
+                ann["area"] = float(mask_utils.area(_to_rle(ann["segmentation"], img["height"], img["width"])))
+        anns.append(ann)
+    out["annotations"] = anns
+    out.setdefault("info", {})
+    return out
+
+
+def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _as_rle_result(prediction: dict[str, Any], images: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """A result with its segmentation as compressed RLE (pycocotools' loadRes needs RLE for masks)."""
+    result = dict(prediction)
+    image = images.get(result["image_id"])
+    if image is None:
+        raise KeyError(f"prediction for unknown image id {result['image_id']!r}")
+    rle = _to_rle(result["segmentation"], image["height"], image["width"])
+    result["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"]}
+    return result
+
+
+def _summary(evaluator: Any, names: dict[int, str]) -> dict[str, Any]:
+    stats = [float(s) * 100 for s in evaluator.stats[: len(SUMMARY_KEYS)]]
+    out: dict[str, Any] = {k: (v if v >= 0 else None) for k, v in zip(SUMMARY_KEYS, stats, strict=True)}
+    # precision: [IoU thresholds, recall, classes, area ranges, max dets]; area "all", most detections.
+    precision = evaluator.eval["precision"]
+    per_class: dict[str, float | None] = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_class[names[cat_id]] = float(values.mean() * 100) if values.size else None
+    out["per_class"] = per_class
+    return out
+
+
+def _empty_summary(gt_data: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+    """No predictions at all: AP 0 where there is ground truth, None elsewhere."""
+    present = {ann["category_id"] for ann in gt_data["annotations"] if not ann.get("iscrowd", 0)}
+    out: dict[str, Any] = {k: (0.0 if present else None) for k in SUMMARY_KEYS}
+    out["per_class"] = {name: (0.0 if cid in present else None) for cid, name in names.items()}
+    return out
+
+
+def predict_coco_results(
+    model_dir: str, annotations: dict[str, Any], image_root: str, batch_size: int = 4
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Run the plain model over a COCO dict's images; COCO results (binary masks as RLE) and failures."""
+    import torch
+    from pycocotools import mask as mask_utils
+
+    from taudis.model.infer import iter_batches, load_model
+
+    model, cfg = load_model(model_dir, taudis_heads=False)
+    model_ids = list(cfg.TAUDIS.CATEGORY_IDS) or list(range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1))
+    _check_categories(cfg, annotations)
+    failed: list[dict[str, str]] = []
+    results: list[dict[str, Any]] = []
+    images = sorted(annotations["images"], key=lambda r: r["id"])
+    with torch.inference_mode():
+        for batch in iter_batches(images, image_root, cfg, batch_size, failed):
+            outputs = model(batch.inputs)
+            for image_id, output in zip(batch.image_ids, outputs, strict=True):
+                instances = output["instances"].to("cpu")
+                boxes = instances.pred_boxes.tensor.numpy()
+                masks = instances.pred_masks.numpy().astype(np.uint8)
+                for i in range(len(instances)):
+                    rle = mask_utils.encode(np.asfortranarray(masks[i]))
+                    x0, y0, x1, y1 = (float(v) for v in boxes[i])
+                    results.append(
+                        {
+                            "image_id": image_id,
+                            "category_id": int(model_ids[int(instances.pred_classes[i])]),
+                            "score": float(instances.scores[i]),
+                            "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()},
+                        }
+                    )
+    return results, failed
+
+
+def _check_categories(cfg: Any, annotations: dict[str, Any]) -> None:
+    trained = dict(zip(cfg.TAUDIS.CATEGORY_IDS, cfg.TAUDIS.CLASS_NAMES, strict=True))
+    given = {c["id"]: c["name"] for c in annotations["categories"]}
+    if trained and trained != given:
+        raise ValueError(f"the model was trained on categories {trained}, the evaluation set has {given}")
+
+
+def evaluate_model(
+    model_dir: str, annotations: str, image_root: str, out: str | None = None, batch_size: int = 4
+) -> dict[str, Any]:
+    """Box and mask AP of a trained model on a COCO split, overall and per class.
+
+    Args:
+        model_dir: trained model directory (config.yaml, model_final.pth).
+        annotations: COCO JSON with ground truth (local path or gs:// URI).
+        image_root: directory the images' ``file_name`` are relative to.
+        out: if given, the metrics are also written there as JSON (nothing is written otherwise).
+        batch_size: images per forward pass.
+
+    Returns:
+        evaluate_predictions's report plus ``model_dir`` and ``failed_images`` (unreadable images
+        are skipped and listed; they count as images without predictions).
+    """
+    gt = load_coco(annotations)
+    results, failed = predict_coco_results(model_dir, gt, image_root, batch_size)
+    report = evaluate_predictions(gt, results)
+    report["model_dir"] = str(model_dir)
+    report["failed_images"] = failed
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+    log.info("mask AP %.2f, box AP %.2f on %s", report["segm"]["AP"] or 0, report["bbox"]["AP"] or 0, annotations)
+    return report
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taudis evaluate", description="Mask and box AP (COCO metrics) of a trained model on a COCO split."
+    )
+    parser.add_argument("--model", required=True, help="trained model directory (from `taudis train`)")
+    parser.add_argument("--annotations", required=True, help="COCO JSON with ground truth")
+    parser.add_argument("--images", required=True, help="image root that file_name entries are relative to")
+    parser.add_argument("--out", default=None, help="write the metrics JSON here (default: print only)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = evaluate_model(args.model, args.annotations, args.images, out=args.out, batch_size=args.batch_size)
+    print(json.dumps({k: report[k] for k in ("segm", "bbox")}, indent=1))
+    return 0

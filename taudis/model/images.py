@@ -1,0 +1,149 @@
+"""Reading images for the model: any PIL mode to 8-bit 3-channel arrays, with huge images shrunk early.
+
+One reader serves training, inference and evaluation, so that a 16-bit or grayscale image means
+the same thing everywhere. Mode handling:
+
+- 8-bit grayscale (L), palette (P), RGBA/LA/PA (alpha dropped, colour kept), CMYK, YCbCr: PIL's
+  conversion to RGB.
+- 16-bit and 32-bit integer or float images (I;16*, I, F): scaled linearly so that the image's
+  maximum maps to 255 (values <= 255 are kept as is), then replicated to three channels.
+- EXIF orientation is applied, as detectron2's own reader does.
+
+Pixels come back in the model's channel order (``cfg.INPUT.FORMAT``, "BGR" or "RGB").
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Large aerial scenes are legitimate input; the model shrinks them anyway. Guard only against
+# absurd sizes (decompression bombs), well above any real tile.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageReadError(OSError):
+    """An image could not be read or decoded. The message names the file."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for the model: pixels at the model's input size, and the original size."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8, model channel order, resized
+    height: int  # original height in pixels
+    width: int  # original width in pixels
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open (lazily) a local file or a ``gs://`` object as a PIL image.
+
+    Raises:
+        ImageReadError: naming the file, for missing, empty or undecodable files.
+    """
+    source = str(path)
+    try:
+        if source.startswith("gs://"):
+            from taudis.storage import read_bytes  # lazy: only remote images need the storage layer
+
+            return Image.open(io.BytesIO(read_bytes(source)))
+        if os.path.getsize(source) == 0:
+            raise ImageReadError(f"{source}: empty file (0 bytes)")
+        return Image.open(source)
+    except ImageReadError:
+        raise
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise ImageReadError(f"{source}: cannot open image: {type(err).__name__}: {err}") from err
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Decode a PIL image to an (H, W, 3) uint8 RGB array following the module's mode rules."""
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        values = np.clip(values, 0, None)
+        top = float(values.max()) if values.size else 0.0
+        if top > 255:
+            values = values * (255.0 / top)
+        gray = np.rint(values).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike[str], fmt: str = "BGR") -> np.ndarray:
+    """Read a whole image as an (H, W, 3) uint8 array in ``fmt`` channel order ("BGR" or "RGB").
+
+    Raises:
+        ImageReadError: naming the file, for anything unreadable (missing, empty, truncated, corrupt).
+    """
+    image = open_image(path)
+    try:
+        pixels = to_rgb(image)
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image: {type(err).__name__}: {err}") from err
+    return _channel_order(pixels, fmt)
+
+
+def output_size(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge output size (same rounding), as (new_height, new_width)."""
+    scale = short_edge / min(height, width)
+    new_h, new_w = (short_edge, scale * width) if height < width else (scale * height, short_edge)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def load_for_inference(path: str | os.PathLike[str], short_edge: int, max_size: int, fmt: str = "BGR") -> LoadedImage:
+    """Read an image and resize it to the model's test size, as detectron2's predictor does.
+
+    Resizing is PIL bilinear on 8-bit pixels, like detectron2's ResizeTransform. Images more than
+    twice the target size are first shrunk by an integer factor while decoding (JPEG draft mode,
+    then ``Image.reduce``), which bounds memory and time for very large scenes.
+
+    Raises:
+        ImageReadError: naming the file.
+    """
+    image = open_image(path)
+    try:
+        width, height = image.size
+        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations swap the sides
+            width, height = height, width
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image has size {width}x{height}")
+        new_h, new_w = output_size(height, width, short_edge, max_size)
+        factor = min(height / new_h, width / new_w)
+        if factor >= 2 and image.format == "JPEG":
+            # Square request: the draft size is in stored (pre-EXIF-rotation) orientation.
+            side = 2 * max(new_w, new_h)
+            image.draft("RGB", (side, side))
+        pixels_image = ImageOps.exif_transpose(image) or image
+        if factor >= 2 and pixels_image.mode not in _HIGH_DEPTH_MODES:
+            shrink = max(1, math.floor(min(pixels_image.height / new_h, pixels_image.width / new_w) / 2))
+            if shrink > 1:
+                pixels_image = pixels_image.reduce(shrink)
+        pixels = to_rgb(pixels_image)
+        if pixels.shape[:2] != (new_h, new_w):
+            pixels = np.asarray(Image.fromarray(pixels).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    except ImageReadError:
+        raise
+    except Exception as err:
+        raise ImageReadError(f"{path}: cannot decode image: {type(err).__name__}: {err}") from err
+    return LoadedImage(pixels=_channel_order(pixels, fmt), height=height, width=width)
+
+
+def _channel_order(rgb: np.ndarray, fmt: str) -> np.ndarray:
+    if fmt == "BGR":
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    if fmt == "RGB":
+        return rgb
+    raise ValueError(f"unsupported image format {fmt!r} (INPUT.FORMAT must be BGR or RGB)")

@@ -1,0 +1,305 @@
+"""`taudis train`: train Mask R-CNN on a COCO dataset, resumably, on CUDA when present else CPU."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2_dicts
+from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
+
+log = logging.getLogger("taudis.model.train")
+
+
+class TrainMapper:
+    """Dataset dict -> model input for training: taudis's image reader, resize, flips, bitmask targets."""
+
+    def __init__(self, cfg: Any):
+        from detectron2.data import transforms as T
+
+        augmentations: list[Any] = [
+            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING),
+            T.RandomFlip(horizontal=True, vertical=False),
+        ]
+        if cfg.TAUDIS.VFLIP:
+            augmentations.append(T.RandomFlip(horizontal=False, vertical=True))
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = cfg.INPUT.FORMAT
+        self.mask_format = cfg.INPUT.MASK_FORMAT
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from detectron2.data import detection_utils as utils
+        from detectron2.data import transforms as T
+
+        from taudis.model.images import read_image
+
+        record = copy.deepcopy(dataset_dict)
+        image = read_image(record["file_name"], self.image_format)
+        if image.shape[:2] != (record["height"], record["width"]):
+            raise ValueError(
+                f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} but the COCO file says "
+                f"{record['width']}x{record['height']} (image id {record['image_id']})"
+            )
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        annotations = [
+            utils.transform_instance_annotations(a, transforms, image.shape[:2])
+            for a in record.pop("annotations")
+            if not a.get("iscrowd", 0)
+        ]
+        instances = utils.annotations_to_instances(annotations, image.shape[:2], mask_format=self.mask_format)
+        record["instances"] = utils.filter_empty_instances(instances)
+        return record
+
+
+def train_model(
+    annotations: str,
+    image_root: str,
+    out_dir: str,
+    config: str = CPU_CONFIG,
+    opts: Sequence[str] = (),
+    seed: int = 0,
+    resume: bool = True,
+    weights: str = "",
+    *,
+    on_iteration: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train Mask R-CNN on a COCO instance-segmentation dataset.
+
+    The number of iterations follows the TAUDIS schedule of the config (it grows with the number
+    of images; see taudis.model.config). Training is seeded (weights init, sampling order,
+    augmentation); it runs on CUDA when present, else CPU (``TAUDIS.DEVICE``). Checkpoints are
+    written every ``SOLVER.CHECKPOINT_PERIOD`` iterations; with ``resume`` a rerun continues from
+    the last one (the iteration count continues), and a finished run returns its metrics at once.
+
+    Layout of ``out_dir``::
+
+        out_dir/
+          config.yaml          the full detectron2 config (with TAUDIS.CLASS_NAMES / CATEGORY_IDS)
+          model_final.pth      weights (+ optimizer, scheduler, iteration); loads with weights_only
+          model_NNNNNNN.pth    the latest periodic checkpoint (older ones are deleted)
+          last_checkpoint      detectron2's pointer to the newest checkpoint
+          metrics.json         iterations, start_iter, seconds, seconds_per_iter, losses (median of
+                               the last LOG_PERIOD iterations), loss_history, num_images,
+                               num_instances, class_names, device, seed
+          init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
+
+    Args:
+        annotations: COCO JSON (local path or gs:// URI) of the labelled set.
+        image_root: directory that the images' ``file_name`` are relative to.
+        out_dir: output directory (created).
+        config: detectron2 YAML config (path, or a file name in ``configs/``).
+        opts: ``KEY VALUE`` config overrides.
+        seed: random seed.
+        resume: continue from ``out_dir``'s last checkpoint if there is one.
+        weights: initial weights (local path or gs:// URI); "" trains from scratch.
+        on_iteration: called after each iteration with its index (progress hooks, tests).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
+    from detectron2.data import build_detection_train_loader
+    from detectron2.data.samplers import TrainingSampler
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_coco(annotations)
+    if not data["images"]:
+        raise ValueError(f"{annotations}: no images to train on")
+    dicts = to_detectron2_dicts(data, image_root)
+    cfg = load_config(config, opts)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(data["categories"])
+    cfg.TAUDIS.CLASS_NAMES = class_names(data)
+    cfg.TAUDIS.CATEGORY_IDS = category_ids(data)
+    cfg.SOLVER.MAX_ITER = max_iter = scheduled_iterations(cfg, len(dicts))
+    # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
+    cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
+    cfg.SEED = seed
+    cfg.OUTPUT_DIR = str(out)
+    if cfg.TAUDIS.NUM_THREADS > 0:
+        torch.set_num_threads(int(cfg.TAUDIS.NUM_THREADS))
+    cfg.freeze()
+
+    metrics_file = out / "metrics.json"
+    seed_all_rng(seed)
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    checkpointer = DetectionCheckpointer(model, str(out), optimizer=optimizer, scheduler=scheduler)
+    initial = _local_weights(weights, out) if weights else ""
+    start_iter = int(checkpointer.resume_or_load(initial, resume=resume).get("iteration", -1)) + 1
+    if start_iter >= max_iter and metrics_file.is_file():
+        log.info("%s: already trained for %d iterations", out, max_iter)
+        return dict(json.loads(metrics_file.read_text()))
+    _write_text(out / "config.yaml", cfg.dump())
+
+    # Reseed after a resume so that the continuation does not replay the first batches.
+    seed_all_rng(seed + start_iter)
+    loader = build_detection_train_loader(
+        dicts,
+        mapper=TrainMapper(cfg),
+        sampler=TrainingSampler(len(dicts), shuffle=True, seed=seed + start_iter),
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=True,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+    periodic = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter, max_to_keep=1)
+    period = max(1, int(cfg.TAUDIS.LOG_PERIOD))
+    history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    log.info(
+        "training %d iterations (from %d) on %d images, %d classes, device %s",
+        max_iter,
+        start_iter,
+        len(dicts),
+        len(cfg.TAUDIS.CLASS_NAMES),
+        cfg.MODEL.DEVICE,
+    )
+    model.train()
+    started = time.perf_counter()
+    with EventStorage(start_iter) as storage:
+        for iteration, batch in zip(range(start_iter, max_iter), loader, strict=False):
+            storage.iter = iteration
+            loss_dict = model(batch)
+            losses = sum(loss_dict.values())
+            if not torch.isfinite(losses):
+                raise FloatingPointError(
+                    f"loss became {float(losses)} at iteration {iteration}: "
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+                )
+            optimizer.zero_grad()
+            losses.backward()
+            optimizer.step()
+            scheduler.step()
+            values = {k: float(v.detach()) for k, v in loss_dict.items()} | {"total_loss": float(losses.detach())}
+            for name, value in values.items():
+                window.setdefault(name, []).append(value)
+                del window[name][:-period]
+            periodic.step(iteration)
+            if (iteration + 1) % period == 0 or iteration == max_iter - 1:
+                elapsed = time.perf_counter() - started
+                row = {"iter": iteration + 1, "lr": optimizer.param_groups[0]["lr"]}
+                row |= {k: statistics.median(v) for k, v in window.items()}
+                history.append(row)
+                log.info(
+                    "iter %d/%d  loss %.3f  %.2f s/iter",
+                    iteration + 1,
+                    max_iter,
+                    row["total_loss"],
+                    elapsed / (iteration + 1 - start_iter),
+                )
+            if on_iteration is not None:
+                on_iteration(iteration)
+    seconds = time.perf_counter() - started
+    run = max_iter - start_iter
+    _slim_final_checkpoint(out, model, max_iter)
+    metrics = {
+        "iterations": max_iter,
+        "start_iter": start_iter,
+        "iterations_run": run,
+        "seconds": round(seconds, 3),
+        "seconds_per_iter": round(seconds / run, 4) if run else None,
+        "losses": {k: statistics.median(v) for k, v in window.items()},
+        "loss_history": history,
+        "num_images": len(dicts),
+        "num_instances": sum(len(d["annotations"]) for d in dicts),
+        "class_names": list(cfg.TAUDIS.CLASS_NAMES),
+        "device": str(cfg.MODEL.DEVICE),
+        "seed": seed,
+        "config": config_summary(cfg),
+    }
+    _write_text(metrics_file, json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _local_weights(weights: str, out: Path) -> str:
+    """A local path for ``weights``: as given, or a gs:// object downloaded to out/init_weights.pth."""
+    if not weights.startswith("gs://"):
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"initial weights {weights!r} not found")
+        return weights
+    from taudis.storage import read_bytes  # lazy: only remote weights need the storage layer
+
+    target = out / ("init_weights" + (Path(weights).suffix or ".pth"))
+    if not target.is_file():
+        target.write_bytes(read_bytes(weights))
+    return str(target)
+
+
+def _slim_final_checkpoint(out: Path, model: Any, max_iter: int) -> None:
+    """Once training is complete, keep only model_final.pth, with the weights and the iteration.
+
+    The optimizer state doubles the file and only serves resuming, which a finished run no longer
+    needs (a rerun sees iteration == max_iter - 1 and stops at once).
+    """
+    import torch
+
+    final = out / "model_final.pth"
+    tmp = out / ".model_final.pth.tmp"
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "iteration": max_iter - 1}, tmp)
+    os.replace(tmp, final)
+    (out / "last_checkpoint").write_text(final.name)
+    for stale in out.glob("model_[0-9]*.pth"):
+        stale.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taudis train",
+        description="Train Mask R-CNN on a COCO instance-segmentation dataset (CUDA when present, else CPU). "
+        "Writes OUT/model_final.pth, config.yaml, metrics.json; resumes from OUT's last checkpoint.",
+    )
+    parser.add_argument("--annotations", required=True, help="COCO JSON of the labelled images (path or gs://)")
+    parser.add_argument("--images", required=True, help="image root that file_name entries are relative to")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--config", default=CPU_CONFIG, help="detectron2 YAML config (default: the slim CPU model)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--weights", default="", help="initial weights, local path or gs:// (default: from scratch)")
+    parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    metrics = train_model(
+        args.annotations,
+        args.images,
+        args.out,
+        config=args.config,
+        opts=args.opts,
+        seed=args.seed,
+        resume=not args.no_resume,
+        weights=args.weights,
+    )
+    print(json.dumps({k: metrics[k] for k in ("iterations", "start_iter", "seconds", "losses", "num_images")}))
+    return 0

@@ -1,0 +1,163 @@
+"""COCO loading: validation errors name the file and the record; write, subset, detectron2 dicts."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from taudis.data.coco import (
+    CocoFormatError,
+    class_names,
+    load_coco,
+    subset_coco,
+    to_detectron2_dicts,
+    write_coco,
+)
+
+
+def _rle(height: int, width: int) -> dict[str, Any]:
+    mask = np.zeros((height, width), np.uint8)
+    mask[2:6, 3:9] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
+def _valid() -> dict[str, Any]:
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 10, "width": 12},
+            {"id": 2, "file_name": "b.png", "height": 10, "width": 12},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [3, 2, 6, 4], "segmentation": _rle(10, 12)},
+            {
+                "id": 11,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [1, 1, 4, 4],
+                "segmentation": [[1, 1, 5, 1, 5, 5, 1, 5]],
+            },
+        ],
+        "categories": [{"id": 5, "name": "tree"}, {"id": 3, "name": "car"}],
+    }
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    data = load_coco(_write(tmp_path, _valid()))
+    assert class_names(data) == ["car", "tree"]
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        if value is KeyError:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "record", "field", "words"),
+    [
+        (_set(("annotations", 0, "bbox"), KeyError), "annotation #0", "bbox", "missing key"),
+        (_set(("annotations", 1, "image_id"), 99), "annotation id 11", "image_id", "unknown image id 99"),
+        (_set(("annotations", 0, "category_id"), 4), "annotation id 10", "category_id", "unknown category id 4"),
+        (_set(("annotations", 0, "bbox"), [3, 2, -6, 4]), "annotation id 10", "bbox", "negative"),
+        (_set(("annotations", 0, "bbox"), [3, 2, 60, 4]), "annotation id 10", "bbox", "outside its image"),
+        (_set(("annotations", 0, "bbox"), [3, 2, 6]), "annotation id 10", "bbox", "[x, y, w, h]"),
+        (_set(("annotations", 0, "segmentation", "size"), [10, 13]), "annotation id 10", "segmentation", "differs"),
+        (_set(("annotations", 0, "segmentation", "counts"), 7), "annotation id 10", "segmentation", "string or a list"),
+        (_set(("annotations", 0, "segmentation", "counts"), [5, 3]), "annotation id 10", "segmentation", "sum to h*w"),
+        (_set(("annotations", 1, "segmentation"), [[1, 1, 5, 1, 5]]), "annotation id 11", "segmentation", "polygon"),
+        (_set(("annotations", 1, "segmentation"), []), "annotation id 11", "segmentation", "empty polygon"),
+        (_set(("annotations", 1, "segmentation"), "x"), "annotation id 11", "segmentation", "polygon list or an RLE"),
+        (_set(("annotations", 1, "id"), 10), "annotation id 10 (#1)", "id", "duplicate annotation id 10"),
+        (_set(("images", 1, "id"), 1), "image #1", "id", "duplicate image id 1"),
+        (_set(("images", 0, "height"), 0), "image id 1", "height", "positive integer"),
+        (_set(("categories", 0, "name"), KeyError), "category #0", "name", "missing key"),
+        (_set(("categories",), KeyError), None, "categories", "missing"),
+    ],
+)
+def test_validation_errors_name_file_record_and_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], record: str | None, field: str, words: str
+) -> None:
+    data = copy.deepcopy(_valid())
+    edit(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(CocoFormatError) as caught:
+        load_coco(path)
+    message = str(caught.value)
+    assert str(path) in message and words in message and f"field {field!r}" in message
+    if record is not None:
+        assert record in message
+
+
+def test_garbage_rle_counts_are_reported(tmp_path: Path) -> None:
+    data = _valid()
+    data["annotations"][0]["segmentation"]["counts"] = "\x7f\x7f\x7f garbage"
+    with pytest.raises(CocoFormatError, match=r"annotation id 10.*segmentation"):
+        load_coco(_write(tmp_path, data))
+
+
+def test_unreadable_or_non_json_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CocoFormatError, match="cannot read"):
+        load_coco(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CocoFormatError, match=r"bad\.json: not valid JSON"):
+        load_coco(bad)
+
+
+def test_write_subset_round_trip(tmp_path: Path) -> None:
+    data = _valid()
+    path = write_coco(subset_coco(data, [2]), tmp_path / "out" / "sub.json")
+    again = load_coco(path)
+    assert [img["id"] for img in again["images"]] == [2]
+    assert [ann["id"] for ann in again["annotations"]] == [11]
+    assert again["categories"] == data["categories"]
+    assert subset_coco(data, [1, 2], keep_annotations=False)["annotations"] == []
+    with pytest.raises(KeyError, match="7"):
+        subset_coco(data, [7])
+    write_coco(data, tmp_path / "x.json")
+    first = (tmp_path / "x.json").read_bytes()
+    write_coco(data, tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_bytes() == first
+
+
+def test_detectron2_dicts_use_contiguous_classes_in_id_order(tmp_path: Path) -> None:
+    dicts = to_detectron2_dicts(_valid(), tmp_path)
+    assert [d["file_name"] for d in dicts] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert dicts[0]["annotations"][0]["category_id"] == 0  # id 3 = car, the lowest id
+    assert dicts[1]["annotations"][0]["category_id"] == 1  # id 5 = tree
+    assert dicts[0]["annotations"][0]["bbox_mode"] == 1
+
+
+def test_register_in_detectron2_catalogs(tmp_path: Path) -> None:
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from taudis.data.coco import register_coco_dataset
+
+    path = _write(tmp_path, _valid())
+    register_coco_dataset("taudis_test_coco", path, tmp_path)
+    register_coco_dataset("taudis_test_coco", path, tmp_path)  # re-registering replaces
+    assert len(DatasetCatalog.get("taudis_test_coco")) == 2
+    meta = MetadataCatalog.get("taudis_test_coco")
+    assert meta.thing_classes == ["car", "tree"] and meta.thing_dataset_id_to_contiguous_id == {3: 0, 5: 1}

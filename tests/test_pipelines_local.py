@@ -1,0 +1,134 @@
+"""The compiled pipelines, loaded back from YAML, run end to end under kfp.local on a tiny synthetic pool.
+
+The round pipeline keeps its state in a bucket of the test's fake-gcs-server (images and
+annotations too); a second run ingests the annotators' labels and advances the round. The campaign
+pipeline runs with local state and oracle labels. The model trains for a few iterations only:
+these tests check the wiring and the state, not the model's quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import compile_pipeline, run_local, typed_arguments
+from taudis import storage
+from taudis.campaign import Campaign, learning_curve
+from taudis.storage.ledger import read_ledger
+
+pytestmark = pytest.mark.pipeline
+
+# A few iterations of the slim CPU model: enough to produce predictions, quick on a laptop.
+TINY_TRAINING = (
+    "TAUDIS.SCHEDULE.ENABLED False SOLVER.MAX_ITER 4 SOLVER.WARMUP_ITERS 1 SOLVER.IMS_PER_BATCH 2 "
+    "SOLVER.CHECKPOINT_PERIOD 100 TAUDIS.NUM_THREADS 1"
+)
+BUDGET = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from taudis.data.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(root, num_images=30, seed=3, image_size=64, initial_labeled=4, val_fraction=0.2)
+    return root
+
+
+def _arguments(package: Path, data: str, campaign_uri: str) -> dict:
+    return typed_arguments(
+        package,
+        {
+            "campaign_uri": campaign_uri,
+            "pool_annotations": storage.join(data, "annotations", "pool.json"),
+            "labelled_annotations": storage.join(data, "annotations", "train.json"),
+            "val_annotations": storage.join(data, "annotations", "val.json"),
+            "image_root": storage.join(data, "images"),
+            "config": "mask_rcnn_R18_slim_cpu.yaml",
+            "train_opts": TINY_TRAINING,
+            "budget": BUDGET,
+        },
+    )
+
+
+def _annotators_return(pool: dict, image_ids: list[int]) -> dict:
+    """What annotators send back for ``image_ids``: their ground truth, as a COCO file."""
+    wanted = set(image_ids)
+    return {
+        "images": [img for img in pool["images"] if img["id"] in wanted],
+        "annotations": [a for a in pool["annotations"] if a["image_id"] in wanted],
+        "categories": pool["categories"],
+    }
+
+
+def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_dataset, gcs_bucket, tmp_path):
+    data = storage.join(gcs_bucket, "data")
+    storage.upload_tree(tiny_dataset, data)
+    campaign = Campaign(storage.join(gcs_bucket, "campaigns", "c1"))
+    package = compile_pipeline(tmp_path / "round.yaml", "round", "taudis", num_shards=2, target="kubernetes")
+    arguments = _arguments(package, data, campaign.uri)
+    pool = storage.read_json(storage.join(data, "annotations", "pool.json"))
+    seed_ids = {img["id"] for img in storage.read_json(storage.join(data, "annotations", "train.json"))["images"]}
+
+    run_local(package, arguments, tmp_path / "kfp-root")
+
+    ledger = read_ledger(campaign.ledger)
+    (first,) = ledger.rounds
+    assert first["round"] == 0 and first["strategy"] == "taudis"
+    assert len(first["images"]) == BUDGET
+    assert set(first["images"]) == set(ledger.pending)
+    assert ledger.labelled == seed_ids
+    assert not set(first["images"]) & seed_ids
+    round_dir = campaign.round_dir(0)
+    selection = storage.read_json(storage.join(round_dir, "selection.json"))
+    assert [img["image_id"] for img in selection["images"]] == first["images"]
+    assert selection["schema"] == "taudis.selection" and selection["budget"] == BUDGET
+    for name in ("preannotations.json", "manifest.jsonl", "labelstudio/tasks.json", "cvat/coco_1.0.zip"):
+        assert storage.exists(storage.join(round_dir, "tasks", name)), name
+    manifest = storage.read_bytes(storage.join(round_dir, "tasks", "manifest.jsonl")).decode().splitlines()
+    assert len(manifest) == BUDGET
+    report = storage.read_bytes(storage.join(round_dir, "report.html")).decode()
+    assert report.count("data:image/") >= BUDGET  # thumbnails and the learning curve are inlined
+    summary = storage.read_bytes(storage.join(round_dir, "summary.md")).decode()
+    assert "taudis" in summary
+    metrics = storage.read_json(storage.join(round_dir, "metrics.json"))
+    assert metrics["labelled_images"] == len(seed_ids)
+    assert 0.0 <= metrics["mask_ap"] <= 100.0
+
+    # Annotators return the labels of round 0; the next scheduled run ingests them and selects anew.
+    returned = _annotators_return(pool, first["images"])
+    storage.write_json(storage.join(campaign.incoming, "batch-000.json"), returned)
+    run_local(package, arguments, tmp_path / "kfp-root")
+
+    ledger = read_ledger(campaign.ledger)
+    assert [r["round"] for r in ledger.rounds] == [0, 1]
+    second = ledger.rounds[1]["images"]
+    assert len(second) == BUDGET
+    assert ledger.labelled == seed_ids | set(first["images"])
+    assert not set(second) & (seed_ids | set(first["images"]))
+    assert set(ledger.pending) == set(second)
+    labelled = storage.read_json(campaign.labelled)
+    assert {img["id"] for img in labelled["images"]} == ledger.labelled
+    assert storage.read_json(storage.join(campaign.round_dir(1), "metrics.json"))["labelled_images"] == len(
+        ledger.labelled
+    )
+    assert [p["round"] for p in learning_curve(campaign.uri)] == [0, 1]
+
+
+def test_campaign_pipeline_runs_with_oracle_labels_and_local_state(tiny_dataset, tmp_path):
+    campaign = Campaign(str(tmp_path / "campaign"))
+    package = compile_pipeline(tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1,
+                               target="local")
+    run_local(package, _arguments(package, str(tiny_dataset), campaign.uri), tmp_path / "kfp-root")
+
+    ledger = read_ledger(campaign.ledger)
+    (only,) = ledger.rounds
+    assert only["strategy"] == "random" and len(only["images"]) == BUDGET
+    assert not ledger.pending  # the oracle revealed the last round's labels before the final training
+    seeds = json.loads((tiny_dataset / "annotations" / "train.json").read_text())["images"]
+    assert ledger.labelled == {img["id"] for img in seeds} | set(only["images"])
+    curve = learning_curve(campaign.uri)
+    assert [p["labelled_images"] for p in curve] == [len(seeds), len(seeds) + BUDGET]
+    assert all(p["strategy"] == "random" for p in curve)
