@@ -5,6 +5,7 @@ library. Components are declared with install_kfp_package=False and no packages_
 container images (and a local environment) already hold taudis and its pinned dependencies.
 """
 
+from components.export import export_for_labeling
 from components.labels import check_parameters, ingest_labels, reveal_oracle_labels
 from components.model import evaluate_model, infer_instances, train_model
 from components.select import (
@@ -14,7 +15,6 @@ from components.select import (
     select_max_k_cover,
     vote_images,
 )
-from components.export import export_for_labeling
 
 __all__ = [
     "check_parameters",

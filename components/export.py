@@ -1,6 +1,5 @@
 """The last step of a round: labelling tasks out, ledger updated, report for the KFP UI."""
 
-from typing import List
 
 from kfp.dsl import HTML, Dataset, Input, Markdown, Model, Output
 
@@ -10,7 +9,7 @@ from components.images import cpu_component
 @cpu_component
 def export_for_labeling(
     selection: Input[Dataset],
-    instances: Input[List[Dataset]],
+    instances: Input[list[Dataset]],
     model: Input[Model],
     campaign_uri: str,
     pool_annotations: str,

@@ -24,8 +24,9 @@ def train_model(
 
     from taudis.campaign import train_round
 
-    train_round(labelled.path, image_root, model.path, config=config, opts=shlex.split(train_opts), seed=seed,
-                weights=weights)
+    train_round(
+        labelled.path, image_root, model.path, config=config, opts=shlex.split(train_opts), seed=seed, weights=weights
+    )
 
 
 @gpu_component

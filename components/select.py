@@ -1,6 +1,5 @@
 """Components of the selection: score, oversample, cover, vote (TAUDIS) and the baselines."""
 
-from typing import List
 
 from kfp.dsl import Dataset, Input, Output
 
@@ -8,7 +7,7 @@ from components.images import cpu_component
 
 
 @cpu_component
-def score_uncertainty(instances: Input[List[Dataset]], scores: Output[Dataset]):
+def score_uncertainty(instances: Input[list[Dataset]], scores: Output[Dataset]):
     """Every metric's uncertainty for every predicted instance; files: taudis.select.stages.score_uncertainty."""
     from taudis.campaign import gather_shards
     from taudis.select.stages import score_uncertainty as score
@@ -17,9 +16,7 @@ def score_uncertainty(instances: Input[List[Dataset]], scores: Output[Dataset]):
 
 
 @cpu_component
-def oversample_instances(
-    scores: Input[Dataset], budget: int, alpha: float, metric: str, candidates: Output[Dataset]
-):
+def oversample_instances(scores: Input[Dataset], budget: int, alpha: float, metric: str, candidates: Output[Dataset]):
     """The ceil(alpha * budget) most uncertain instances; files: taudis.select.stages.oversample_instances."""
     from taudis.select.stages import oversample_instances as oversample
 
@@ -28,7 +25,7 @@ def oversample_instances(
 
 @cpu_component
 def select_max_k_cover(
-    instances: Input[List[Dataset]],
+    instances: Input[list[Dataset]],
     candidates: Input[Dataset],
     budget: int,
     beta: float,
@@ -39,8 +36,14 @@ def select_max_k_cover(
     from taudis.campaign import gather_shards
     from taudis.select.stages import select_max_k_cover as max_k_cover
 
-    max_k_cover(gather_shards(part.path for part in instances), candidates.path, cover.path, budget=budget,
-                beta=beta, sigma=sigma)
+    max_k_cover(
+        gather_shards(part.path for part in instances),
+        candidates.path,
+        cover.path,
+        budget=budget,
+        beta=beta,
+        sigma=sigma,
+    )
 
 
 @cpu_component
@@ -55,7 +58,7 @@ def vote_images(
 
 @cpu_component
 def select_baseline(
-    instances: Input[List[Dataset]],
+    instances: Input[list[Dataset]],
     strategy: str,
     budget: int,
     metric: str,
@@ -67,5 +70,11 @@ def select_baseline(
     from taudis.campaign import gather_shards
     from taudis.select import select
 
-    select(gather_shards(part.path for part in instances), budget, strategy, metric=metric,
-           aggregation=aggregation, seed=seed).save(selection.path)
+    select(
+        gather_shards(part.path for part in instances),
+        budget,
+        strategy,
+        metric=metric,
+        aggregation=aggregation,
+        seed=seed,
+    ).save(selection.path)

@@ -42,27 +42,42 @@ def build_campaign_pipeline(
         seed: int = 0,
     ):
         previous = check_parameters(
-            strategy=strategy, budget=budget, alpha=alpha, beta=beta, sigma=sigma, metric=metric,
-            aggregation=aggregation, pool_annotations=pool_annotations, labelled_annotations=labelled_annotations,
+            strategy=strategy,
+            budget=budget,
+            alpha=alpha,
+            beta=beta,
+            sigma=sigma,
+            metric=metric,
+            aggregation=aggregation,
+            pool_annotations=pool_annotations,
+            labelled_annotations=labelled_annotations,
             val_annotations=val_annotations,
         ).set_display_name("check parameters")
         for round_index in range(rounds + 1):
             label = f"round {round_index}: "
             prepare = no_cache(
                 reveal_oracle_labels(
-                    campaign_uri=campaign_uri, pool_annotations=pool_annotations,
+                    campaign_uri=campaign_uri,
+                    pool_annotations=pool_annotations,
                     labelled_annotations=labelled_annotations,
                 ).after(previous)
             ).set_display_name(f"{label}oracle labels")
             train = train_model(
-                labelled=prepare.outputs["labelled"], image_root=image_root, config=config, train_opts=train_opts,
-                seed=seed, weights=weights,
+                labelled=prepare.outputs["labelled"],
+                image_root=image_root,
+                config=config,
+                train_opts=train_opts,
+                seed=seed,
+                weights=weights,
             ).set_display_name(f"{label}train")
             on_gpu(train, target)
             evaluate = no_cache(
                 evaluate_model(
-                    model=train.outputs["model"], labelled=prepare.outputs["labelled"],
-                    val_annotations=val_annotations, image_root=image_root, campaign_uri=campaign_uri,
+                    model=train.outputs["model"],
+                    labelled=prepare.outputs["labelled"],
+                    val_annotations=val_annotations,
+                    image_root=image_root,
+                    campaign_uri=campaign_uri,
                     round_index=prepare.outputs["Output"],
                 )
             ).set_display_name(f"{label}evaluate")
@@ -70,17 +85,33 @@ def build_campaign_pipeline(
             if round_index == rounds:
                 break
             shards = infer_pool(
-                train.outputs["model"], prepare.outputs["unlabelled"], image_root, num_shards=num_shards,
-                target=target, label=label,
+                train.outputs["model"],
+                prepare.outputs["unlabelled"],
+                image_root,
+                num_shards=num_shards,
+                target=target,
+                label=label,
             )
             selection = choose_images(
-                strategy, shards, budget=budget, alpha=alpha, beta=beta, sigma=sigma, metric=metric,
-                aggregation=aggregation, seed=seed, label=label,
+                strategy,
+                shards,
+                budget=budget,
+                alpha=alpha,
+                beta=beta,
+                sigma=sigma,
+                metric=metric,
+                aggregation=aggregation,
+                seed=seed,
+                label=label,
             )
             previous = no_cache(
                 export_for_labeling(
-                    selection=selection, instances=dsl.Collected(shards), model=train.outputs["model"],
-                    campaign_uri=campaign_uri, pool_annotations=pool_annotations, image_root=image_root,
+                    selection=selection,
+                    instances=dsl.Collected(shards),
+                    model=train.outputs["model"],
+                    campaign_uri=campaign_uri,
+                    pool_annotations=pool_annotations,
+                    image_root=image_root,
                     round_index=prepare.outputs["Output"],
                 ).after(evaluate)
             ).set_display_name(f"{label}export for labelling")

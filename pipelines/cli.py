@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,10 @@ def run_local(package: str | Path, arguments: Mapping[str, Any], pipeline_root: 
     """Run a compiled package on this machine with kfp.local (each step a subprocess of this Python)."""
     from kfp import components, local
 
+    # Locally every step runs in this Python environment by design, so kfp's warnings that the
+    # steps' container images and resource requests are not used say nothing new.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
     return components.load_component_from_file(str(package))(**arguments)
@@ -192,8 +197,9 @@ def _check_selection_parameters(spec: dict[str, Any], arguments: Mapping[str, An
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taudis pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="taudis pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
     comp = sub.add_parser("compile", help="compile a pipeline to KFP v2 YAML")
@@ -201,18 +207,27 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--strategy", default="taudis", help="taudis, random, uncertainty, coreset or diversity")
     comp.add_argument("--rounds", type=int, default=3, help="campaign pipeline: rounds unrolled")
     comp.add_argument("--shards", type=int, default=2, help="parallel inference shards")
-    comp.add_argument("--target", choices=TARGETS, default="kubernetes",
-                      help="kubernetes (KFP on GKE etc.), vertex (Vertex AI Pipelines) or local")
+    comp.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="kubernetes",
+        help="kubernetes (KFP on GKE etc.), vertex (Vertex AI Pipelines) or local",
+    )
     comp.add_argument("--out", required=True, help="YAML file to write")
 
-    for action, help_ in (("run-local", "run a compiled pipeline here with kfp.local"),
-                          ("submit", "submit one run to a KFP endpoint"),
-                          ("schedule", "create a recurring run on a KFP endpoint")):
+    for action, help_ in (
+        ("run-local", "run a compiled pipeline here with kfp.local"),
+        ("submit", "submit one run to a KFP endpoint"),
+        ("schedule", "create a recurring run on a KFP endpoint"),
+    ):
         p = sub.add_parser(action, help=help_)
         p.add_argument("package", help="compiled pipeline YAML")
         p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
-        p.add_argument("--pipeline-root", required=True,
-                       help="where KFP keeps artifacts: a local directory for run-local, gs://... on a cluster")
+        p.add_argument(
+            "--pipeline-root",
+            required=True,
+            help="where KFP keeps artifacts: a local directory for run-local, gs://... on a cluster",
+        )
         if action != "run-local":
             p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com")
             p.add_argument("--experiment", default="taudis")
@@ -229,8 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.action == "compile":
-            out = compile_pipeline(args.out, args.pipeline, args.strategy, rounds=args.rounds,
-                                   num_shards=args.shards, target=args.target)
+            out = compile_pipeline(
+                args.out, args.pipeline, args.strategy, rounds=args.rounds, num_shards=args.shards, target=args.target
+            )
             print(f"compiled {args.pipeline} pipeline ({args.strategy}, target {args.target}) to {out}")
             return 0
         arguments = typed_arguments(args.package, args.param)
@@ -238,12 +254,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_local(args.package, arguments, args.pipeline_root)
             print(f"local run finished; artifacts under {args.pipeline_root}")
         elif args.action == "submit":
-            run_id = submit_run(args.host, args.package, arguments, pipeline_root=args.pipeline_root,
-                                experiment=args.experiment, run_name=args.run_name, namespace=args.namespace)
+            run_id = submit_run(
+                args.host,
+                args.package,
+                arguments,
+                pipeline_root=args.pipeline_root,
+                experiment=args.experiment,
+                run_name=args.run_name,
+                namespace=args.namespace,
+            )
             print(f"submitted run {run_id}")
         else:
-            job = schedule_runs(args.host, args.package, arguments, cron=args.cron, pipeline_root=args.pipeline_root,
-                                experiment=args.experiment, name=args.name, namespace=args.namespace)
+            job = schedule_runs(
+                args.host,
+                args.package,
+                arguments,
+                cron=args.cron,
+                pipeline_root=args.pipeline_root,
+                experiment=args.experiment,
+                name=args.name,
+                namespace=args.namespace,
+            )
             print(f"created recurring run {job} ({args.cron}, max_concurrency=1, no catch-up)")
     except (ValueError, FileNotFoundError) as err:
         print(f"taudis pipeline: {err}", file=sys.stderr)

@@ -49,15 +49,28 @@ def infer_pool(model, unlabelled, image_root, *, num_shards: int, target: str, l
 def choose_images(strategy: str, shards, *, budget, alpha, beta, sigma, metric, aggregation, seed, label: str):
     """The selection step: TAUDIS as four components, a baseline as one; returns the selection artifact."""
     if strategy != "taudis":
-        return select_baseline(
-            instances=dsl.Collected(shards), strategy=strategy, budget=budget, metric=metric, aggregation=aggregation, seed=seed
-        ).set_display_name(f"{label}select ({strategy})").outputs["selection"]
+        return (
+            select_baseline(
+                instances=dsl.Collected(shards),
+                strategy=strategy,
+                budget=budget,
+                metric=metric,
+                aggregation=aggregation,
+                seed=seed,
+            )
+            .set_display_name(f"{label}select ({strategy})")
+            .outputs["selection"]
+        )
     scores = score_uncertainty(instances=dsl.Collected(shards)).set_display_name(f"{label}score uncertainty")
     candidates = oversample_instances(
         scores=scores.outputs["scores"], budget=budget, alpha=alpha, metric=metric
     ).set_display_name(f"{label}oversample")
     cover = select_max_k_cover(
-        instances=dsl.Collected(shards), candidates=candidates.outputs["candidates"], budget=budget, beta=beta, sigma=sigma
+        instances=dsl.Collected(shards),
+        candidates=candidates.outputs["candidates"],
+        budget=budget,
+        beta=beta,
+        sigma=sigma,
     ).set_display_name(f"{label}max k-cover")
     vote = vote_images(
         scores=scores.outputs["scores"], cover=cover.outputs["cover"], budget=budget, aggregation=aggregation

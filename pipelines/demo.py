@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import multiprocessing
+import os
 import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,13 +78,26 @@ def run_campaign(
     seed: int,
     train_opts: str,
     verbose: bool = False,
+    threads: int = 0,
 ) -> list[dict[str, Any]]:
-    """Compile and run the campaign pipeline for one strategy; returns its learning curve."""
+    """Compile and run the campaign pipeline for one strategy; returns its learning curve.
+
+    ``threads`` > 0 caps the CPU threads of every step (they inherit OMP_NUM_THREADS), so that
+    campaigns running side by side share the cores instead of fighting over them.
+    """
     from pipelines.cli import compile_pipeline, run_local, typed_arguments
     from taudis.campaign import learning_curve
 
-    package = compile_pipeline(out / "pipelines" / f"campaign-{strategy}.yaml", "campaign", strategy,
-                               rounds=rounds, num_shards=1, target="local")
+    if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    package = compile_pipeline(
+        out / "pipelines" / f"campaign-{strategy}.yaml",
+        "campaign",
+        strategy,
+        rounds=rounds,
+        num_shards=1,
+        target="local",
+    )
     arguments = typed_arguments(
         package,
         {
@@ -96,8 +112,8 @@ def run_campaign(
             "seed": seed,
         },
     )
-    with _progress_only(out / "logs" / f"campaign-{strategy}.log", verbose):
-        run_local(package, arguments, out / "kfp-root")
+    with _progress_only(out / "logs" / f"campaign-{strategy}.log", strategy, verbose):
+        run_local(package, arguments, out / "kfp-root" / strategy)
     return learning_curve(campaign_uri)
 
 
@@ -113,32 +129,57 @@ def run_demo(
     train_opts: str = "",
     verbose: bool = False,
 ) -> dict[str, Path]:
-    """Run the demo; returns the paths of the comparison report and the learning-curve picture."""
+    """Run the demo; returns the paths of the comparison report and the learning-curve picture.
+
+    The campaigns are independent, so they run side by side, one process per core.
+    """
     from taudis.campaign import validate_round_parameters
     from taudis.report import campaign_html, learning_curve_png
 
     out = Path(out)
     state = state or str((out / "campaigns").resolve())
     for strategy in strategies:
-        validate_round_parameters(strategy=strategy, budget=budget, alpha=2.5, beta=1.5, sigma=0.8,
-                                  metric="seg_entropy", aggregation="mean")
+        validate_round_parameters(
+            strategy=strategy, budget=budget, alpha=2.5, beta=1.5, sigma=0.8, metric="seg_entropy", aggregation="mean"
+        )
     started = time.monotonic()
     data = prepare_data(out, state, images=images, seed=seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    history: list[dict[str, Any]] = []
-    latest = []
-    for number, strategy in enumerate(strategies, 1):
-        campaign_uri = storage.join(state, f"{strategy}-{stamp}")
-        _say(f"campaign {number}/{len(strategies)}: {strategy}, {rounds} rounds of {budget} images -> {campaign_uri}")
-        curve = run_campaign(strategy, data, out=out, campaign_uri=campaign_uri, rounds=rounds, budget=budget,
-                             seed=seed, train_opts=train_opts, verbose=verbose)
-        history += curve
-        latest.append((strategy, campaign_uri))
-        for point in curve:
-            _say(f"  {strategy} round {point['round']}: {point['labelled_images']} labelled images, "
-                 f"mask AP {point['mask_ap']:.1f}, box AP {point['box_ap']:.1f}")
+    campaigns = {strategy: storage.join(state, f"{strategy}-{stamp}") for strategy in strategies}
+    cores = os.cpu_count() or 1
+    workers = max(1, min(len(strategies), cores))
+    _say(
+        f"{len(strategies)} campaigns ({', '.join(strategies)}), {rounds} rounds of {budget} images each, "
+        f"{workers} at a time; state in {state}"
+    )
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {
+            strategy: pool.submit(
+                run_campaign,
+                strategy,
+                data,
+                out=out,
+                campaign_uri=uri,
+                rounds=rounds,
+                budget=budget,
+                seed=seed,
+                train_opts=train_opts,
+                verbose=verbose,
+                threads=max(1, cores // workers),
+            )
+            for strategy, uri in campaigns.items()
+        }
+        curves = {strategy: future.result() for strategy, future in futures.items()}
+    history = [point for strategy in strategies for point in curves[strategy]]
+    for point in history:
+        _say(
+            f"{point['strategy']:>11} round {point['round']}: {point['labelled_images']:3d} labelled images, "
+            f"mask AP {point['mask_ap']:5.1f}, box AP {point['box_ap']:5.1f}"
+        )
     curve_png = learning_curve_png(history, out / "learning_curve.png")
-    report = campaign_html(history, out / "report.html", campaigns=latest)
+    local_campaigns = [] if storage.is_gcs(state) else list(campaigns.items())
+    report = campaign_html(history, out / "report.html", campaigns=local_campaigns)
     _say(f"finished in {time.monotonic() - started:.0f} s")
     print(f"report:         {report.resolve()}")
     print(f"learning curve: {curve_png.resolve()}")
@@ -147,12 +188,14 @@ def run_demo(
 
 # Lines of a kfp.local run worth showing: task starts and ends, and taudis's own progress lines.
 _PROGRESS = re.compile(r"Executing task|finished with status|Running pipeline|\[taudis")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 class _ProgressFilter(io.TextIOBase):
-    """Writes every line to a log file and shows only the progress lines."""
+    """Writes every line to a log file and shows only the progress lines, tagged with the campaign."""
 
-    def __init__(self, shown: io.TextIOBase, log: io.TextIOBase):
-        self._shown, self._log, self._partial = shown, log, ""
+    def __init__(self, shown: io.TextIOBase, log: io.TextIOBase, tag: str):
+        self._shown, self._log, self._tag, self._partial = shown, log, tag, ""
 
     def write(self, text: str) -> int:
         self._log.write(text)
@@ -160,7 +203,7 @@ class _ProgressFilter(io.TextIOBase):
         self._partial = lines.pop()
         for line in lines:
             if _PROGRESS.search(line):
-                self._shown.write(line.strip() + "\n")
+                self._shown.write(f"[{self._tag}] {_ANSI.sub('', line).strip()}\n")
         self._shown.flush()
         return len(text)
 
@@ -170,7 +213,7 @@ class _ProgressFilter(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _progress_only(log_path: Path, verbose: bool) -> Iterator[None]:
+def _progress_only(log_path: Path, tag: str, verbose: bool) -> Iterator[None]:
     """kfp.local prints each step's full executor input and output: keep them in a log file instead."""
     if verbose:
         yield
@@ -179,7 +222,7 @@ def _progress_only(log_path: Path, verbose: bool) -> Iterator[None]:
     _say(f"full step logs: {log_path}")
     with open(log_path, "w") as log:
         shown = sys.stdout
-        sys.stdout = _ProgressFilter(shown, log)  # type: ignore[assignment]
+        sys.stdout = _ProgressFilter(shown, log, tag)  # type: ignore[assignment]
         try:
             yield
         finally:
@@ -191,11 +234,15 @@ def _say(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taudis demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="taudis demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/demo", help="local folder for data, pipelines and reports")
-    parser.add_argument("--state", default=None,
-                        help="where campaign state lives: a local folder (default OUT/campaigns) or gs://bucket/prefix")
+    parser.add_argument(
+        "--state",
+        default=None,
+        help="where campaign state lives: a local folder (default OUT/campaigns) or gs://bucket/prefix",
+    )
     parser.add_argument("--strategies", nargs="+", default=list(DEFAULT_STRATEGIES))
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="selection rounds per campaign")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="images labelled per round")
@@ -209,8 +256,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        run_demo(args.out, state=args.state, strategies=args.strategies, rounds=args.rounds, budget=args.budget,
-                 images=args.images, seed=args.seed, train_opts=args.train_opts, verbose=args.verbose)
+        run_demo(
+            args.out,
+            state=args.state,
+            strategies=args.strategies,
+            rounds=args.rounds,
+            budget=args.budget,
+            images=args.images,
+            seed=args.seed,
+            train_opts=args.train_opts,
+            verbose=args.verbose,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"taudis demo: {err}", file=sys.stderr)
         return 2

@@ -45,6 +45,7 @@ def on_gpu(task: PipelineTask, target: str, settings: GpuSettings = GpuSettings(
         kubernetes.add_node_selector(task, *settings.node_selector)
     if settings.toleration_key:
         kubernetes.add_toleration(task, key=settings.toleration_key, operator="Exists", effect="NoSchedule")
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit=settings.shm_size)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
+    )
     return task

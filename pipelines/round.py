@@ -37,40 +37,73 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         seed: int = 0,
     ):
         check = check_parameters(
-            strategy=strategy, budget=budget, alpha=alpha, beta=beta, sigma=sigma, metric=metric,
-            aggregation=aggregation, pool_annotations=pool_annotations, labelled_annotations=labelled_annotations,
+            strategy=strategy,
+            budget=budget,
+            alpha=alpha,
+            beta=beta,
+            sigma=sigma,
+            metric=metric,
+            aggregation=aggregation,
+            pool_annotations=pool_annotations,
+            labelled_annotations=labelled_annotations,
             val_annotations=val_annotations,
         ).set_display_name("check parameters")
         prepare = no_cache(
             ingest_labels(
-                campaign_uri=campaign_uri, pool_annotations=pool_annotations,
+                campaign_uri=campaign_uri,
+                pool_annotations=pool_annotations,
                 labelled_annotations=labelled_annotations,
             ).after(check)
         ).set_display_name("ingest labels")
         train = train_model(
-            labelled=prepare.outputs["labelled"], image_root=image_root, config=config, train_opts=train_opts,
-            seed=seed, weights=weights,
+            labelled=prepare.outputs["labelled"],
+            image_root=image_root,
+            config=config,
+            train_opts=train_opts,
+            seed=seed,
+            weights=weights,
         ).set_display_name("train")
         on_gpu(train, target)
         evaluate = no_cache(
             evaluate_model(
-                model=train.outputs["model"], labelled=prepare.outputs["labelled"], val_annotations=val_annotations,
-                image_root=image_root, campaign_uri=campaign_uri, round_index=prepare.outputs["Output"],
+                model=train.outputs["model"],
+                labelled=prepare.outputs["labelled"],
+                val_annotations=val_annotations,
+                image_root=image_root,
+                campaign_uri=campaign_uri,
+                round_index=prepare.outputs["Output"],
             )
         ).set_display_name("evaluate")
         on_gpu(evaluate, target)
         shards = infer_pool(
-            train.outputs["model"], prepare.outputs["unlabelled"], image_root, num_shards=num_shards, target=target,
+            train.outputs["model"],
+            prepare.outputs["unlabelled"],
+            image_root,
+            num_shards=num_shards,
+            target=target,
             label="",
         )
         selection = choose_images(
-            strategy, shards, budget=budget, alpha=alpha, beta=beta, sigma=sigma, metric=metric,
-            aggregation=aggregation, seed=seed, label="",
+            strategy,
+            shards,
+            budget=budget,
+            alpha=alpha,
+            beta=beta,
+            sigma=sigma,
+            metric=metric,
+            aggregation=aggregation,
+            seed=seed,
+            label="",
         )
         no_cache(
             export_for_labeling(
-                selection=selection, instances=dsl.Collected(shards), model=train.outputs["model"], campaign_uri=campaign_uri,
-                pool_annotations=pool_annotations, image_root=image_root, round_index=prepare.outputs["Output"],
+                selection=selection,
+                instances=dsl.Collected(shards),
+                model=train.outputs["model"],
+                campaign_uri=campaign_uri,
+                pool_annotations=pool_annotations,
+                image_root=image_root,
+                round_index=prepare.outputs["Output"],
             ).after(evaluate)
         ).set_display_name("export for labelling")
 

@@ -23,18 +23,45 @@ ingested (the round pipeline) or when the oracle reveals them (the campaign pipe
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from taudis import storage
 
-STRATEGIES = ("taudis", "random", "uncertainty", "coreset", "diversity")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def step(func: Callable[P, R]) -> Callable[P, R]:
+    """Mark a pipeline step: when it runs, taudis's progress logs go to stderr, into the step's log.
+
+    Library functions only log; a step runs as a process of its own, so it chooses where logs go.
+    """
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        show_progress()
+        return func(*args, **kwargs)
+
+    return run
+
+
+def show_progress() -> None:
+    """Send taudis's INFO logs to stderr (once per process)."""
+    logger = logging.getLogger("taudis")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @dataclass(frozen=True)
@@ -76,18 +103,15 @@ def validate_round_parameters(
         ValueError: naming the parameter and the accepted values.
         FileNotFoundError: a URI that must exist does not.
     """
-    from taudis.select import validate_parameters
+    from taudis.select.pool import check_params
 
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    validate_parameters(
-        budget=budget, alpha=alpha, beta=beta, sigma=sigma, metric=metric, aggregation=aggregation, strategy=strategy
-    )
+    check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
     for uri in uris:
         if uri and not storage.exists(uri):
             raise FileNotFoundError(f"{uri} does not exist")
 
 
+@step
 def prepare_round(
     campaign_uri: str,
     pool_annotations: str,
@@ -139,6 +163,7 @@ def shard_indices(num_shards: int) -> list[int]:
     return list(range(num_shards))
 
 
+@step
 def train_round(
     labelled_annotations: str,
     image_root: str,
@@ -153,9 +178,12 @@ def train_round(
     from taudis.model.train import train_model
 
     images = localize_images(labelled_annotations, image_root)
-    return train_model(labelled_annotations, images, model_dir, config=config, opts=list(opts), seed=seed, weights=weights)
+    return train_model(
+        labelled_annotations, images, model_dir, config=config, opts=list(opts), seed=seed, weights=weights
+    )
 
 
+@step
 def evaluate_round(
     model_dir: str,
     val_annotations: str,
@@ -178,7 +206,7 @@ def evaluate_round(
     images = localize_images(local_val, image_root)
     result = evaluate_model(model_dir, local_val, images)
     labelled_images = len(storage.read_json(labelled_annotations)["images"])
-    metrics = {
+    metrics: dict[str, Any] = {
         "round": round_index,
         "labelled_images": labelled_images,
         "mask_ap": _finite(result["segm"]["AP"]),
@@ -189,6 +217,7 @@ def evaluate_round(
     return {"mask_ap": metrics["mask_ap"], "box_ap": metrics["box_ap"], "labelled_images": float(labelled_images)}
 
 
+@step
 def infer_shard(
     model_dir: str, unlabelled_annotations: str, image_root: str, out_dir: str, shard: int, num_shards: int
 ) -> Path:
@@ -216,6 +245,7 @@ def gather_shards(shard_dirs: Iterable[str], into: str | None = None) -> str:
     return str(target)
 
 
+@step
 def finish_round(
     selection_path: str,
     instances_dir: str,
@@ -264,8 +294,15 @@ def finish_round(
     Path(summary_out).write_text(markdown)
     local_pool = _local_copy(pool_annotations)
     images = localize_images(local_pool, image_root, image_ids=chosen)
-    round_html(selection_path, instances_dir, local_pool, images, history, report_out,
-               title=f"taudis round {round_index} ({selection['strategy']})")
+    round_html(
+        selection_path,
+        instances_dir,
+        local_pool,
+        images,
+        history,
+        report_out,
+        title=f"taudis round {round_index} ({selection['strategy']})",
+    )
     storage.write_bytes(storage.join(round_dir, "summary.md"), markdown.encode())
     storage.write_bytes(storage.join(round_dir, "report.html"), Path(report_out).read_bytes())
     with tempfile.TemporaryDirectory() as tmp:

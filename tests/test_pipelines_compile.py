@@ -52,8 +52,12 @@ def test_every_pipeline_compiles_with_the_stages_of_its_strategy(packages):
     for (pipeline, strategy, _), package in packages.items():
         spec = _documents(package)[0]
         executors = set(_executors(spec))
-        taudis_stages = {"exec-score-uncertainty", "exec-oversample-instances", "exec-select-max-k-cover",
-                         "exec-vote-images"}
+        taudis_stages = {
+            "exec-score-uncertainty",
+            "exec-oversample-instances",
+            "exec-select-max-k-cover",
+            "exec-vote-images",
+        }
         if strategy == "taudis":
             assert taudis_stages <= executors, package
             assert "exec-select-baseline" not in executors
@@ -68,8 +72,11 @@ def test_every_pipeline_compiles_with_the_stages_of_its_strategy(packages):
 def test_campaign_unrolls_its_rounds_and_a_final_evaluation(packages):
     spec = _documents(packages["campaign", "taudis", "kubernetes"])[0]
     tasks = _all_tasks(spec)
-    trains = [t for t in tasks.values() if t["componentRef"]["name"] == "comp-train-model"
-              or t["componentRef"]["name"].startswith("comp-train-model-")]
+    trains = [
+        t
+        for t in tasks.values()
+        if t["componentRef"]["name"] == "comp-train-model" or t["componentRef"]["name"].startswith("comp-train-model-")
+    ]
     assert len(trains) == 3  # rounds 0 and 1 select, round 2 only trains and evaluates
     evaluations = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate-model")]
     assert len(evaluations) == 3
@@ -164,8 +171,10 @@ def test_submit_sends_the_spec_parameters_and_pipeline_root(packages, fake_kfp):
     assert body["runtime_config"]["pipeline_root"] == "gs://bucket/kfp-root"
     assert body["runtime_config"]["parameters"] == {**REQUIRED, "budget": 12}
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "taudis-round-taudis"
-    assert set(body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) \
+    assert (
+        set(body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
         == GPU_EXECUTORS
+    )
     assert body["experiment_id"] == "exp-1"
     (experiment,) = fake_kfp.sent("POST", "/apis/v2beta1/experiments")
     assert experiment.body["display_name"] == "al"
@@ -173,8 +182,15 @@ def test_submit_sends_the_spec_parameters_and_pipeline_root(packages, fake_kfp):
 
 def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(packages, fake_kfp):
     package = packages["round", "taudis", "kubernetes"]
-    job = schedule_runs(fake_kfp.host, package, dict(REQUIRED), cron="0 0 6 * * 1",
-                        pipeline_root="gs://bucket/kfp-root", experiment="al", name="weekly-round")
+    job = schedule_runs(
+        fake_kfp.host,
+        package,
+        dict(REQUIRED),
+        cron="0 0 6 * * 1",
+        pipeline_root="gs://bucket/kfp-root",
+        experiment="al",
+        name="weekly-round",
+    )
     assert job == "recurring-1"
     (sent,) = fake_kfp.sent("POST", "/apis/v2beta1/recurringruns")
     body = sent.body
@@ -190,8 +206,21 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(packages,
 def test_cli_schedule_refuses_bad_parameters_before_sending_anything(packages, fake_kfp, capsys):
     package = packages["round", "taudis", "kubernetes"]
     params = [arg for k, v in REQUIRED.items() for arg in ("-p", f"{k}={v}")]
-    code = main(["schedule", str(package), "--host", fake_kfp.host, "--cron", "0 0 6 * * 1",
-                 "--pipeline-root", "gs://bucket/kfp", *params, "-p", "beta=0.5"])
+    code = main(
+        [
+            "schedule",
+            str(package),
+            "--host",
+            fake_kfp.host,
+            "--cron",
+            "0 0 6 * * 1",
+            "--pipeline-root",
+            "gs://bucket/kfp",
+            *params,
+            "-p",
+            "beta=0.5",
+        ]
+    )
     assert code == 2
     assert "beta" in capsys.readouterr().err
     assert fake_kfp.requests == []

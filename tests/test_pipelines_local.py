@@ -119,8 +119,7 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
 
 def test_campaign_pipeline_runs_with_oracle_labels_and_local_state(tiny_dataset, tmp_path):
     campaign = Campaign(str(tmp_path / "campaign"))
-    package = compile_pipeline(tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1,
-                               target="local")
+    package = compile_pipeline(tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1, target="local")
     run_local(package, _arguments(package, str(tiny_dataset), campaign.uri), tmp_path / "kfp-root")
 
     ledger = read_ledger(campaign.ledger)

@@ -234,7 +234,8 @@ def read_shard(path: str | os.PathLike[str], *, mmap: bool = True, validate: boo
     shard = InstanceShard(path=path, header=header, **columns)
     if shard.num_instances != header["num_instances"]:
         raise InstanceTableError(
-            path, f"header says {header['num_instances']} instances, columns hold {shard.num_instances}",
+            path,
+            f"header says {header['num_instances']} instances, columns hold {shard.num_instances}",
             field="num_instances",
         )
     if shard.num_images != header["num_images"]:
@@ -265,7 +266,8 @@ def iter_shards(root: str | os.PathLike[str], *, validate: bool = True) -> Itera
             first = shard
         elif shard.class_names != first.class_names:
             raise InstanceTableError(
-                path, f"class names {shard.class_names} differ from {first.path}'s {first.class_names}",
+                path,
+                f"class names {shard.class_names} differ from {first.path}'s {first.class_names}",
                 field="class_names",
             )
         yield shard
@@ -293,9 +295,7 @@ def validate_shard(shard: InstanceShard) -> None:
     unique_images, first_seen = np.unique(shard.image_ids, return_index=True)
     if unique_images.shape[0] != shard.num_images:
         dup = sorted(set(range(shard.num_images)) - set(first_seen.tolist()))[0]
-        raise InstanceTableError(
-            path, f"image id {int(shard.image_ids[dup])} listed twice", row=dup, field="image_ids"
-        )
+        raise InstanceTableError(path, f"image id {int(shard.image_ids[dup])} listed twice", row=dup, field="image_ids")
     expected = {
         "instance_image": (n,),
         "instance_index": (n,),
@@ -324,9 +324,7 @@ def validate_shard(shard: InstanceShard) -> None:
     bad_class = (shard.classes < 0) | (shard.classes >= k)
     if bad_class.any():
         row = int(np.flatnonzero(bad_class)[0])
-        raise InstanceTableError(
-            path, f"class {int(shard.classes[row])} outside 0..{k - 1}", row=row, field="classes"
-        )
+        raise InstanceTableError(path, f"class {int(shard.classes[row])} outside 0..{k - 1}", row=row, field="classes")
     for start in range(0, n, _CHUNK):
         _check_rows(shard, start, min(n, start + _CHUNK))
 
@@ -367,7 +365,9 @@ def _check_rows(shard: InstanceShard, start: int, stop: int) -> None:
     probs = np.asarray(shard.class_probs[start:stop], dtype=np.float64)
     if (probs < 0).any() or (probs > 1).any():
         bad = (probs < 0) | (probs > 1)
-        raise InstanceTableError(path, "probability outside [0, 1]", row=_first_bad_row(bad, start), field="class_probs")
+        raise InstanceTableError(
+            path, "probability outside [0, 1]", row=_first_bad_row(bad, start), field="class_probs"
+        )
     sums = probs.sum(axis=1)
     off = np.abs(sums - 1.0) > PROB_SUM_ATOL
     if off.any():

@@ -1,0 +1,286 @@
+"""`select`: the one entry point for every selection strategy, all returning a Selection.
+
+Strategies (:data:`taudis.select.pool.STRATEGIES`):
+
+- ``taudis``: score instances (``metric``), keep the top ceil(alpha*B) pool instances
+  (ties: lower global index), greedy max k-cover of ceil(beta*B) of them on the graph
+  cos >= sigma, majority vote to B images with a fill (see :mod:`taudis.select.vote`).
+- ``random``: B pool images uniformly at random (``seed``).
+- ``uncertainty``: the B images of highest image-level uncertainty (``metric`` aggregated with
+  ``aggregation``; images without instances last).
+- ``coreset``: greedy k-center on image embeddings (mean of the image's instance embeddings,
+  renormalised); see :func:`taudis.select.baselines.coreset_images`.
+- ``diversity``: max k-cover of ceil(beta*B) instances among *all* pool instances (no uncertainty
+  step; uncertainty still breaks ties), then the same vote. Its graph is over every pool
+  instance, so its cost grows with the square of the pool's instances.
+
+The steps of ``taudis`` are plain functions (:func:`oversample_step`, :func:`cover_step`,
+:func:`vote_step`) shared with the file-based stages in :mod:`taudis.select.stages`, so the two
+give the same Selection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from taudis.select.baselines import coreset_images, image_embeddings, random_images, uncertainty_images
+from taudis.select.cover import CoverResult, greedy_cover, greedy_cover_bipartite
+from taudis.select.graph import bipartite_graph, similarity_graph
+from taudis.select.pool import (
+    UNIVERSES,
+    Pool,
+    budget_notes,
+    check_params,
+    gather_embeddings,
+    image_uncertainty,
+    make_pool,
+    scaled_budget,
+)
+from taudis.select.selection import ChosenInstance, SelectedImage, Selection
+from taudis.select.uncertainty import DEFAULT_METRIC, PoolScores, score_pool
+from taudis.select.vote import vote
+
+
+def make_params(alpha: float, beta: float, sigma: float, metric: str, aggregation: str, seed: int) -> dict[str, Any]:
+    """The ``params`` object of a Selection."""
+    return {
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "sigma": float(sigma),
+        "metric": metric,
+        "aggregation": aggregation,
+        "seed": int(seed),
+    }
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Step 1's output: the oversampled instances, most uncertain first."""
+
+    indices: np.ndarray  # int64 (C,), global instance indices
+    uncertainty: np.ndarray  # float64 (C,)
+    notes: list[str]
+
+
+def oversample_step(uncertainty: np.ndarray, eligible: np.ndarray, budget: int, alpha: float) -> Candidates:
+    """Top ceil(alpha * budget) eligible instances by uncertainty (ties: lower global index).
+
+    ``budget`` is the effective budget (already capped at the pool's images).
+    """
+    want = scaled_budget(alpha, budget)
+    idx = np.flatnonzero(eligible)
+    u = np.asarray(uncertainty, dtype=np.float64)
+    top = idx[np.lexsort((idx, -u[idx]))[:want]]
+    notes = []
+    if idx.size < want:
+        notes.append(f"the pool has {idx.size} instances, fewer than ceil(alpha*B) = {want}: all are candidates")
+    return Candidates(indices=top.astype(np.int64), uncertainty=u[top], notes=notes)
+
+
+def cover_step(
+    candidate_embeddings: np.ndarray,
+    candidate_uncertainty: np.ndarray,
+    budget: int,
+    beta: float,
+    sigma: float,
+    *,
+    universe: str = "candidates",
+    pool_embeddings: np.ndarray | None = None,
+    candidate_pool_rows: np.ndarray | None = None,
+) -> CoverResult:
+    """Greedy max k-cover of k = ceil(beta * budget) candidates (indices into the candidates).
+
+    With ``universe="pool"``, ``pool_embeddings`` are every pool instance's embeddings and
+    ``candidate_pool_rows`` each candidate's row among them.
+    """
+    if universe not in UNIVERSES:
+        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    k = scaled_budget(beta, budget)
+    if universe == "candidates":
+        return greedy_cover(similarity_graph(candidate_embeddings, sigma), candidate_uncertainty, k)
+    if pool_embeddings is None or candidate_pool_rows is None:
+        raise ValueError("universe 'pool' needs the pool's embeddings and each candidate's row among them")
+    graph = bipartite_graph(candidate_embeddings, pool_embeddings, sigma, self_cols=candidate_pool_rows)
+    return greedy_cover_bipartite(graph, candidate_pool_rows, candidate_uncertainty, k)
+
+
+def cover_notes(result: CoverResult, num_candidates: int, universe: str) -> list[str]:
+    return [
+        f"max k-cover chose {result.chosen.size} of {num_candidates} candidates, covering "
+        f"{result.covered} of {result.universe} {universe} ({result.coverage:.4f})"
+    ]
+
+
+def vote_step(
+    *,
+    strategy: str,
+    params: dict[str, Any],
+    budget: int,
+    pool: Pool,
+    instance_image: np.ndarray,
+    instance_index: np.ndarray,
+    uncertainty: np.ndarray,
+    chosen: np.ndarray,
+    num_candidates: int,
+    coverage: float | None,
+    notes: list[str],
+) -> Selection:
+    """Majority vote of the chosen instances (global indices, choice order) into a Selection."""
+    metric, aggregation = params["metric"], params["aggregation"]
+    img_u = image_uncertainty(pool, instance_image, uncertainty, aggregation)
+    images, filled, vote_notes = vote(
+        pool.image_ids,
+        img_u,
+        pool.instance_counts,
+        instance_image[chosen],
+        uncertainty[chosen],
+        min(budget, pool.num_images),
+        aggregation=aggregation,
+        metric=metric,
+    )
+    instances = [
+        ChosenInstance(int(instance_image[c]), int(instance_index[c]), float(uncertainty[c])) for c in chosen.tolist()
+    ]
+    return _finish(
+        strategy, params, budget, pool, images, instances, notes + vote_notes, num_candidates, filled, coverage
+    )
+
+
+def _finish(
+    strategy: str,
+    params: dict[str, Any],
+    budget: int,
+    pool: Pool,
+    images: list[SelectedImage],
+    instances: list[ChosenInstance],
+    notes: list[str],
+    num_candidates: int,
+    filled: int,
+    coverage: float | None,
+) -> Selection:
+    stats = {
+        "pool_images": pool.num_images,
+        "pool_instances": pool.num_instances,
+        "candidates": int(num_candidates),
+        "chosen_instances": len(instances),
+        "filled": int(filled),
+        "coverage": coverage,
+    }
+    return Selection(strategy, params, int(budget), images, instances, notes, stats)
+
+
+def select(
+    instances: str | os.PathLike[str],
+    budget: int,
+    strategy: str = "taudis",
+    *,
+    alpha: float = 2.5,
+    beta: float = 1.5,
+    sigma: float = 0.8,
+    metric: str = DEFAULT_METRIC,
+    aggregation: str = "mean",
+    seed: int = 0,
+    exclude: Collection[int] = (),
+    universe: str = "candidates",
+) -> Selection:
+    """Choose ``budget`` images to label next from the instance shards under ``instances``.
+
+    The pool is every image id in the shards (images without instances included) minus
+    ``exclude``. A budget above the pool's size selects the whole pool (said in the notes). The
+    same inputs and seed give a byte-identical ``Selection.to_json()``.
+
+    Args:
+        instances: a shard directory or a directory of shards (taudis.data.instances).
+        budget: B, the number of images to select (> 0).
+        strategy: one of taudis, random, uncertainty, coreset, diversity (module docstring).
+        alpha: oversampling factor, candidates = ceil(alpha * B); alpha >= beta.
+        beta: instances chosen by the cover = ceil(beta * B); beta >= 1.
+        sigma: cosine similarity threshold of the graph, in [-1, 1].
+        metric: instance uncertainty metric (taudis.select.uncertainty.METRICS); the default
+            ``seg_entropy`` is provisional until the active-learning benchmark decides it.
+        aggregation: image-level aggregation (mean, max, sum) for the fill, the uncertainty
+            baseline and the report.
+        seed: random seed (random and coreset strategies; recorded for all).
+        exclude: image ids left out of the pool (e.g. already labelled or pending).
+        universe: what the cover must cover, ``candidates`` (default) or ``pool``
+            (taudis.select.cover).
+
+    Raises:
+        ValueError: an invalid parameter (checked before any work).
+        taudis.data.instances.InstanceTableError: a shard breaks the contract.
+    """
+    check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
+    if universe not in UNIVERSES:
+        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    params = make_params(alpha, beta, sigma, metric, aggregation, seed)
+    scores = score_pool(instances, [metric])
+    pool = make_pool(scores.image_ids, scores.instance_image, exclude)
+    notes = budget_notes(budget, pool)
+    if strategy in ("taudis", "diversity"):
+        return _cover_and_vote(strategy, scores, pool, params, budget, notes, universe)
+    u = scores.metrics[metric]
+    img_u = image_uncertainty(pool, scores.instance_image, u, aggregation)
+    b = min(budget, pool.num_images)
+    if strategy == "random":
+        images = random_images(pool.image_ids, img_u, b, seed)
+    elif strategy == "uncertainty":
+        images = uncertainty_images(pool.image_ids, img_u, pool.instance_counts, b, aggregation, metric)
+    else:
+        emb, has = image_embeddings(scores.shard_paths, pool.image_ids, pool.eligible, scores.shard_offsets)
+        images = coreset_images(pool.image_ids, emb, has, img_u, b, seed)
+    filled = sum(im.filled for im in images)
+    return _finish(strategy, params, budget, pool, images, [], notes, 0, filled, None)
+
+
+def _cover_and_vote(
+    strategy: str,
+    scores: PoolScores,
+    pool: Pool,
+    params: dict[str, Any],
+    budget: int,
+    notes: list[str],
+    universe: str,
+) -> Selection:
+    u = scores.metrics[params["metric"]]
+    b = min(budget, pool.num_images)
+    if strategy == "taudis":
+        cands = oversample_step(u, pool.eligible, b, params["alpha"])
+    else:  # diversity: every pool instance is a candidate, in index order
+        idx = np.flatnonzero(pool.eligible).astype(np.int64)
+        cands = Candidates(indices=idx, uncertainty=u[idx], notes=[])
+    notes = notes + cands.notes
+    emb = gather_embeddings(scores.shard_paths, scores.shard_offsets, cands.indices)
+    pool_emb = pool_rows = None
+    if universe == "pool":
+        all_rows = np.flatnonzero(pool.eligible)
+        pool_emb = gather_embeddings(scores.shard_paths, scores.shard_offsets, all_rows)
+        pool_rows = np.searchsorted(all_rows, cands.indices)
+    result = cover_step(
+        emb,
+        cands.uncertainty,
+        b,
+        params["beta"],
+        params["sigma"],
+        universe=universe,
+        pool_embeddings=pool_emb,
+        candidate_pool_rows=pool_rows,
+    )
+    notes = notes + cover_notes(result, cands.indices.size, universe)
+    return vote_step(
+        strategy=strategy,
+        params=params,
+        budget=budget,
+        pool=pool,
+        instance_image=scores.instance_image,
+        instance_index=scores.instance_index,
+        uncertainty=u,
+        chosen=cands.indices[result.chosen],
+        num_candidates=cands.indices.size,
+        coverage=result.coverage,
+        notes=notes,
+    )
