@@ -1,6 +1,5 @@
 """The last step of a round: labelling tasks out, ledger updated, report for the KFP UI."""
 
-
 from kfp.dsl import HTML, Dataset, Input, Markdown, Model, Output
 
 from components.images import cpu_component

@@ -1,6 +1,5 @@
 """Components of the selection: score, oversample, cover, vote (TAUDIS) and the baselines."""
 
-
 from kfp.dsl import Dataset, Input, Output
 
 from components.images import cpu_component
