@@ -8,9 +8,8 @@ start of the next round. A last train-and-evaluate closes the learning curve.
 
 from kfp import dsl
 
-from components import check_parameters, evaluate_model, export_for_labeling, reveal_oracle_labels, train_model
-from pipelines.common import choose_images, infer_pool, no_cache
-from pipelines.platform import on_gpu
+from components import reveal_oracle_labels
+from pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
 
 
 def build_campaign_pipeline(
@@ -41,79 +40,22 @@ def build_campaign_pipeline(
         aggregation: str = "mean",
         seed: int = 0,
     ):
-        previous = check_parameters(
-            strategy=strategy,
-            budget=budget,
-            alpha=alpha,
-            beta=beta,
-            sigma=sigma,
-            metric=metric,
-            aggregation=aggregation,
-            pool_annotations=pool_annotations,
-            labelled_annotations=labelled_annotations,
-            val_annotations=val_annotations,
-        ).set_display_name("check parameters")
+        run = RunInputs.of(locals())
+        previous = check(run, strategy)
         for round_index in range(rounds + 1):
             label = f"round {round_index}: "
-            prepare = no_cache(
-                reveal_oracle_labels(
-                    campaign_uri=campaign_uri,
-                    pool_annotations=pool_annotations,
-                    labelled_annotations=labelled_annotations,
-                ).after(previous)
-            ).set_display_name(f"{label}oracle labels")
-            train = train_model(
-                labelled=prepare.outputs["labelled"],
-                image_root=image_root,
-                config=config,
-                train_opts=train_opts,
-                seed=seed,
-                weights=weights,
-            ).set_display_name(f"{label}train")
-            on_gpu(train, target)
-            evaluate = no_cache(
-                evaluate_model(
-                    model=train.outputs["model"],
-                    labelled=prepare.outputs["labelled"],
-                    val_annotations=val_annotations,
-                    image_root=image_root,
-                    campaign_uri=campaign_uri,
-                    round_index=prepare.outputs["Output"],
+            labels = label_step(reveal_oracle_labels, run, previous, label, "oracle labels")
+            train, evaluate = train_and_evaluate(run, labels, target=target, label=label)
+            if round_index < rounds:
+                previous = select_and_export(
+                    run,
+                    labels,
+                    train,
+                    evaluate,
+                    strategy=strategy,
+                    num_shards=num_shards,
+                    target=target,
+                    label=label,
                 )
-            ).set_display_name(f"{label}evaluate")
-            on_gpu(evaluate, target)
-            if round_index == rounds:
-                break
-            shards = infer_pool(
-                train.outputs["model"],
-                prepare.outputs["unlabelled"],
-                image_root,
-                num_shards=num_shards,
-                target=target,
-                label=label,
-            )
-            selection = choose_images(
-                strategy,
-                shards,
-                budget=budget,
-                alpha=alpha,
-                beta=beta,
-                sigma=sigma,
-                metric=metric,
-                aggregation=aggregation,
-                seed=seed,
-                label=label,
-            )
-            previous = no_cache(
-                export_for_labeling(
-                    selection=selection,
-                    instances=dsl.Collected(shards),
-                    model=train.outputs["model"],
-                    campaign_uri=campaign_uri,
-                    pool_annotations=pool_annotations,
-                    image_root=image_root,
-                    round_index=prepare.outputs["Output"],
-                ).after(evaluate)
-            ).set_display_name(f"{label}export for labelling")
 
     return campaign_pipeline

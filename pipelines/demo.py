@@ -30,7 +30,7 @@ from taudis import storage
 
 # The demo's default campaign: a few minutes per strategy on 2 CPU cores.
 DEFAULT_IMAGES = 240
-DEFAULT_ROUNDS = 2
+DEFAULT_ROUNDS = 3
 DEFAULT_BUDGET = 12
 DEFAULT_STRATEGIES = ("taudis", "random")
 CPU_CONFIG = "mask_rcnn_R18_slim_cpu.yaml"
@@ -133,7 +133,7 @@ def run_demo(
 
     The campaigns are independent, so they run side by side, one process per core.
     """
-    from taudis.campaign import validate_round_parameters
+    from taudis.campaign import Campaign, validate_round_parameters
     from taudis.report import campaign_html, learning_curve_png
 
     out = Path(out)
@@ -183,6 +183,11 @@ def run_demo(
     _say(f"finished in {time.monotonic() - started:.0f} s")
     print(f"report:         {report.resolve()}")
     print(f"learning curve: {curve_png.resolve()}")
+    for strategy, uri in campaigns.items():
+        print(
+            f"{strategy} round {rounds - 1}:".ljust(16),
+            storage.join(Campaign(uri).round_dir(rounds - 1), "report.html"),
+        )
     return {"report": report, "learning_curve": curve_png}
 
 

@@ -7,9 +7,8 @@ The strategy, the number of inference shards and the target platform are fixed w
 
 from kfp import dsl
 
-from components import check_parameters, evaluate_model, export_for_labeling, ingest_labels, train_model
-from pipelines.common import choose_images, infer_pool, no_cache
-from pipelines.platform import on_gpu
+from components import ingest_labels
+from pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
 
 
 def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, target: str = "kubernetes"):
@@ -36,75 +35,11 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         aggregation: str = "mean",
         seed: int = 0,
     ):
-        check = check_parameters(
-            strategy=strategy,
-            budget=budget,
-            alpha=alpha,
-            beta=beta,
-            sigma=sigma,
-            metric=metric,
-            aggregation=aggregation,
-            pool_annotations=pool_annotations,
-            labelled_annotations=labelled_annotations,
-            val_annotations=val_annotations,
-        ).set_display_name("check parameters")
-        prepare = no_cache(
-            ingest_labels(
-                campaign_uri=campaign_uri,
-                pool_annotations=pool_annotations,
-                labelled_annotations=labelled_annotations,
-            ).after(check)
-        ).set_display_name("ingest labels")
-        train = train_model(
-            labelled=prepare.outputs["labelled"],
-            image_root=image_root,
-            config=config,
-            train_opts=train_opts,
-            seed=seed,
-            weights=weights,
-        ).set_display_name("train")
-        on_gpu(train, target)
-        evaluate = no_cache(
-            evaluate_model(
-                model=train.outputs["model"],
-                labelled=prepare.outputs["labelled"],
-                val_annotations=val_annotations,
-                image_root=image_root,
-                campaign_uri=campaign_uri,
-                round_index=prepare.outputs["Output"],
-            )
-        ).set_display_name("evaluate")
-        on_gpu(evaluate, target)
-        shards = infer_pool(
-            train.outputs["model"],
-            prepare.outputs["unlabelled"],
-            image_root,
-            num_shards=num_shards,
-            target=target,
-            label="",
+        run = RunInputs.of(locals())
+        labels = label_step(ingest_labels, run, check(run, strategy), "", "ingest labels")
+        train, evaluate = train_and_evaluate(run, labels, target=target, label="")
+        select_and_export(
+            run, labels, train, evaluate, strategy=strategy, num_shards=num_shards, target=target, label=""
         )
-        selection = choose_images(
-            strategy,
-            shards,
-            budget=budget,
-            alpha=alpha,
-            beta=beta,
-            sigma=sigma,
-            metric=metric,
-            aggregation=aggregation,
-            seed=seed,
-            label="",
-        )
-        no_cache(
-            export_for_labeling(
-                selection=selection,
-                instances=dsl.Collected(shards),
-                model=train.outputs["model"],
-                campaign_uri=campaign_uri,
-                pool_annotations=pool_annotations,
-                image_root=image_root,
-                round_index=prepare.outputs["Output"],
-            ).after(evaluate)
-        ).set_display_name("export for labelling")
 
     return round_pipeline

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from taudis import storage
+from taudis.data.instances import list_shards
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -156,13 +157,6 @@ def prepare_round(
     return len(ledger.rounds)
 
 
-def shard_indices(num_shards: int) -> list[int]:
-    """The shard indices inference fans out over."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
-    return list(range(num_shards))
-
-
 @step
 def train_round(
     labelled_annotations: str,
@@ -235,8 +229,6 @@ def gather_shards(shard_dirs: Iterable[str], into: str | None = None) -> str:
     """
     target = Path(into or tempfile.mkdtemp(prefix="taudis-shards-"))
     target.mkdir(parents=True, exist_ok=True)
-    from taudis.data.instances import list_shards
-
     for directory in shard_dirs:
         for shard in list_shards(directory):
             link = target / shard.name
@@ -344,22 +336,24 @@ def localize_images(
     shard: int = 0,
     num_shards: int = 1,
 ) -> str:
-    """A local directory holding the images of ``annotations`` (those of ``image_ids`` or one shard).
+    """A local directory holding the images of ``annotations`` (those of ``image_ids``, or of one shard).
 
-    A local ``image_root`` is returned as is; a gs:// root is copied to a temporary directory.
+    A local ``image_root`` is returned as is; from a gs:// root the images are copied to a
+    temporary directory. The shard's images are those taudis.model.infer will read.
     """
     if not storage.is_gcs(image_root):
         return image_root
-    coco = storage.read_json(annotations)
-    wanted = set(image_ids) if image_ids is not None else None
-    images = sorted(coco["images"], key=lambda img: img["id"])
+    from taudis.model.infer import shard_images
+
+    images = storage.read_json(annotations)["images"]
+    if image_ids is None:
+        images = shard_images(images, shard, num_shards)
+    else:
+        wanted = set(image_ids)
+        images = [image for image in images if image["id"] in wanted]
     target = Path(tempfile.mkdtemp(prefix="taudis-images-"))
-    for position, image in enumerate(images):
-        if (wanted is not None and image["id"] not in wanted) or position % num_shards != shard:
-            continue
-        destination = target / image["file_name"]
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(storage.read_bytes(storage.join(image_root, image["file_name"])))
+    for image in images:
+        storage.download_file(storage.join(image_root, image["file_name"]), target / image["file_name"])
     return str(target)
 
 
@@ -414,7 +408,6 @@ __all__ = [
     "learning_curve",
     "localize_images",
     "prepare_round",
-    "shard_indices",
     "train_round",
     "validate_round_parameters",
 ]

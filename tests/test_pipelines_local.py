@@ -16,6 +16,7 @@ import pytest
 from pipelines.cli import compile_pipeline, run_local, typed_arguments
 from taudis import storage
 from taudis.campaign import Campaign, learning_curve
+from taudis.data.instances import read_shard
 from taudis.storage.ledger import read_ledger
 
 pytestmark = pytest.mark.pipeline
@@ -53,6 +54,11 @@ def _arguments(package: Path, data: str, campaign_uri: str) -> dict:
     )
 
 
+def _shards_written(kfp_root: Path) -> list:
+    """Every instance shard the run's inference tasks wrote under the local pipeline root."""
+    return [read_shard(header.parent) for header in sorted(kfp_root.rglob("shard-*/header.json"))]
+
+
 def _annotators_return(pool: dict, image_ids: list[int]) -> dict:
     """What annotators send back for ``image_ids``: their ground truth, as a COCO file."""
     wanted = set(image_ids)
@@ -74,6 +80,11 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
 
     run_local(package, arguments, tmp_path / "kfp-root")
 
+    shards = _shards_written(tmp_path / "kfp-root")
+    assert len(shards) == 2
+    # Each shard task read its own images from the bucket: none is missing or unreadable.
+    assert all(shard.failed_images == [] for shard in shards)
+    assert sum(shard.num_images for shard in shards) == len(pool["images"])
     ledger = read_ledger(campaign.ledger)
     (first,) = ledger.rounds
     assert first["round"] == 0 and first["strategy"] == "taudis"
