@@ -26,6 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--universe", default="candidates", choices=UNIVERSES, help="what the cover must cover")
     parser.add_argument(
+        "--partitions", type=int, default=1, help="1: exact greedy cover; more: GreeDi over that many parts"
+    )
+    parser.add_argument(
         "--exclude", type=Path, default=None, help="file of image ids to leave out of the pool (one per line)"
     )
     parser.add_argument("--out", required=True, type=Path, help="where to write the selection JSON")
@@ -61,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             exclude=exclude,
             universe=args.universe,
+            partitions=args.partitions,
         )
     except (InstanceTableError, ValueError, OSError) as err:
         print(f"taudis select: error: {err}", file=sys.stderr)

@@ -18,14 +18,20 @@ import numpy as np
 
 from taudis.data.instances import list_shards, read_shard
 from taudis.select.pool import (
-    UNIVERSES,
     budget_notes,
     check_params,
     gather_embeddings,
     make_pool,
 )
 from taudis.select.selection import Selection
-from taudis.select.strategies import cover_notes, cover_step, make_params, oversample_step, vote_step
+from taudis.select.strategies import (
+    check_cover_options,
+    cover_notes,
+    cover_step,
+    make_params,
+    oversample_step,
+    vote_step,
+)
 from taudis.select.uncertainty import METRICS, PoolScores, check_aggregation, check_metric, score_pool
 
 SCORES_SCHEMA = "taudis.scores"
@@ -195,23 +201,27 @@ def select_max_k_cover(
     sigma: float = 0.8,
     *,
     universe: str = "candidates",
+    partitions: int = 1,
+    seed: int = 0,
 ) -> Path:
     """Greedy max k-cover of ceil(beta * B) candidates on the graph cos >= sigma.
+
+    ``partitions`` > 1 covers by GreeDi over that many random parts (``seed``).
 
     Reads only the candidates' embeddings from the shards (with ``universe="pool"``, every
     pool instance's). Layout of ``out_dir``::
 
         cover.json    {"schema": "taudis.cover", "version": 1, "budget", "alpha", "beta", "sigma",
                        "metric", "universe", "num_candidates", "k", "covered", "universe_size",
-                       "coverage", "shards", "notes" (the oversampling's notes, then the cover's)}
+                       "coverage", "shards", "partitions",
+                       "notes" (the oversampling's notes, then the cover's)}
         chosen.npy    int64 (k,)  global instance indices in choice order
         excluded.npy  int64 (E,)  carried over from the candidates
 
     Returns:
         ``out_dir``.
     """
-    if universe not in UNIVERSES:
-        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    check_cover_options(universe, partitions)
     cdir = Path(candidates_dir)
     header = _read_header(cdir, "candidates.json", CANDIDATES_SCHEMA)
     check_params(budget, "taudis", header["alpha"], beta, sigma, header["metric"], "mean")
@@ -239,6 +249,8 @@ def select_max_k_cover(
         universe=universe,
         pool_embeddings=pool_emb,
         candidate_pool_rows=pool_rows,
+        partitions=partitions,
+        seed=seed,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +273,8 @@ def select_max_k_cover(
             "universe_size": result.universe,
             "coverage": result.coverage,
             "shards": header["shards"],
-            "notes": header["notes"] + cover_notes(result, int(candidates.size), universe),
+            "partitions": int(partitions),
+            "notes": header["notes"] + cover_notes(result, int(candidates.size), universe, partitions),
         },
     )
     return out

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from taudis.select.baselines import coreset_images, image_embeddings, random_images, uncertainty_images
-from taudis.select.cover import CoverResult, greedy_cover, greedy_cover_bipartite
-from taudis.select.graph import bipartite_graph, similarity_graph
+from taudis.select.cover import CoverResult, cover_embeddings, greedy_cover_bipartite
+from taudis.select.graph import bipartite_graph
 from taudis.select.pool import (
     UNIVERSES,
     Pool,
@@ -92,26 +92,40 @@ def cover_step(
     universe: str = "candidates",
     pool_embeddings: np.ndarray | None = None,
     candidate_pool_rows: np.ndarray | None = None,
+    partitions: int = 1,
+    seed: int = 0,
 ) -> CoverResult:
     """Greedy max k-cover of k = ceil(beta * budget) candidates (indices into the candidates).
 
     With ``universe="pool"``, ``pool_embeddings`` are every pool instance's embeddings and
-    ``candidate_pool_rows`` each candidate's row among them.
+    ``candidate_pool_rows`` each candidate's row among them. With ``partitions`` > 1 the cover is
+    GreeDi over that many random parts (``seed``), for candidate sets whose graph does not fit
+    one worker (taudis.select.cover.cover_embeddings).
     """
-    if universe not in UNIVERSES:
-        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    check_cover_options(universe, partitions)
     k = scaled_budget(beta, budget)
     if universe == "candidates":
-        return greedy_cover(similarity_graph(candidate_embeddings, sigma), candidate_uncertainty, k)
+        return cover_embeddings(candidate_embeddings, candidate_uncertainty, k, sigma, partitions=partitions, seed=seed)
     if pool_embeddings is None or candidate_pool_rows is None:
         raise ValueError("universe 'pool' needs the pool's embeddings and each candidate's row among them")
     graph = bipartite_graph(candidate_embeddings, pool_embeddings, sigma, self_cols=candidate_pool_rows)
     return greedy_cover_bipartite(graph, candidate_pool_rows, candidate_uncertainty, k)
 
 
-def cover_notes(result: CoverResult, num_candidates: int, universe: str) -> list[str]:
+def check_cover_options(universe: str, partitions: int) -> None:
+    """Reject an unknown universe, or GreeDi partitions where they do not apply."""
+    if universe not in UNIVERSES:
+        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ValueError(f"partitions must be a positive integer, got {partitions!r}")
+    if partitions > 1 and universe != "candidates":
+        raise ValueError("GreeDi partitions apply to the 'candidates' universe only")
+
+
+def cover_notes(result: CoverResult, num_candidates: int, universe: str, partitions: int = 1) -> list[str]:
+    how = "max k-cover" if partitions == 1 else f"max k-cover by GreeDi over {partitions} partitions"
     return [
-        f"max k-cover chose {result.chosen.size} of {num_candidates} candidates, covering "
+        f"{how} chose {result.chosen.size} of {num_candidates} candidates, covering "
         f"{result.covered} of {result.universe} {universe} ({result.coverage:.4f})"
     ]
 
@@ -187,6 +201,7 @@ def select(
     seed: int = 0,
     exclude: Collection[int] = (),
     universe: str = "candidates",
+    partitions: int = 1,
 ) -> Selection:
     """Choose ``budget`` images to label next from the instance shards under ``instances``.
 
@@ -209,20 +224,21 @@ def select(
         exclude: image ids left out of the pool (e.g. already labelled or pending).
         universe: what the cover must cover, ``candidates`` (default) or ``pool``
             (taudis.select.cover).
+        partitions: 1 (default) for the exact single-worker greedy; more for GreeDi over that
+            many random parts (seeded by ``seed``), for candidate sets too big for one graph.
 
     Raises:
         ValueError: an invalid parameter (checked before any work).
         taudis.data.instances.InstanceTableError: a shard breaks the contract.
     """
     check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
-    if universe not in UNIVERSES:
-        raise ValueError(f"unknown cover universe {universe!r}; known: {', '.join(UNIVERSES)}")
+    check_cover_options(universe, partitions)
     params = make_params(alpha, beta, sigma, metric, aggregation, seed)
     scores = score_pool(instances, [metric])
     pool = make_pool(scores.image_ids, scores.instance_image, exclude)
     notes = budget_notes(budget, pool)
     if strategy in ("taudis", "diversity"):
-        return _cover_and_vote(strategy, scores, pool, params, budget, notes, universe)
+        return _cover_and_vote(strategy, scores, pool, params, budget, notes, universe, partitions)
     u = scores.metrics[metric]
     img_u = image_uncertainty(pool, scores.instance_image, u, aggregation)
     b = min(budget, pool.num_images)
@@ -245,6 +261,7 @@ def _cover_and_vote(
     budget: int,
     notes: list[str],
     universe: str,
+    partitions: int,
 ) -> Selection:
     u = scores.metrics[params["metric"]]
     b = min(budget, pool.num_images)
@@ -269,8 +286,10 @@ def _cover_and_vote(
         universe=universe,
         pool_embeddings=pool_emb,
         candidate_pool_rows=pool_rows,
+        partitions=partitions,
+        seed=params["seed"],
     )
-    notes = notes + cover_notes(result, cands.indices.size, universe)
+    notes = notes + cover_notes(result, cands.indices.size, universe, partitions)
     return vote_step(
         strategy=strategy,
         params=params,
