@@ -59,18 +59,23 @@ def no_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 def check(run: RunInputs, strategy: str) -> dsl.PipelineTask:
-    """The first step: reject bad parameters and missing inputs before any training."""
-    return check_parameters(
-        strategy=strategy,
-        budget=run.budget,
-        alpha=run.alpha,
-        beta=run.beta,
-        sigma=run.sigma,
-        metric=run.metric,
-        aggregation=run.aggregation,
-        pool_annotations=run.pool_annotations,
-        labelled_annotations=run.labelled_annotations,
-        val_annotations=run.val_annotations,
+    """The first step: reject bad parameters and missing inputs before any training.
+
+    Never cached: whether the input URIs exist is bucket state, which KFP's cache key does not see.
+    """
+    return no_cache(
+        check_parameters(
+            strategy=strategy,
+            budget=run.budget,
+            alpha=run.alpha,
+            beta=run.beta,
+            sigma=run.sigma,
+            metric=run.metric,
+            aggregation=run.aggregation,
+            pool_annotations=run.pool_annotations,
+            labelled_annotations=run.labelled_annotations,
+            val_annotations=run.val_annotations,
+        )
     ).set_display_name("check parameters")
 
 

@@ -8,7 +8,8 @@ A campaign lives under one URI (a local directory or gs://bucket/prefix)::
 
     <campaign>/ledger.json                 pool, labelled, pending, remaining ids and round history
     <campaign>/labelled.json               the labelled COCO dataset, grown round by round
-    <campaign>/incoming/*.json             annotators' COCO labels waiting to be ingested
+    <campaign>/incoming/*.json             annotators' COCO labels waiting to be ingested (files
+                                           in subfolders, e.g. incoming/rejected/, are not read)
     <campaign>/rounds/round-<r>/           what round r produced:
         selection.json                     the chosen images and instances (taudis.select format)
         tasks/                             labelling tasks (COCO pre-annotations, Label Studio,
@@ -35,10 +36,11 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from taudis import storage
-from taudis.data.instances import list_shards
+from taudis.data.instances import InstanceTableError, list_shards
 
 P = ParamSpec("P")
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 def step(func: Callable[P, R]) -> Callable[P, R]:
@@ -86,6 +88,13 @@ class Campaign:
     def round_dir(self, round_index: int) -> str:
         return storage.join(self.uri, "rounds", f"round-{round_index:03d}")
 
+    def incoming_labels(self) -> list[str]:
+        """The labels files waiting in ``<campaign>/incoming`` (its own ``*.json``, sorted)."""
+        folder = self.incoming
+        parent = folder.rstrip("/") if storage.is_gcs(folder) else str(storage.local_path(folder))
+        listed = storage.list_uris(folder.rstrip("/") + "/")
+        return [uri for uri in listed if uri.endswith(".json") and uri.rsplit("/", 1)[0] == parent]
+
 
 def validate_round_parameters(
     *,
@@ -131,7 +140,10 @@ def prepare_round(
 
     Writes:
         labelled_out: COCO JSON of every labelled image and its annotations.
-        unlabelled_out: COCO JSON of the pool images neither labelled nor pending (no annotations).
+        unlabelled_out: COCO JSON of the pool images the ledger has as unlabelled (no annotations);
+            images added to ``pool_annotations`` after the campaign was created are not in the
+            ledger's pool, so they are left out (with a warning) instead of being chosen and
+            refused by the ledger.
 
     Returns:
         The index of the round about to run (the number of rounds already recorded).
@@ -147,13 +159,21 @@ def prepare_round(
         if pending:
             reveal_oracle_labels(pool_annotations, pending, campaign.ledger, campaign.labelled)
     else:
-        for labels in sorted(u for u in storage.list_uris(campaign.incoming) if u.endswith(".json")):
+        for labels in campaign.incoming_labels():
             ingest_labels(labels, campaign.ledger, campaign.labelled)
     ledger = read_ledger(campaign.ledger)
     labelled = storage.read_json(campaign.labelled)
     _write_json(labelled_out, labelled)
-    taken = set(ledger.labelled) | set(ledger.pending)
-    _write_json(unlabelled_out, _subset(pool, [img["id"] for img in pool["images"] if img["id"] not in taken]))
+    outside = sorted({img["id"] for img in pool["images"]} - set(ledger.pool))
+    if outside:
+        log.warning(
+            "%d image(s) of %s are not in the pool of %s and cannot be chosen: %s",
+            len(outside),
+            pool_annotations,
+            campaign.ledger,
+            outside[:10],
+        )
+    _write_json(unlabelled_out, _subset(pool, ledger.unlabelled))
     return len(ledger.rounds)
 
 
@@ -222,18 +242,21 @@ def infer_shard(
     return infer_instances(model_dir, unlabelled_annotations, images, out_dir, shard=shard, num_shards=num_shards)
 
 
-def gather_shards(shard_dirs: Iterable[str], into: str | None = None) -> str:
-    """One directory holding every shard of ``shard_dirs`` (symlinks), for the selection stages.
+def gather_shards(shard_dirs: Iterable[str]) -> str:
+    """A new temporary directory holding every shard of ``shard_dirs`` (symlinks), for the selection stages.
 
-    Each element is a directory written by infer_shard: it holds shard directories.
+    Each element is a directory written by infer_shard: it holds shard directories (or is one).
+
+    Raises:
+        InstanceTableError: two shards have the same name (one would hide the other's images).
     """
-    target = Path(into or tempfile.mkdtemp(prefix="taudis-shards-"))
-    target.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix="taudis-shards-"))
     for directory in shard_dirs:
         for shard in list_shards(directory):
             link = target / shard.name
-            if not link.exists():
-                link.symlink_to(shard.resolve(), target_is_directory=True)
+            if link.is_symlink():
+                raise InstanceTableError(shard, f"has the same name as {link.resolve()}: shards need distinct names")
+            link.symlink_to(shard.resolve(), target_is_directory=True)
     return str(target)
 
 
@@ -255,24 +278,24 @@ def finish_round(
 
     Writes ``<campaign>/rounds/round-<r>/`` (selection.json, tasks/, summary.md, report.html) and the
     same files into the KFP output paths ``tasks_out`` (a directory), ``summary_out`` (Markdown) and
-    ``report_out`` (HTML).
+    ``report_out`` (HTML). The ledger is updated before anything is written under the round's
+    folder: a retry finds its own record (a no-op), and a run that lost round r to another run
+    fails without overwriting the winner's selection and tasks.
 
     Returns:
         The ledger's round entry.
     """
     from taudis.export import export_for_labeling
     from taudis.report import learning_curve_png, round_html, round_markdown
-    from taudis.storage.ledger import read_ledger, record_round
+    from taudis.storage.ledger import record_round
 
     campaign = Campaign(campaign_uri)
     round_dir = campaign.round_dir(round_index)
     selection = json.loads(Path(selection_path).read_text())
-    storage.write_bytes(storage.join(round_dir, "selection.json"), Path(selection_path).read_bytes())
     export_for_labeling(selection_path, instances_dir, pool_annotations, image_root, tasks_out)
-    storage.upload_tree(tasks_out, storage.join(round_dir, "tasks"))
     metrics = storage.read_json(storage.join(round_dir, "metrics.json"))
     chosen = [img["image_id"] for img in selection["images"]]
-    record_round(
+    ledger = record_round(
         campaign.ledger,
         round_index=round_index,
         strategy=selection["strategy"],
@@ -281,6 +304,8 @@ def finish_round(
         model_uri=model_uri,
         metrics={"mask_ap": metrics["mask_ap"], "box_ap": metrics["box_ap"]},
     )
+    storage.write_bytes(storage.join(round_dir, "selection.json"), Path(selection_path).read_bytes())
+    storage.upload_tree(tasks_out, storage.join(round_dir, "tasks"))
     history = learning_curve(campaign_uri)
     markdown = round_markdown(selection, round_index, metrics, metrics["labelled_images"])
     Path(summary_out).write_text(markdown)
@@ -294,13 +319,14 @@ def finish_round(
         history,
         report_out,
         title=f"taudis round {round_index} ({selection['strategy']})",
+        metrics=metrics,
     )
     storage.write_bytes(storage.join(round_dir, "summary.md"), markdown.encode())
     storage.write_bytes(storage.join(round_dir, "report.html"), Path(report_out).read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
         curve = learning_curve_png(history, Path(tmp) / "learning_curve.png")
         storage.write_bytes(storage.join(campaign.uri, "learning_curve.png"), curve.read_bytes())
-    return dict(read_ledger(campaign.ledger).rounds[-1])
+    return dict(ledger.round(round_index) or {})
 
 
 def learning_curve(campaign_uri: str) -> list[dict[str, Any]]:
@@ -338,11 +364,12 @@ def localize_images(
 ) -> str:
     """A local directory holding the images of ``annotations`` (those of ``image_ids``, or of one shard).
 
-    A local ``image_root`` is returned as is; from a gs:// root the images are copied to a
-    temporary directory. The shard's images are those taudis.model.infer will read.
+    A local ``image_root`` is returned as a path (a ``file://`` prefix dropped); from a gs:// root
+    the images are copied to a temporary directory. The shard's images are those
+    taudis.model.infer will read.
     """
     if not storage.is_gcs(image_root):
-        return image_root
+        return str(storage.local_path(image_root))
     from taudis.model.infer import shard_images
 
     images = storage.read_json(annotations)["images"]
@@ -370,7 +397,7 @@ def _ensure_campaign(campaign: Campaign, pool: dict[str, Any], labelled_annotati
     create_ledger(campaign.ledger, pool_ids, labelled_ids, exist_ok=True)
 
 
-def _subset(coco: dict[str, Any], image_ids: Sequence[int]) -> dict[str, Any]:
+def _subset(coco: dict[str, Any], image_ids: Iterable[int]) -> dict[str, Any]:
     """A COCO dict with only the given images and no annotations."""
     keep = set(image_ids)
     return {
@@ -388,7 +415,7 @@ def _write_json(path: str, obj: Any) -> None:
 def _local_copy(uri: str) -> str:
     """A local path with the content of ``uri`` (the path itself when ``uri`` is local)."""
     if not storage.is_gcs(uri):
-        return uri
+        return str(storage.local_path(uri))
     fd, path = tempfile.mkstemp(suffix=os.path.basename(uri))
     with os.fdopen(fd, "wb") as out:
         out.write(storage.read_bytes(uri))

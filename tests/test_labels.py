@@ -270,3 +270,109 @@ def test_categories_from_the_pool_before_the_dataset_exists(campaign: dict[str, 
     uri = _write(campaign, "bare.json", no_categories)
     ingest_labels(uri, campaign["ledger"], campaign["dataset"], categories_uri=pool_uri)
     assert storage.read_json(campaign["dataset"])["categories"] == CATEGORIES
+
+
+# ------------------------------------------------------------ the round's labelling step (no KFP)
+
+
+def _prepare(root: str, tmp_path: Any, pool_uri: str, seed_uri: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    from taudis.campaign import prepare_round
+
+    out = tmp_path / "out"
+    index = prepare_round(
+        storage.join(root, "c"), pool_uri, seed_uri, str(out / "labelled.json"), str(out / "unlabelled.json"),
+        oracle=False,
+    )  # fmt: skip
+    return index, json.loads((out / "labelled.json").read_text()), json.loads((out / "unlabelled.json").read_text())
+
+
+def _ids(coco: dict[str, Any]) -> list[int]:
+    return sorted(im["id"] for im in coco["images"])
+
+
+def test_prepare_round_ingests_incoming_once_and_only_its_own_files(storage_root: str, tmp_path: Any) -> None:
+    from taudis.campaign import Campaign
+
+    campaign = Campaign(storage.join(storage_root, "c"))
+    pool_uri = storage.join(storage_root, "pool.json")
+    storage.write_json(pool_uri, _pool())
+    seed_uri = storage.join(storage_root, "seed.json")
+    storage.write_json(seed_uri, _labels([6]))
+    # Files that are not <campaign>/incoming/*.json: a sibling folder and a subfolder of incoming.
+    storage.write_json(storage.join(campaign.uri, "incoming-old", "old.json"), _labels([4]))
+    index, labelled, unlabelled = _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    assert index == 0 and _ids(labelled) == [6] and _ids(unlabelled) == [1, 2, 3, 4, 5]
+    record_round(campaign.ledger, 0, "random", {}, [1, 2, 3, 4])  # what finish_round does
+    storage.write_json(storage.join(campaign.incoming, "batch-a.json"), _labels([1, 2]))
+    storage.write_json(storage.join(campaign.incoming, "rejected", "bad.json"), _labels([3]))
+    index, labelled, unlabelled = _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    assert index == 1 and _ids(labelled) == [1, 2, 6] and _ids(unlabelled) == [5]
+    ledger = read_ledger(campaign.ledger)
+    assert ledger.labelled == {1, 2, 6} and ledger.pending == {3, 4}
+    # A retried (or the next) labelling step finds the same file again and applies nothing.
+    assert _prepare(storage_root, tmp_path, pool_uri, seed_uri)[:2] == (1, labelled)
+    assert read_ledger(campaign.ledger).revision == ledger.revision
+
+
+def test_prepare_round_leaves_out_pool_images_the_ledger_does_not_know(
+    storage_root: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool_uri = storage.join(storage_root, "pool.json")
+    storage.write_json(pool_uri, _pool())
+    seed_uri = storage.join(storage_root, "seed.json")
+    storage.write_json(seed_uri, _labels([6]))
+    _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    grown = _pool()
+    grown["images"].append({"id": 7, "file_name": "img_7.png", "height": H, "width": W})
+    storage.write_json(pool_uri, grown)  # the pool grew after the campaign was created
+    with caplog.at_level("WARNING", logger="taudis"):
+        index, _, unlabelled = _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    # Image 7 is not in the ledger's pool: choosing it would make record_round refuse the round.
+    assert index == 0 and _ids(unlabelled) == [1, 2, 3, 4, 5]
+    assert "[7]" in caplog.text and "not in the pool" in caplog.text
+
+
+def test_prepare_round_refuses_a_bad_incoming_file_naming_it(storage_root: str, tmp_path: Any) -> None:
+    from taudis.campaign import Campaign
+
+    campaign = Campaign(storage.join(storage_root, "c"))
+    pool_uri = storage.join(storage_root, "pool.json")
+    storage.write_json(pool_uri, _pool())
+    seed_uri = storage.join(storage_root, "seed.json")
+    storage.write_json(seed_uri, _labels([6]))
+    _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    record_round(campaign.ledger, 0, "random", {}, [1])
+    bad = storage.join(campaign.incoming, "bad.json")
+    storage.write_json(bad, _labels([2]))  # image 2 was never sent to annotators
+    before = storage.read_bytes(campaign.ledger)
+    with pytest.raises(LabelValidationError, match="not pending") as err:
+        _prepare(storage_root, tmp_path, pool_uri, seed_uri)
+    assert bad in str(err.value)
+    assert storage.read_bytes(campaign.ledger) == before
+
+
+def test_localize_images_turns_a_file_uri_into_a_path(tmp_path: Any) -> None:
+    from taudis.campaign import localize_images
+
+    assert localize_images("unused.json", f"file://{tmp_path}") == str(tmp_path)
+    assert localize_images("unused.json", str(tmp_path)) == str(tmp_path)
+
+
+def test_corrupt_labelled_dataset_is_named(campaign: dict[str, str]) -> None:
+    storage.write_bytes(campaign["dataset"], b"{half a document")
+    uri = _write(campaign, "labels.json", _labels([1]))
+    with pytest.raises(storage.StorageError, match="not valid JSON") as err:
+        ingest_labels(uri, campaign["ledger"], campaign["dataset"])
+    assert campaign["dataset"] in str(err.value)
+
+
+def test_an_image_without_width_is_not_reported_as_an_empty_mask(campaign: dict[str, str]) -> None:
+    doc = _labels([1])
+    doc["images"][0]["width"] = 0
+    with pytest.raises(LabelValidationError) as err:
+        ingest_labels(_write(campaign, "no-width.json", doc), campaign["ledger"], campaign["dataset"])
+    assert [(p.record, p.field) for p in err.value.problems] == [
+        ("image id 1 (index 0)", "width"),
+        ("annotation id 101 (index 0)", "image_id"),
+        ("annotation id 201 (index 1)", "image_id"),
+    ]

@@ -112,12 +112,28 @@ def test_vertex_target_has_no_kubernetes_platform_spec(packages):
     assert resources["accelerator"]["resourceType"] == "NVIDIA_L4"
 
 
+BUCKET_STATE_COMPONENTS = (
+    "comp-check-parameters",
+    "comp-ingest-labels",
+    "comp-reveal-oracle-labels",
+    "comp-evaluate-model",
+    "comp-export-for-labeling",
+)
+
+
 def test_steps_that_touch_bucket_state_are_never_cached(packages):
     spec = _documents(packages["round", "taudis", "kubernetes"])[0]
     tasks = _all_tasks(spec)
-    for name in ("ingest-labels", "evaluate-model", "export-for-labeling"):
+    for name in ("check-parameters", "ingest-labels", "evaluate-model", "export-for-labeling"):
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
     assert tasks["train-model"]["cachingOptions"]["enableCache"] is True
+    for key, package in packages.items():  # every round of every pipeline, whatever its task's name
+        checked = 0
+        for name, task in _all_tasks(_documents(package)[0]).items():
+            if task["componentRef"]["name"].startswith(BUCKET_STATE_COMPONENTS):
+                assert task["cachingOptions"].get("enableCache", False) is False, (key, name)
+                checked += 1
+        assert checked == (4 if key[0] == "round" else 1 + 3 + 3 + 2), key  # check, labels, evaluate, export
 
 
 def test_components_install_nothing_at_run_time(packages):

@@ -102,6 +102,7 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     assert len(manifest) == BUDGET
     report = storage.read_bytes(storage.join(round_dir, "report.html")).decode()
     assert report.count("data:image/") >= BUDGET  # thumbnails and the learning curve are inlined
+    assert "Model of this round: mask AP" in report  # the round's evaluation reaches its report
     summary = storage.read_bytes(storage.join(round_dir, "summary.md")).decode()
     assert "taudis" in summary
     metrics = storage.read_json(storage.join(round_dir, "metrics.json"))

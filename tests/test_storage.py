@@ -43,6 +43,10 @@ def test_list_uris_prefix_and_sorted(storage_root: str) -> None:
     assert listed == sorted(listed)
     assert [u.rsplit("root", 1)[1].lstrip("/") for u in listed] == ["d/1.txt", "d/2.txt", "d/sub/3.txt"]
     assert storage.list_uris(storage.join(storage_root, "zzz") + "/") == []
+    # A folder that does not exist lists nothing, not the files of a sibling that shares its name.
+    assert storage.list_uris(storage.join(storage_root, "d2") + "/") == []
+    storage.write_bytes(storage.join(storage_root, "d2-old", "5.txt"), b"5")
+    assert storage.list_uris(storage.join(storage_root, "d2") + "/") == []
 
 
 def test_copy_within_and_across_backends(storage_root: str, tmp_path: Path) -> None:
@@ -85,6 +89,8 @@ def test_tree_round_trip(storage_root: str, tmp_path: Path) -> None:
     assert (dest / "shard-0" / "a.npy").read_bytes() == b"\x93NUMPY"
     with pytest.raises(storage.NotFoundError):
         storage.download_tree(storage.join(storage_root, "empty"), tmp_path / "none")
+    with pytest.raises(storage.NotFoundError):  # "mod" is no folder, whatever "model" holds
+        storage.download_tree(storage.join(storage_root, "mod"), tmp_path / "none")
 
 
 def test_conditional_write(storage_root: str) -> None:
@@ -107,6 +113,8 @@ def test_join() -> None:
     assert storage.join("gs://b/x/", "/y") == "gs://b/x/y"
     assert storage.join("/tmp/a", "b", "c") == "/tmp/a/b/c"
     assert storage.join("/tmp/a", "/b") == "/tmp/a/b"
+    assert storage.join("file:///tmp/a", "b", "c.json") == "file:///tmp/a/b/c.json"
+    assert storage.local_path(storage.join("file:///tmp/a/", "b")) == Path("/tmp/a/b")
     assert storage.split_gcs("gs://bucket/a/b") == ("bucket", "a/b")
     with pytest.raises(storage.StorageError):
         storage.split_gcs("/local")

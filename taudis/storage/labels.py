@@ -218,7 +218,10 @@ def _annotation_problems(
             ids_seen[ann_id] = index
         image = images.get(ann["image_id"]) if _is_int(ann.get("image_id")) else None
         if image is None:
-            add("image_id", f"unknown image {ann.get('image_id')!r}: not among the file's images")
+            add(
+                "image_id",
+                f"unknown image {ann.get('image_id')!r}: not among the file's images with a valid height and width",
+            )
             continue
         category = ann.get("category_id")
         if not _is_int(category) or category not in category_ids:
@@ -318,7 +321,9 @@ def validate_labels(
     problems = _image_problems(doc, file, ledger, dataset_images)
     images = {im["id"]: im for im in doc["images"] if isinstance(im, dict) and _is_int(im.get("id"))}
     sized = {
-        k: v for k, v in images.items() if _is_int(v.get("height")) and _is_int(v.get("width")) and v["height"] > 0
+        k: v
+        for k, v in images.items()
+        if _is_int(v.get("height")) and _is_int(v.get("width")) and v["height"] > 0 and v["width"] > 0
     }
     problems += _annotation_problems(doc, file, sized, category_ids)
     if problems:
@@ -404,7 +409,7 @@ def _ingest(
     annotation_count = 0
     while True:
         versioned = storage.read_versioned(dataset_uri)
-        dataset = None if versioned is None else json.loads(versioned.data)
+        dataset = None if versioned is None else _parse_dataset(versioned.data, dataset_uri)
         if dataset is not None and op_id in _ingested_ops(dataset):
             # The dataset write of an earlier attempt landed; only the ledger is left to do.
             image_ids = _image_ids_of(doc)
@@ -422,6 +427,13 @@ def _ingest(
         break
     mark_labelled(ledger_uri, image_ids, op_id=op_id)
     return {**summary, "already_applied": False, "images": len(image_ids), "annotations": annotation_count}
+
+
+def _parse_dataset(data: bytes, uri: str) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise storage.StorageError(f"labelled dataset {uri}: not valid JSON: {err}") from err
 
 
 def _image_ids_of(doc: Mapping[str, Any]) -> list[int]:

@@ -105,15 +105,20 @@ def local_path(uri: str | os.PathLike[str]) -> Path:
 
 
 def join(base: str | os.PathLike[str], *parts: str) -> str:
-    """Join path parts onto a URI with single slashes (``join("gs://b/x/", "y", "z.json")``)."""
+    """Join path parts onto a URI with single slashes (``join("gs://b/x/", "y", "z.json")``).
+
+    A ``file://`` base keeps its scheme (``Path`` would fold ``file:///a`` into ``file:/a``).
+    """
     text = str(base)
+    scheme = FILE_SCHEME if text.startswith(FILE_SCHEME) else ""
+    text = text[len(scheme) :]
     for part in parts:
         part = str(part)
         if not part:
             continue
         part = part.lstrip("/")  # a part never restarts the path from the root
         text = text.rstrip("/") + "/" + part if is_gcs(text) else str(Path(text) / part)
-    return text
+    return scheme + text
 
 
 # ----------------------------------------------------------------------------------- GCS client
@@ -474,8 +479,9 @@ def list_uris(prefix: str | os.PathLike[str]) -> list[str]:
 
     GCS: every object whose name starts with the prefix (a plain string prefix: ``gs://b/run``
     lists ``run/x`` and ``run2/y``; end it with ``/`` to list one folder). Local: a directory
-    lists every file below it, recursively; any other path lists the files of its parent
-    directory tree whose path starts with it. Temporary files and lock files are left out.
+    lists every file below it, recursively; a prefix ending with ``/`` that is no directory lists
+    nothing (as on GCS); any other path lists the files of its parent directory tree whose path
+    starts with it. Temporary files and lock files are left out.
     """
     prefix = str(prefix)
     if is_gcs(prefix):
@@ -485,6 +491,8 @@ def list_uris(prefix: str | os.PathLike[str]) -> list[str]:
     root = local_path(prefix)
     if root.is_dir():
         base, text = root, None
+    elif prefix.endswith("/"):  # a folder that does not exist; not its siblings that share the name
+        return []
     else:
         base, text = root.parent, str(root)
     if not base.is_dir():
