@@ -160,7 +160,7 @@ def prepare_round(
             reveal_oracle_labels(pool_annotations, pending, campaign.ledger, campaign.labelled)
     else:
         for labels in campaign.incoming_labels():
-            ingest_labels(labels, campaign.ledger, campaign.labelled)
+            ingest_labels(labels, campaign.ledger, campaign.labelled, pool_uri=pool_annotations)
     ledger = read_ledger(campaign.ledger)
     labelled = storage.read_json(campaign.labelled)
     _write_json(labelled_out, labelled)

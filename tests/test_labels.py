@@ -264,12 +264,37 @@ def test_categories_from_the_pool_before_the_dataset_exists(campaign: dict[str, 
     renamed["categories"] = [{"id": 1, "name": "shed"}, {"id": 2, "name": "pool"}]
     uri = _write(campaign, "renamed.json", renamed)
     with pytest.raises(LabelValidationError) as err:
-        ingest_labels(uri, campaign["ledger"], campaign["dataset"], categories_uri=pool_uri)
+        ingest_labels(uri, campaign["ledger"], campaign["dataset"], pool_uri=pool_uri)
     assert err.value.problems[0].record == "category id 1 (index 0)" and err.value.problems[0].field == "name"
     no_categories = {k: v for k, v in _labels([1]).items() if k != "categories"}
     uri = _write(campaign, "bare.json", no_categories)
-    ingest_labels(uri, campaign["ledger"], campaign["dataset"], categories_uri=pool_uri)
+    ingest_labels(uri, campaign["ledger"], campaign["dataset"], pool_uri=pool_uri)
     assert storage.read_json(campaign["dataset"])["categories"] == CATEGORIES
+
+
+def test_pool_image_records_replace_the_annotators_file_names(campaign: dict[str, str]) -> None:
+    pool_uri = _write(campaign, "pool.json", _pool())
+    exported = _labels([1, 2])
+    exported["images"][0]["file_name"] = "task-17/img_1.png"  # annotation tools rewrite paths
+    uri = _write(campaign, "exported.json", exported)
+    ingest_labels(uri, campaign["ledger"], campaign["dataset"], pool_uri=pool_uri)
+    images = {im["id"]: im for im in storage.read_json(campaign["dataset"])["images"]}
+    assert images[1]["file_name"] == "img_1.png" and images[2]["file_name"] == "img_2.png"
+
+
+def test_an_image_of_another_size_than_the_pools_is_refused(campaign: dict[str, str]) -> None:
+    pool_uri = _write(campaign, "pool.json", _pool())
+    resized = _labels([1])
+    resized["images"][0]["width"] = W * 2
+    uri = _write(campaign, "resized.json", resized)
+    before = storage.read_bytes(campaign["ledger"])
+    with pytest.raises(LabelValidationError) as err:
+        ingest_labels(uri, campaign["ledger"], campaign["dataset"], pool_uri=pool_uri)
+    (problem,) = [p for p in err.value.problems if p.field == "width"]
+    assert problem.file == uri and problem.record == "image id 1 (index 0)"
+    assert f"{W * 2} here but {W} in the pool" in problem.message
+    assert storage.read_bytes(campaign["ledger"]) == before
+    assert not storage.exists(campaign["dataset"])
 
 
 # ------------------------------------------------------------ the round's labelling step (no KFP)

@@ -274,8 +274,9 @@ def validate_labels(
     ledger: Ledger,
     dataset: Mapping[str, Any] | None,
     categories: Sequence[Mapping[str, Any]] | None = None,
+    pool_images: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
-    """Check a labels document against the ledger and the labelled dataset.
+    """Check a labels document against the ledger and the labelled dataset (and the pool, if given).
 
     Rules: the document is a COCO object with ``images`` and ``annotations`` lists; every image
     is in the pool, pending in the ledger, not yet in the labelled dataset, with positive integer
@@ -284,7 +285,10 @@ def validate_labels(
     category the file lists must have the same name as the known one of its id), a well-formed
     RLE (size equal to the image's, runs covering it exactly) or polygons (>= 3 points, inside
     the image within EDGE_TOLERANCE px), a box inside the image if given, a non-empty mask, and
-    no other annotation of the same image and category with the same mask.
+    no other annotation of the same image and category with the same mask. With ``pool_images``
+    (the pool's image records by id), every image must have the pool's height and width, and the
+    returned records are the pool's: annotation tools often rewrite file names, and training
+    finds the images by the pool's.
 
     Returns:
         The images by id and the annotations (copies), when valid.
@@ -320,6 +324,8 @@ def validate_labels(
     dataset_images = {int(im["id"]) for im in (dataset or {}).get("images", [])}
     problems = _image_problems(doc, file, ledger, dataset_images)
     images = {im["id"]: im for im in doc["images"] if isinstance(im, dict) and _is_int(im.get("id"))}
+    if pool_images is not None:
+        problems += _size_problems(doc["images"], file, pool_images)
     sized = {
         k: v
         for k, v in images.items()
@@ -328,7 +334,34 @@ def validate_labels(
     problems += _annotation_problems(doc, file, sized, category_ids)
     if problems:
         raise LabelValidationError(problems)
-    return {k: dict(v) for k, v in images.items()}, [dict(a) for a in doc["annotations"]]
+    records = images if pool_images is None else {k: pool_images[k] for k in images}
+    return {k: dict(v) for k, v in records.items()}, [dict(a) for a in doc["annotations"]]
+
+
+def _size_problems(
+    images: Sequence[Any], file: str, pool_images: Mapping[int, Mapping[str, Any]]
+) -> list[LabelProblem]:
+    """An image whose size differs from the pool's has its masks in other coordinates."""
+    problems = []
+    for index, image in enumerate(images):
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            continue  # reported by _image_problems
+        image_id = image["id"]
+        pool_image = pool_images.get(image_id)
+        if pool_image is None:
+            problems.append(LabelProblem(file, f"image id {image_id} (index {index})", "id", "not in the pool file"))
+            continue
+        for key in ("height", "width"):
+            if image.get(key) != pool_image.get(key):
+                problems.append(
+                    LabelProblem(
+                        file,
+                        f"image id {image_id} (index {index})",
+                        key,
+                        f"{image.get(key)!r} here but {pool_image.get(key)!r} in the pool",
+                    )
+                )
+    return problems
 
 
 # ------------------------------------------------------------------------------------- merging
@@ -401,6 +434,7 @@ def _ingest(
     dataset_uri: str,
     op_id: str,
     categories: Sequence[Mapping[str, Any]] | None = None,
+    pool_images: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {"op_id": op_id, "ledger": ledger_uri, "dataset": dataset_uri, "labels": file}
     ledger = read_ledger(ledger_uri)
@@ -414,7 +448,7 @@ def _ingest(
             # The dataset write of an earlier attempt landed; only the ledger is left to do.
             image_ids = _image_ids_of(doc)
             break
-        images, annotations = validate_labels(doc, file, ledger, dataset, categories)
+        images, annotations = validate_labels(doc, file, ledger, dataset, categories, pool_images)
         base = dataset if dataset is not None else _empty_dataset(_reference_categories(doc, None, categories))
         merged = _merge(base, images, annotations, op_id)
         generation = 0 if versioned is None else versioned.generation
@@ -446,7 +480,7 @@ def ingest_labels(
     labelled_dataset_uri: str | os.PathLike[str],
     *,
     op_id: str | None = None,
-    categories_uri: str | os.PathLike[str] | None = None,
+    pool_uri: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Ingest annotators' COCO labels for pending images.
 
@@ -459,10 +493,11 @@ def ingest_labels(
         labels_uri: the annotators' COCO JSON.
         ledger_uri: the campaign's ledger.
         labelled_dataset_uri: the campaign's labelled COCO dataset (created on first ingest,
-            with the categories of ``categories_uri``, else of the labels file).
+            with the categories of ``pool_uri``, else of the labels file).
         op_id: the idempotence key (default ``ingest:<sha256 of the file>``).
-        categories_uri: a COCO JSON (e.g. the pool annotations) whose categories the labels must
-            use while the labelled dataset does not exist yet.
+        pool_uri: the pool's COCO JSON. Its categories are the ones the labels must use while the
+            labelled dataset does not exist yet; its image records (file name, size) are checked
+            against the labels' and merged in their place.
 
     Returns:
         A summary: op_id, images, annotations, already_applied, and the URIs.
@@ -477,8 +512,11 @@ def ingest_labels(
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LabelValidationError([LabelProblem(labels_uri, "document", "", f"not valid JSON: {err}")]) from err
     op = op_id or f"ingest:{hashlib.sha256(data).hexdigest()[:16]}"
-    categories = None if categories_uri is None else list(storage.read_json(categories_uri).get("categories", []))
-    return _ingest(doc, labels_uri, ledger_uri, dataset_uri, op, categories)
+    if pool_uri is None:
+        return _ingest(doc, labels_uri, ledger_uri, dataset_uri, op)
+    pool = storage.read_json(pool_uri)
+    pool_images = {im["id"]: im for im in pool.get("images", []) if isinstance(im, dict) and "id" in im}
+    return _ingest(doc, labels_uri, ledger_uri, dataset_uri, op, list(pool.get("categories", [])), pool_images)
 
 
 def reveal_oracle_labels(
@@ -532,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ledger", required=True, help="the campaign's ledger URI")
     parser.add_argument("--dataset", required=True, help="the campaign's labelled COCO dataset URI")
     parser.add_argument("--images", help="oracle only: comma-separated image ids (default: every pending image)")
-    parser.add_argument("--categories", help="COCO JSON whose categories the first labels must use (e.g. the pool's)")
+    parser.add_argument(
+        "--pool", help="the pool's COCO JSON: categories to use, image sizes to check, file names to keep"
+    )
     parser.add_argument("--op-id", help="idempotence key (default: derived from the input)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -540,9 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ids = [int(v) for v in args.images.split(",") if v.strip()] if args.images else None
             summary = reveal_oracle_labels(args.oracle, ids, args.ledger, args.dataset, op_id=args.op_id)
         else:
-            summary = ingest_labels(
-                args.labels, args.ledger, args.dataset, op_id=args.op_id, categories_uri=args.categories
-            )
+            summary = ingest_labels(args.labels, args.ledger, args.dataset, op_id=args.op_id, pool_uri=args.pool)
     except (LabelValidationError, storage.StorageError, ValueError) as err:
         print(f"taudis ingest: {err}", file=sys.stderr)
         return 1
