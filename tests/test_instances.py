@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,22 @@ def test_list_and_iter_shards(tmp_path: Path) -> None:
     assert [p.name for p in list_shards(tmp_path)] == ["s0", "s1"]
     assert list_shards(tmp_path / "s0") == [tmp_path / "s0"]
     assert len(list(iter_shards(tmp_path))) == 2
+
+
+def test_iter_shards_rejects_different_embedding_widths(tmp_path: Path) -> None:
+    write_shard(tmp_path / "s0", **columns(counts=(0, 0, 0), d=0))  # no instances: any width is fine
+    write_shard(tmp_path / "s1", **columns(d=5))
+    assert len(list(iter_shards(tmp_path))) == 2
+    write_shard(tmp_path / "s2", **columns(d=6))
+    with pytest.raises(InstanceTableError, match=r"embedding width 6 differs from .*s1's 5") as err:
+        list(iter_shards(tmp_path))
+    assert err.value.field == "embeddings" and "s2" in err.value.shard
+
+
+def test_list_shards_skips_a_crashed_writers_temporary_directory(tmp_path: Path) -> None:
+    write_shard(tmp_path / "s0", **columns())
+    shutil.copytree(tmp_path / "s0", tmp_path / ".s1.abc123")  # complete, but never renamed into place
+    assert [p.name for p in list_shards(tmp_path)] == ["s0"]
 
 
 def test_iter_shards_rejects_different_classes(tmp_path: Path) -> None:
@@ -244,3 +261,11 @@ def test_rewrite_replaces_shard(tmp_path: Path) -> None:
     write_shard(tmp_path / "s", **columns(counts=(1, 1, 1)))
     assert read_shard(tmp_path / "s").num_instances == 3
     assert [p.name for p in tmp_path.iterdir()] == ["s"], "no temporary directory is left behind"
+
+
+def test_a_directory_without_shards_is_an_error_not_an_empty_pool(tmp_path: Path) -> None:
+    (tmp_path / "not-a-shard").mkdir()
+    with pytest.raises(InstanceTableError, match="no shard here"):
+        list_shards(tmp_path)
+    with pytest.raises(InstanceTableError, match="no such directory"):
+        list_shards(tmp_path / "missing")

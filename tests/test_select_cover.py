@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,6 +104,17 @@ def test_bipartite_graph_and_transpose() -> None:
     assert (got_t == got.T).all()
 
 
+@pytest.mark.parametrize("d", [8, 256])
+def test_graph_at_sigma_one_and_minus_one(d: int) -> None:
+    # cos is exactly 1 for duplicates and -1 for opposites: float32 rounding must not drop them.
+    x = np.random.default_rng(0).standard_normal((300, d)).astype(np.float16)
+    dup = similarity_graph(np.concatenate([x, x]), 1.0)
+    assert all(300 + i in dup.neighbours(i) for i in range(300))
+    assert dup.num_edges == 2 * 300  # and nothing else
+    full = similarity_graph(np.concatenate([x, -x]), -1.0)
+    assert full.num_edges == 600 * 599
+
+
 def test_induced_subgraph() -> None:
     rng = np.random.default_rng(0)
     adj = rng.random((15, 15)) < 0.3
@@ -186,6 +198,14 @@ def test_k_larger_than_nodes_and_empty_graph() -> None:
     assert none.chosen.size == 0 and none.coverage == 1.0
 
 
+def test_uncertainty_of_the_wrong_length_is_rejected() -> None:
+    g = graph_from_adjacency(np.zeros((5, 5), bool))
+    with pytest.raises(ValueError, match=r"uncertainty has shape \(3,\), expected \(5,\)"):
+        greedy_cover(g, np.zeros(3), 2)
+    with pytest.raises(ValueError, match=r"self_elem has shape \(4,\), expected \(5,\)"):
+        greedy_cover_bipartite(g, np.arange(4), np.zeros(5), 2)
+
+
 # ---------------------------------------------------------------- GreeDi
 
 
@@ -204,3 +224,17 @@ def test_greedi_close_to_single_worker_on_clustered_data() -> None:
             assert res.chosen.size == 40 and len(set(res.chosen.tolist())) == 40
             assert res.covered == coverage_count(g, res.chosen)  # GreeDi's own count is the true coverage
             assert res.covered / single.covered >= 0.95
+
+
+@pytest.mark.parametrize(("n", "k", "parts"), [(0, 3, 4), (3, 5, 8), (10, 0, 2), (1, 1, 3)])
+def test_greedi_small_and_empty(n: int, k: int, parts: int) -> None:
+    # More parts than nodes leaves empty parts; both GreeDi entry points agree with the single worker.
+    x = clustered(n, 4, 2, 0.3, 0) if n else np.zeros((0, 4), np.float32)
+    u = np.linspace(0.0, 1.0, n)
+    g = similarity_graph(x, 0.8)
+    single = greedy_cover(g, u, k)
+    for res in (greedi_on_graph(g, u, k, parts), cover_embeddings(x, u, k, 0.8, partitions=parts)):
+        assert res.universe == n and res.chosen.size == single.chosen.size == min(k, n)
+        assert res.covered == coverage_count(g, res.chosen)
+        if k >= n:
+            assert res.covered == single.covered == n

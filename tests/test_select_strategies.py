@@ -15,7 +15,7 @@ from taudis.data.synthetic_instances import PoolSpec, shard_columns, write_pool
 from taudis.select import STRATEGIES, Selection, SelectionFormatError, select
 from taudis.select.baselines import k_center
 from taudis.select.cli import main as cli_main
-from taudis.select.cover import greedy_cover
+from taudis.select.cover import coverage_count, greedy_cover
 from taudis.select.graph import similarity_graph, unit_rows
 from taudis.select.stages import (
     StageInputError,
@@ -101,6 +101,12 @@ def test_taudis_follows_the_algorithm(pool: Path) -> None:
     for im in sel.images:
         assert votes[im.image_id] == counted.get(im.image_id, 0)
     assert [im.votes for im in sel.images] == sorted((im.votes for im in sel.images), reverse=True)
+    # and exactly the top B by (votes desc, summed uncertainty desc, image id asc), nothing filled
+    summed: dict[int, float] = {}
+    for c in chosen:
+        summed[int(scores.instance_image[c])] = summed.get(int(scores.instance_image[c]), 0.0) + float(u[c])
+    assert len(counted) >= b and not any(im.filled for im in sel.images)
+    assert images == sorted(counted, key=lambda i: (-counted[i], -summed[i], i))[:b]
     img_u = aggregate_images(scores.image_ids, scores.instance_image, u, "mean")
     for im in sel.images:
         assert im.uncertainty == pytest.approx(img_u[np.searchsorted(scores.image_ids, im.image_id)])
@@ -153,6 +159,23 @@ def test_stages_check_their_inputs(pool: Path, tmp_path: Path) -> None:
         select_max_k_cover(pool, scores, tmp_path / "cover", 10)
     with pytest.raises(ValueError, match="sigma"):
         select_max_k_cover(pool, cands, tmp_path / "cover", 10, sigma=2.0)
+
+
+def test_oversample_stage_checks_alpha_and_budget(pool: Path, tmp_path: Path) -> None:
+    scores = score_uncertainty(pool, tmp_path / "scores")
+    for alpha in (-1.0, 0.5, float("nan")):  # a negative count would have sliced from the end
+        with pytest.raises(ValueError, match="alpha must be >= beta"):
+            oversample_instances(scores, tmp_path / "cands", 10, alpha)
+    with pytest.raises(ValueError, match="budget must be a positive integer"):
+        oversample_instances(scores, tmp_path / "cands", 2.5)  # type: ignore[arg-type]
+    assert not (tmp_path / "cands").exists()
+
+
+def test_stage_header_not_json_names_the_file(pool: Path, tmp_path: Path) -> None:
+    scores = score_uncertainty(pool, tmp_path / "scores")
+    (scores / "scores.json").write_text("{")
+    with pytest.raises(StageInputError, match=r"scores\.json: not valid JSON"):
+        oversample_instances(scores, tmp_path / "cands", 10)
 
 
 def test_universe_pool(pool: Path) -> None:
@@ -213,6 +236,20 @@ def test_k_center_matches_brute_force() -> None:
 def test_diversity_covers_more_than_taudis(pool: Path) -> None:
     div = select(pool, 10, "diversity", sigma=0.8)
     assert div.stats["candidates"] == 900 and div.stats["chosen_instances"] == 15
+    # Both choices scored on the whole pool's graph: diversity covers more of it than taudis,
+    # whose cover is confined to the uncertain candidates.
+    tau = select(pool, 10, "taudis", sigma=0.8)
+    scores = score_pool(pool)
+    emb = np.concatenate([np.load(p / "embeddings.npy").astype(np.float32) for p in scores.shard_paths])
+    graph = similarity_graph(emb, 0.8)
+    keys = zip(scores.instance_image.tolist(), scores.instance_index.tolist(), strict=True)
+    row = {key: r for r, key in enumerate(keys)}
+    covered = {
+        sel.strategy: coverage_count(graph, np.array([row[(c.image_id, c.instance)] for c in sel.instances]))
+        for sel in (div, tau)
+    }
+    assert covered["diversity"] == round(div.stats["coverage"] * 900)
+    assert covered["diversity"] > covered["taudis"]
 
 
 # ---------------------------------------------------------------- edge cases
@@ -230,7 +267,7 @@ def test_pool_without_instances_still_yields_b_images(empty_pool: Path, strategy
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_budget_above_pool_selects_whole_pool(empty_pool: Path, pool: Path, strategy: str) -> None:
+def test_budget_above_pool_selects_whole_pool(empty_pool: Path, strategy: str) -> None:
     sel = select(empty_pool, 50, strategy)
     assert sorted(sel.image_ids) == [1, 3, 5, 7, 9] and sel.budget == 50
     assert any("exceeds the pool's 5 images: selecting the whole pool" in n for n in sel.notes)
@@ -239,6 +276,41 @@ def test_budget_above_pool_selects_whole_pool(empty_pool: Path, pool: Path, stra
 def test_exclusion_leaves_zero_instance_images_in_pool(empty_pool: Path) -> None:
     sel = select(empty_pool, 10, exclude=[1, 9, 1234])
     assert sorted(sel.image_ids) == [3, 5, 7] and sel.stats["pool_images"] == 3
+
+
+def test_coreset_image_whose_embeddings_cancel_is_not_an_empty_image(tmp_path: Path) -> None:
+    # Image 5's two instances have opposite embeddings: their mean is zero, yet it has instances.
+    emb = np.zeros((3, 4), np.float32)
+    emb[0, 0], emb[1, 0], emb[2, 1] = 1.0, -1.0, 1.0
+    write_shard(
+        tmp_path / "s0",
+        image_ids=[5, 6, 7],
+        image_sizes=np.full((3, 2), 8),
+        instance_image=np.array([5, 5, 6]),
+        instance_index=np.array([0, 1, 0]),
+        classes=np.zeros(3, np.int32),
+        class_probs=np.full((3, 2), 0.5, np.float32),
+        boxes=np.tile(np.array([[0, 0, 1, 1]], np.float32), (3, 1)),
+        mask_probs=np.full((3, 2, 2), 0.5, np.float16),
+        embeddings=emb,
+        class_names=["a"],
+    )
+    sel = select(tmp_path, 3, "coreset")
+    assert sorted(sel.image_ids[:2]) == [5, 6] and not any(im.filled for im in sel.images[:2])
+    assert sel.image_ids[2] == 7 and sel.images[2].filled and "no predicted instance" in sel.images[2].reason
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_first_shard_empty_with_zero_width_embeddings(tmp_path: Path, strategy: str) -> None:
+    # The contract lets a shard without instances have (0, 0) embeddings; the shards after it have width 8.
+    cols = shard_columns(PoolSpec(num_instances=0, seed=1, mask_size=4, embedding_dim=8), 0, 0)
+    cols |= {"embeddings": np.zeros((0, 0), np.float32), "image_ids": [1000, 1001], "image_sizes": np.full((2, 2), 32)}
+    write_shard(tmp_path / "a", **cols)
+    write_shard(tmp_path / "b", **shard_columns(PoolSpec(num_instances=50, seed=1, mask_size=4, embedding_dim=8), 0, 0))
+    sel = select(tmp_path, 3, strategy, universe="pool" if strategy == "taudis" else "candidates")
+    assert len(sel.images) == 3
+    if strategy != "random":  # the others take images with instances first
+        assert not {1000, 1001} & set(sel.image_ids)
 
 
 def test_images_without_instances_in_a_real_pool(pool: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from taudis.data.instances import iter_shards
 from taudis.data.synthetic_instances import PoolSpec, write_pool
@@ -58,3 +59,10 @@ def test_realistic_spread(tmp_path: Path) -> None:
     emb = np.concatenate([s.embeddings for s in iter_shards(tmp_path)])
     degree = np.diff(similarity_graph(emb, 0.8).indptr)
     assert degree.max() > 20 and (degree == 0).any()
+
+
+@pytest.mark.parametrize("fraction", [1.0, 1.5, -0.1])
+def test_empty_image_fraction_checked(tmp_path: Path, fraction: float) -> None:
+    # 1.0 used to divide by zero, and above 1 the generator drew empty images forever.
+    with pytest.raises(ValueError, match="empty_image_fraction must lie in"):
+        write_pool(tmp_path, PoolSpec(num_instances=10, empty_image_fraction=fraction))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from taudis.select.vote import vote
 
@@ -58,3 +59,13 @@ def test_empty_pool() -> None:
     e = np.zeros(0, np.int64)
     selected, filled, _ = vote(e, np.zeros(0), e, e, np.zeros(0), 5)
     assert selected == [] and filled == 0
+
+
+def test_chosen_instance_outside_the_pool_is_named() -> None:
+    images = np.array([1, 2, 5])
+    for chosen in (np.array([2, 3]), np.array([2, 9])):  # 3: between pool ids; 9: past the last
+        with pytest.raises(ValueError, match=f"chosen instance 1 lies on image {chosen[1]}, which is not in the pool"):
+            vote(images, np.zeros(3), np.ones(3, int), chosen, np.zeros(2), 2)
+    e = np.zeros(0, np.int64)
+    with pytest.raises(ValueError, match="image 4, which is not in the pool"):
+        vote(e, np.zeros(0), e, np.array([4]), np.zeros(1), 1)

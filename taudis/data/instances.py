@@ -248,18 +248,32 @@ def read_shard(path: str | os.PathLike[str], *, mmap: bool = True, validate: boo
 
 
 def list_shards(root: str | os.PathLike[str]) -> list[Path]:
-    """The shard directories under ``root`` in name order (``root`` itself if it is one shard)."""
+    """The shard directories under ``root`` in name order (``root`` itself if it is one shard).
+
+    Hidden directories are skipped: write_shard's temporary ``.<name>.*`` sibling already holds a
+    header before it is renamed, and one left by a crashed writer is not a shard.
+
+    Raises:
+        InstanceTableError: ``root`` is missing or holds no shard (a mistyped path must not read
+            as an empty pool; inference writes a shard even for a shard with no images).
+    """
     root = Path(root)
     if (root / HEADER).is_file():
         return [root]
     if not root.is_dir():
         raise InstanceTableError(root, "no such directory")
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / HEADER).is_file())
+    shards = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and (p / HEADER).is_file())
+    if not shards:
+        raise InstanceTableError(root, f"no shard here (no subdirectory with a {HEADER})")
+    return shards
 
 
 def iter_shards(root: str | os.PathLike[str], *, validate: bool = True) -> Iterator[InstanceShard]:
-    """Open every shard under ``root`` in name order, checking that they agree on classes."""
+    """Open every shard under ``root`` in name order, checking that they agree on classes and
+    on the embedding width (of the shards that have instances; an empty one may have any width).
+    """
     first: InstanceShard | None = None
+    width: tuple[Path, int] | None = None  # the first shard with instances, and its embedding width
     for path in list_shards(root):
         shard = read_shard(path, validate=validate)
         if first is None:
@@ -270,6 +284,15 @@ def iter_shards(root: str | os.PathLike[str], *, validate: bool = True) -> Itera
                 f"class names {shard.class_names} differ from {first.path}'s {first.class_names}",
                 field="class_names",
             )
+        if shard.num_instances and shard.embeddings.ndim == 2:
+            if width is None:
+                width = (path, shard.embeddings.shape[1])
+            elif shard.embeddings.shape[1] != width[1]:
+                raise InstanceTableError(
+                    path,
+                    f"embedding width {shard.embeddings.shape[1]} differs from {width[0]}'s {width[1]}",
+                    field="embeddings",
+                )
         yield shard
 
 

@@ -62,6 +62,8 @@ class PoolSpec:
 
 def _image_counts(spec: PoolSpec, shard: int) -> np.ndarray:
     """Instances per image of one shard, summing exactly to the shard's instance count."""
+    if not 0 <= spec.empty_image_fraction < 1:
+        raise ValueError(f"empty_image_fraction must lie in [0, 1), got {spec.empty_image_fraction!r}")
     rng = np.random.default_rng([spec.seed, shard, 0])
     target = spec.shard_instances(shard)
     mean_nonzero = max(spec.mean_instances_per_image, 1.0)

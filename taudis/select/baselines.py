@@ -50,28 +50,32 @@ def image_embeddings(
     """Image embeddings: the mean of each image's instance embeddings, renormalised to unit length.
 
     Streams over the shards. Returns (float32 (M, d) embeddings, bool (M,) has an embedding);
-    an image with no instance has a zero row and False.
+    an image with no instance has a zero row and False. (An image whose instance embeddings sum
+    to zero keeps a zero row but True: it has instances.)
     """
     m = image_ids.shape[0]
+    has = np.zeros(m, bool)
     sums: np.ndarray | None = None
     for s, path in enumerate(shard_paths):
+        keep = eligible[offsets[s] : offsets[s + 1]]
+        if not keep.any():
+            continue  # also skips shards without instances, whose embedding width may be 0
         shard = read_shard(path, validate=False)
         if sums is None:
             sums = np.zeros((m, shard.embeddings.shape[1]), np.float64)
-        keep = eligible[offsets[s] : offsets[s + 1]]
-        if keep.any():
-            pos = np.searchsorted(image_ids, np.asarray(shard.instance_image)[keep])
-            emb = np.asarray(shard.embeddings, dtype=np.float64)[keep]
-            order = np.argsort(pos, kind="stable")
-            starts = np.flatnonzero(np.r_[True, np.diff(pos[order]) != 0])
-            sums[pos[order][starts]] += np.add.reduceat(emb[order], starts, axis=0)
+        pos = np.searchsorted(image_ids, np.asarray(shard.instance_image)[keep])
+        emb = np.asarray(shard.embeddings, dtype=np.float64)[keep]
+        order = np.argsort(pos, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(pos[order]) != 0])
+        sums[pos[order][starts]] += np.add.reduceat(emb[order], starts, axis=0)
+        has[pos] = True
         del shard
     if sums is None:
-        return np.zeros((m, 0), np.float32), np.zeros(m, bool)
+        return np.zeros((m, 0), np.float32), has
     norms = np.linalg.norm(sums, axis=1)
-    has = norms > 0
+    nonzero = norms > 0
     out = np.zeros(sums.shape, np.float32)
-    out[has] = (sums[has] / norms[has, None]).astype(np.float32)
+    out[nonzero] = (sums[nonzero] / norms[nonzero, None]).astype(np.float32)
     return out, has
 
 

@@ -19,6 +19,7 @@ Universe (which elements count as covered):
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -38,6 +39,12 @@ class CoverResult:
     @property
     def coverage(self) -> float:
         return self.covered / self.universe if self.universe else 1.0
+
+
+def _check_length(values: np.ndarray, n: int, name: str = "uncertainty") -> None:
+    # The numba greedy indexes these per node without bounds checks: a short array reads garbage.
+    if np.shape(values) != (n,):
+        raise ValueError(f"{name} has shape {np.shape(values)}, expected ({n},): one value per graph row")
 
 
 def tie_break_rank(uncertainty: np.ndarray) -> np.ndarray:
@@ -108,6 +115,7 @@ def greedy_cover(graph: Graph, uncertainty: np.ndarray, k: int) -> CoverResult:
         k: nodes to choose (capped at N).
     """
     n = graph.num_rows
+    _check_length(uncertainty, n)
     k = max(0, min(int(k), n))
     ident = np.arange(n, dtype=np.int64)
     chosen, covered = _greedy(
@@ -129,6 +137,8 @@ def greedy_cover_bipartite(
         reverse: the transpose of ``graph`` if already built.
     """
     r = graph.num_rows
+    _check_length(uncertainty, r)
+    _check_length(self_elem, r, "self_elem")
     k = max(0, min(int(k), r))
     rev = transpose(graph) if reverse is None else reverse
     self_elem = np.asarray(self_elem, dtype=np.int64)
@@ -160,40 +170,61 @@ def cover_embeddings(
 ) -> CoverResult:
     """Greedy max k-cover of embedded nodes (universe = the nodes), single worker or GreeDi.
 
-    With ``partitions`` > 1 this is GreeDi (Mirzasoleiman et al. 2013): the nodes are split at
-    random (``seed``) into that many parts; each part (one worker) builds its own graph and picks
-    k greedily; a final greedy picks k from the union of those picks, scored on the whole universe
-    (the union's rows against all nodes). No worker builds the full N x N graph.
+    With ``partitions`` > 1 this is GreeDi (Mirzasoleiman et al. 2013, see :func:`_greedi`): each
+    part (one worker) builds its own graph, and the final greedy scores the union's picks against
+    all nodes (the union's rows of the cos >= sigma graph). No worker builds the full N x N graph.
     """
-    n = embeddings.shape[0]
     if partitions <= 1:
         return greedy_cover(similarity_graph(embeddings, sigma), uncertainty, k)
-    uncertainty = np.asarray(uncertainty, dtype=np.float64)
-    parts = np.array_split(np.random.default_rng(seed).permutation(n), partitions)
-    picks = []
-    for part in parts:
-        part = np.sort(part)
-        local = greedy_cover(similarity_graph(embeddings[part], sigma), uncertainty[part], k)
-        picks.append(part[local.chosen])
-    union = np.sort(np.concatenate(picks))
-    final_graph = bipartite_graph(embeddings[union], embeddings, sigma, self_cols=union)
-    final = greedy_cover_bipartite(final_graph, union, uncertainty[union], k)
-    return CoverResult(chosen=union[final.chosen], covered=final.covered, universe=n)
+    return _greedi(
+        embeddings.shape[0],
+        uncertainty,
+        k,
+        partitions,
+        seed,
+        part_graph=lambda part: similarity_graph(embeddings[part], sigma),
+        union_rows=lambda union: bipartite_graph(embeddings[union], embeddings, sigma, self_cols=union),
+    )
 
 
 def greedi_on_graph(graph: Graph, uncertainty: np.ndarray, k: int, partitions: int, seed: int = 0) -> CoverResult:
     """GreeDi on an already built symmetric graph (for tests and benchmarks): see cover_embeddings."""
-    n = graph.num_rows
+    return _greedi(
+        graph.num_rows,
+        uncertainty,
+        k,
+        max(1, partitions),
+        seed,
+        part_graph=lambda part: induced_subgraph(graph, part),
+        union_rows=lambda union: induced_rows(graph, union),
+    )
+
+
+def _greedi(
+    n: int,
+    uncertainty: np.ndarray,
+    k: int,
+    partitions: int,
+    seed: int,
+    *,
+    part_graph: Callable[[np.ndarray], Graph],
+    union_rows: Callable[[np.ndarray], Graph],
+) -> CoverResult:
+    """GreeDi: split the n nodes at random (``seed``) into ``partitions`` parts, pick k greedily in
+    each part (``part_graph(part)``: the part's symmetric graph, nodes renumbered in part order),
+    then pick k from the union of those picks by a greedy scored on the whole universe
+    (``union_rows(union)``: the union's rows against all n nodes, without the self column).
+    """
     uncertainty = np.asarray(uncertainty, dtype=np.float64)
-    parts = np.array_split(np.random.default_rng(seed).permutation(n), max(1, partitions))
+    _check_length(uncertainty, n)
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), partitions)
     picks = []
     for part in parts:
         part = np.sort(part)
-        local = greedy_cover(induced_subgraph(graph, part), uncertainty[part], k)
+        local = greedy_cover(part_graph(part), uncertainty[part], k)
         picks.append(part[local.chosen])
     union = np.sort(np.concatenate(picks))
-    rows = induced_rows(graph, union)
-    final = greedy_cover_bipartite(rows, union, uncertainty[union], k)
+    final = greedy_cover_bipartite(union_rows(union), union, uncertainty[union], k)
     return CoverResult(chosen=union[final.chosen], covered=final.covered, universe=n)
 
 

@@ -4,7 +4,10 @@ The graphs are exact and built in tiles (``tile`` rows by ``tile * PANEL`` colum
 memory stays bounded: each tile is one float32 BLAS product of two blocks of unit vectors, and a
 numba kernel (rows split over threads) turns the tile's entries at or above the threshold into edges. The
 symmetric graph computes only the tiles on or above the diagonal (about half the products) and
-mirrors their edges. Graphs are CSR (``indptr``, ``indices``) with each row's
+mirrors their edges. The products are float32, whose rounding (up to about 1e-6 for unit vectors
+of a few hundred dimensions) could otherwise drop pairs at exactly cos = sigma, e.g. duplicate
+embeddings at sigma = 1 or opposite ones at sigma = -1; so an entry counts as an edge when it is
+at least sigma - COS_ATOL. Graphs are CSR (``indptr``, ``indices``) with each row's
 neighbours sorted ascending and no self-loops: that a node covers itself is the cover's business.
 """
 
@@ -23,6 +26,8 @@ import numpy as np
 # the half-wasted diagonal blocks cost little (N * TILE * d / 2 extra multiply-adds).
 TILE = 1024
 PANEL = 8
+# Slack under sigma for float32 rounding of the cosines (see the module docstring).
+COS_ATOL = 5e-6
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class _TileThresholder:
 
     def __init__(self, rows: int, cols: int, sigma: float):
         self.buf = np.empty(max(1, rows * cols), np.int32)
-        self.sigma = np.float32(sigma)
+        self.sigma = np.float32(sigma - COS_ATOL)
         self.workers = max(1, min(4, len(os.sched_getaffinity(0))))
         self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 

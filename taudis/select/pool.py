@@ -98,11 +98,12 @@ def gather_embeddings(shard_paths: Sequence[Path], offsets: np.ndarray, rows: np
     bounds = np.searchsorted(sorted_rows, offsets)
     for s, path in enumerate(shard_paths):
         lo, hi = bounds[s], bounds[s + 1]
+        if hi == lo:
+            continue  # also skips shards without instances, whose embedding width may be 0
         shard = read_shard(path, validate=False)  # validated when scored
         if out is None:
             out = np.empty((rows.shape[0], shard.embeddings.shape[1]), np.float32)
-        if hi > lo:
-            out[order[lo:hi]] = shard.embeddings[sorted_rows[lo:hi] - offsets[s]]
+        out[order[lo:hi]] = shard.embeddings[sorted_rows[lo:hi] - offsets[s]]
         del shard
     return out if out is not None else np.zeros((0, 0), np.float32)
 

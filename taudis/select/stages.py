@@ -32,7 +32,7 @@ from taudis.select.strategies import (
     oversample_step,
     vote_step,
 )
-from taudis.select.uncertainty import METRICS, PoolScores, check_aggregation, check_metric, score_pool
+from taudis.select.uncertainty import METRICS, PoolScores, check_aggregation, score_pool
 
 SCORES_SCHEMA = "taudis.scores"
 CANDIDATES_SCHEMA = "taudis.candidates"
@@ -52,7 +52,12 @@ def _read_header(directory: Path, name: str, schema: str) -> dict[str, Any]:
     file = directory / name
     if not file.is_file():
         raise StageInputError(f"{directory}: no {name} (not the output of the expected stage)")
-    header = json.loads(file.read_text())
+    try:
+        header = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise StageInputError(f"{file}: not valid JSON: {err}") from err
+    if not isinstance(header, dict):
+        raise StageInputError(f"{file}: not a JSON object")
     if header.get("schema") != schema or header.get("version") != VERSION:
         raise StageInputError(
             f"{file}: field 'schema'/'version' is {header.get('schema')!r}/{header.get('version')!r}, "
@@ -148,9 +153,8 @@ def oversample_instances(
     Returns:
         ``out_dir``.
     """
-    if isinstance(budget, bool) or budget <= 0:
-        raise ValueError(f"budget must be a positive integer, got {budget!r}")
-    check_metric(metric)
+    # beta and sigma belong to the cover stage; alpha >= beta >= 1 there, so alpha >= 1 here.
+    check_params(budget, "taudis", alpha, 1.0, 0.0, metric, "mean")
     d = Path(scores_dir)
     header = _read_header(d, "scores.json", SCORES_SCHEMA)
     scores = read_scores(d, [metric])

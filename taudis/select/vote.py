@@ -52,9 +52,12 @@ def vote(
     """
     m = image_ids.shape[0]
     budget = min(int(budget), m)
-    pos = np.searchsorted(image_ids, np.asarray(chosen_image, dtype=np.int64))
-    if pos.size and (pos.max() >= m or (image_ids[np.minimum(pos, m - 1)] != chosen_image).any()):
-        raise ValueError("a chosen instance's image is not in the pool")
+    chosen_image = np.asarray(chosen_image, dtype=np.int64)
+    pos = np.searchsorted(image_ids, chosen_image)
+    outside = (pos >= m) | (image_ids[np.minimum(pos, m - 1)] != chosen_image) if m else np.ones(pos.shape, bool)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"chosen instance {i} lies on image {int(chosen_image[i])}, which is not in the pool")
     votes = np.bincount(pos, minlength=m)
     summed = np.bincount(pos, weights=np.asarray(chosen_uncertainty, dtype=np.float64), minlength=m)
     voted = np.flatnonzero(votes > 0)
