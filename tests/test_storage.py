@@ -111,10 +111,10 @@ def test_conditional_write(storage_root: str) -> None:
 def test_join() -> None:
     assert storage.join("gs://b", "x", "y.json") == "gs://b/x/y.json"
     assert storage.join("gs://b/x/", "/y") == "gs://b/x/y"
-    assert storage.join("/tmp/a", "b", "c") == "/tmp/a/b/c"
-    assert storage.join("/tmp/a", "/b") == "/tmp/a/b"
-    assert storage.join("file:///tmp/a", "b", "c.json") == "file:///tmp/a/b/c.json"
-    assert storage.local_path(storage.join("file:///tmp/a/", "b")) == Path("/tmp/a/b")
+    assert storage.join("/data/a", "b", "c") == "/data/a/b/c"
+    assert storage.join("/data/a", "/b") == "/data/a/b"
+    assert storage.join("file:///data/a", "b", "c.json") == "file:///data/a/b/c.json"
+    assert storage.local_path(storage.join("file:///data/a/", "b")) == Path("/data/a/b")
     assert storage.split_gcs("gs://bucket/a/b") == ("bucket", "a/b")
     with pytest.raises(storage.StorageError):
         storage.split_gcs("/local")
