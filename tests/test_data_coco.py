@@ -60,6 +60,17 @@ def test_valid_file_loads(tmp_path: Path) -> None:
     assert class_names(data) == ["car", "tree"]
 
 
+def test_a_dataset_in_a_bucket_loads_and_a_missing_one_is_named(gcs_bucket: str, tmp_path: Path) -> None:
+    from taudis import storage
+
+    uri = storage.join(gcs_bucket, "data", "pool.json")
+    storage.upload_file(_write(tmp_path, _valid()), uri)
+    assert load_coco(uri) == load_coco(_write(tmp_path, _valid()))
+    missing = storage.join(gcs_bucket, "data", "nope.json")
+    with pytest.raises(CocoFormatError, match=f"{missing}: cannot read"):
+        load_coco(missing)
+
+
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
     def edit(data: dict[str, Any]) -> None:
         target = data

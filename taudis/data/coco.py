@@ -39,16 +39,13 @@ class CocoFormatError(ValueError):
 
 def read_coco_json(annotations: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a COCO JSON file from a local path or a ``gs://`` URI (through ``taudis.storage``), unvalidated."""
-    source = str(annotations)
-    if source.startswith("gs://"):
-        from taudis.storage import read_bytes  # lazy: only remote datasets need the storage layer
+    from taudis.storage import StorageError, read_bytes
 
+    source = str(annotations)
+    try:
         raw = read_bytes(source)
-    else:
-        try:
-            raw = Path(source).read_bytes()
-        except OSError as err:
-            raise CocoFormatError(source, f"cannot read: {err}") from err
+    except (OSError, StorageError) as err:
+        raise CocoFormatError(source, f"cannot read: {err}") from err
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
