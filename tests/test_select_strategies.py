@@ -143,6 +143,12 @@ def test_greedi_partitions_cover_nearly_as_much_as_one_worker(pool: Path, tmp_pa
     assert vote_images(scores, cover, tmp_path / "sel.json", 20).read_text() == greedi.to_json()
 
 
+def test_exclusion_note_counts_only_images_of_the_pool(pool: Path) -> None:
+    selection = select(pool, 5, "random", exclude=[3, 4, 10**9])
+    assert selection.notes[0] == "excluded 2 image ids from the pool (1 more to exclude are not in it)"
+    assert not {3, 4} & set(selection.image_ids)
+
+
 def test_greedi_options_are_checked(pool: Path) -> None:
     with pytest.raises(ValueError, match="partitions must be a positive integer"):
         select(pool, 10, partitions=0)

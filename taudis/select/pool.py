@@ -57,6 +57,7 @@ class Pool:
     eligible: np.ndarray  # bool (N,), instance belongs to a pool image
     instance_counts: np.ndarray  # int64 (M,)
     excluded: np.ndarray  # int64, sorted unique ids asked to be excluded
+    removed: int  # how many of the shards' images those ids took out of the pool
 
     @property
     def num_images(self) -> int:
@@ -70,14 +71,15 @@ class Pool:
 def make_pool(image_ids: np.ndarray, instance_image: np.ndarray, exclude: Collection[int]) -> Pool:
     """The pool: ``image_ids`` minus ``exclude``, and which instances belong to it."""
     excluded = np.unique(np.asarray(list(exclude), dtype=np.int64))
-    ids = np.asarray(image_ids, dtype=np.int64)
-    ids = ids[~np.isin(ids, excluded)]
+    all_ids = np.asarray(image_ids, dtype=np.int64)
+    ids = all_ids[~np.isin(all_ids, excluded)]
     eligible = ~np.isin(instance_image, excluded) if excluded.size else np.ones(instance_image.shape[0], bool)
     return Pool(
         image_ids=ids,
         eligible=eligible,
         instance_counts=instance_counts(ids, instance_image),
         excluded=excluded,
+        removed=int(all_ids.size - ids.size),
     )
 
 
@@ -112,7 +114,9 @@ def budget_notes(budget: int, pool: Pool) -> list[str]:
     """Notes on the budget against the pool (the whole pool is selected when B exceeds it)."""
     notes = []
     if pool.excluded.size:
-        notes.append(f"excluded {pool.excluded.size} image ids from the pool")
+        absent = pool.excluded.size - pool.removed
+        note = f"excluded {pool.removed} image ids from the pool"
+        notes.append(note + (f" ({absent} more to exclude are not in it)" if absent else ""))
     if budget > pool.num_images:
         notes.append(f"budget {budget} exceeds the pool's {pool.num_images} images: selecting the whole pool")
     if pool.num_instances == 0:
