@@ -163,7 +163,7 @@ def prepare_round(
             ingest_labels(labels, campaign.ledger, campaign.labelled, pool_uri=pool_annotations)
     ledger = read_ledger(campaign.ledger)
     labelled = storage.read_json(campaign.labelled)
-    _write_json(labelled_out, labelled)
+    storage.write_json(labelled_out, labelled)
     outside = sorted({img["id"] for img in pool["images"]} - set(ledger.pool))
     if outside:
         log.warning(
@@ -173,7 +173,7 @@ def prepare_round(
             campaign.ledger,
             outside[:10],
         )
-    _write_json(unlabelled_out, _subset(pool, ledger.unlabelled))
+    storage.write_json(unlabelled_out, _subset(pool, ledger.unlabelled))
     return len(ledger.rounds)
 
 
@@ -407,19 +407,12 @@ def _subset(coco: dict[str, Any], image_ids: Iterable[int]) -> dict[str, Any]:
     }
 
 
-def _write_json(path: str, obj: Any) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj))
-
-
 def _local_copy(uri: str) -> str:
     """A local path with the content of ``uri`` (the path itself when ``uri`` is local)."""
     if not storage.is_gcs(uri):
         return str(storage.local_path(uri))
-    fd, path = tempfile.mkstemp(suffix=os.path.basename(uri))
-    with os.fdopen(fd, "wb") as out:
-        out.write(storage.read_bytes(uri))
-    return path
+    target = Path(tempfile.mkdtemp(prefix="taudis-")) / os.path.basename(uri)
+    return str(storage.download_file(uri, target))
 
 
 def _finite(value: float) -> float:
