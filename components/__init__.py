@@ -5,10 +5,10 @@ library. Components are declared with install_kfp_package=False and no packages_
 container images (and a local environment) already hold taudis and its pinned dependencies.
 """
 
-from components.export import export_for_labeling
-from components.labels import check_parameters, ingest_labels, reveal_oracle_labels
-from components.model import evaluate_model, infer_instances, train_model
-from components.select import (
+from taudis_kfp.components.export import export_for_labeling
+from taudis_kfp.components.labels import check_parameters, ingest_labels, reveal_oracle_labels
+from taudis_kfp.components.model import evaluate_model, infer_instances, train_model
+from taudis_kfp.components.select import (
     oversample_instances,
     score_uncertainty,
     select_baseline,

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.images import gpu_component
+from taudis_kfp.components.images import gpu_component
 
 
 @gpu_component

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Output
 
-from components.images import cpu_component
+from taudis_kfp.components.images import cpu_component
 
 
 @cpu_component

@@ -8,8 +8,8 @@ start of the next round. A last train-and-evaluate closes the learning curve.
 
 from kfp import dsl
 
-from components import reveal_oracle_labels
-from pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
+from taudis_kfp.components import reveal_oracle_labels
+from taudis_kfp.pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
 
 
 def build_campaign_pipeline(

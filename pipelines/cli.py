@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.platform import TARGETS
+from taudis_kfp.pipelines.platform import TARGETS
 
 PIPELINES = ("round", "campaign")
 # Compiled-pipeline parameter types -> Python converters.
@@ -44,11 +44,11 @@ def build_pipeline(pipeline: str, strategy: str, *, rounds: int = 3, num_shards:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     if pipeline == "round":
-        from pipelines.round import build_round_pipeline
+        from taudis_kfp.pipelines.round import build_round_pipeline
 
         return build_round_pipeline(strategy, num_shards=num_shards, target=target)
     if pipeline == "campaign":
-        from pipelines.campaign import build_campaign_pipeline
+        from taudis_kfp.pipelines.campaign import build_campaign_pipeline
 
         return build_campaign_pipeline(strategy, rounds=rounds, num_shards=num_shards, target=target)
     raise ValueError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from kfp import dsl
 
-from components import (
+from taudis_kfp.components import (
     check_parameters,
     evaluate_model,
     export_for_labeling,
@@ -24,7 +24,7 @@ from components import (
     train_model,
     vote_images,
 )
-from pipelines.platform import on_gpu
+from taudis_kfp.pipelines.platform import on_gpu
 
 
 @dataclass(frozen=True)

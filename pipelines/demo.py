@@ -85,8 +85,8 @@ def run_campaign(
     ``threads`` > 0 caps the CPU threads of every step (they inherit OMP_NUM_THREADS), so that
     campaigns running side by side share the cores instead of fighting over them.
     """
-    from pipelines.cli import compile_pipeline, run_local, typed_arguments
     from taudis.campaign import learning_curve
+    from taudis_kfp.pipelines.cli import compile_pipeline, run_local, typed_arguments
 
     if threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -7,8 +7,8 @@ The strategy, the number of inference shards and the target platform are fixed w
 
 from kfp import dsl
 
-from components import ingest_labels
-from pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
+from taudis_kfp.components import ingest_labels
+from taudis_kfp.pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
 
 
 def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, target: str = "kubernetes"):

@@ -8,7 +8,7 @@ venv=${TAUDIS_VENV:-.venv}
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 stamp="$venv/.taudis-bootstrap"
-want=$(cat pyproject.toml scripts/bootstrap.sh scripts/install-detectron2.sh scripts/detectron2-requirements.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py scripts/bootstrap.sh scripts/install-detectron2.sh scripts/detectron2-requirements.txt | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
   exit 0
 fi

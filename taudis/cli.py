@@ -2,6 +2,8 @@
 
 Each command lives in its own module as ``main(argv) -> int``; this file only dispatches, and
 imports a module only when its command runs (torch and detectron2 load only for model commands).
+Commands of the layers above the library (``pipeline``, ``demo``: the KFP layer) are found
+through the ``taudis.commands`` entry-point group, so the library never imports them.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+PLUGIN_GROUP = "taudis.commands"
 
 # command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,15 +26,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("taudis.storage.labels", "ingest annotators' COCO labels for pending images"),
     "export": ("taudis.export.cli", "write labelling tasks for chosen images"),
     "report": ("taudis.report.cli", "write a round's Markdown/HTML report, a learning curve or a campaign page"),
-    "pipeline": ("pipelines.cli", "compile, run locally, submit or schedule the KFP pipelines"),
-    "demo": ("pipelines.demo", "run a short local campaign on built-in synthetic data"),
 }
 
 
+def commands() -> dict[str, tuple[str, str]]:
+    """The library's commands and those installed through the ``taudis.commands`` entry points.
+
+    An entry point names a module with ``main(argv)``; its help line is the module docstring's
+    first line (without a leading "`taudis name`: "), read only when the usage is printed.
+    """
+    found = dict(COMMANDS)
+    for entry in entry_points(group=PLUGIN_GROUP):
+        found.setdefault(entry.name, (entry.value, ""))
+    return found
+
+
+def _help_line(module: str, help_: str) -> str:
+    if help_:
+        return help_
+    lines = (importlib.import_module(module).__doc__ or "").strip().splitlines()
+    first = lines[0] if lines else ""
+    summary = first.split("`: ", 1)[1] if first.startswith("`taudis ") and "`: " in first else first
+    return summary.rstrip(".")
+
+
 def _usage() -> str:
-    width = max(map(len, COMMANDS))
+    table = commands()
+    width = max(map(len, table))
     lines = ["usage: taudis <command> [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {_help_line(module, help_)}" for name, (module, help_) in table.items()]
     lines += ["", "`taudis <command> --help` describes a command's options."]
     return "\n".join(lines)
 
@@ -40,10 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = args[0], args[1:]
-    if command not in COMMANDS:
+    table = commands()
+    if command not in table:
         print(f"taudis: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(table[command][0])
     return int(module.main(rest) or 0)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import compile_pipeline, main, pipeline_spec, schedule_runs, submit_run, typed_arguments
+from taudis_kfp.pipelines.cli import compile_pipeline, main, pipeline_spec, schedule_runs, submit_run, typed_arguments
 from tests.fake_kfp import start_fake_kfp
 
 GPU_EXECUTORS = {"exec-train-model", "exec-evaluate-model", "exec-infer-instances"}

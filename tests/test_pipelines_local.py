@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import compile_pipeline, run_local, typed_arguments
 from taudis import storage
 from taudis.campaign import Campaign, learning_curve
 from taudis.data.instances import read_shard
 from taudis.storage.ledger import read_ledger
+from taudis_kfp.pipelines.cli import compile_pipeline, run_local, typed_arguments
 
 pytestmark = pytest.mark.pipeline
 
