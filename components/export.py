@@ -20,7 +20,7 @@ def export_for_labeling(
 ):
     """Write labelling tasks, mark the chosen images pending, and report the round.
 
-    tasks/: COCO pre-annotations, Label Studio tasks, CVAT archive, manifest.jsonl (taudis.export).
+    tasks/: COCO pre-annotations, Label Studio tasks, CVAT archive, manifest.jsonl (taudis.labeling).
     summary: Markdown; report: self-contained HTML with thumbnails and the learning curve.
     """
     from taudis.campaign import finish_round, gather_shards

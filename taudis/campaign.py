@@ -285,7 +285,7 @@ def finish_round(
     Returns:
         The ledger's round entry.
     """
-    from taudis.export import export_for_labeling
+    from taudis.labeling import export_for_labeling
     from taudis.report import learning_curve_png, round_html, round_markdown
     from taudis.storage.ledger import record_round
 

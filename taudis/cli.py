@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("taudis.select.cli", "choose the images to label next from instance shards"),
     "ledger": ("taudis.storage.cli", "create or show a campaign ledger"),
     "ingest": ("taudis.storage.labels", "ingest annotators' COCO labels for pending images"),
-    "export": ("taudis.export.cli", "write labelling tasks for chosen images"),
+    "export": ("taudis.labeling.cli", "write labelling tasks for chosen images"),
     "report": ("taudis.report.cli", "write a round's Markdown/HTML report, a learning curve or a campaign page"),
 }
 

@@ -18,8 +18,8 @@ from pycocotools.coco import COCO
 from taudis import storage
 from taudis.data.instances import write_shard
 from taudis.data.masks import binary_mask, decode_rle
-from taudis.export import ExportError, export_for_labeling, mask_polygons
-from taudis.export.cli import main
+from taudis.labeling import ExportError, export_for_labeling, mask_polygons
+from taudis.labeling.cli import main
 
 CLASSES = ["house", "pool"]
 CATEGORIES = [{"id": 5, "name": "house"}, {"id": 7, "name": "pool"}]  # ids differ from class indices on purpose
@@ -291,7 +291,7 @@ def test_cli(inputs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_gcs_export_fetches_only_the_shards_it_needs(gcs_bucket: str, tmp_path: Path) -> None:
-    from taudis.export.labeling import fetch_shards_with_images
+    from taudis.labeling.tasks import fetch_shards_with_images
 
     _write_shards(tmp_path / "instances")
     storage.upload_tree(tmp_path / "instances", f"{gcs_bucket}/instances")

@@ -27,39 +27,15 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from pycocotools import mask as mask_utils
 
+from taudis.data.labels import LabelProblem, LabelValidationError
 from taudis.storage import uri as storage
 from taudis.storage.ledger import Ledger, mark_labelled, read_ledger
 
 EDGE_TOLERANCE = 1.0  # pixels: polygons and boxes may touch the border, with rounding
-MAX_PROBLEMS = 50
-
-
-@dataclass(frozen=True)
-class LabelProblem:
-    """One reason a labels file is refused."""
-
-    file: str
-    record: str  # e.g. "annotation id 7 (index 3)" or "image id 5 (index 0)"
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.record}, field {self.field!r}: {self.message}"
-
-
-class LabelValidationError(ValueError):
-    """A labels file breaks a rule; ``problems`` lists every problem found (file, record, field)."""
-
-    def __init__(self, problems: Sequence[LabelProblem]):
-        self.problems = list(problems)
-        shown = "\n".join(f"  {p}" for p in self.problems[:MAX_PROBLEMS])
-        more = f"\n  ... and {len(self.problems) - MAX_PROBLEMS} more" if len(self.problems) > MAX_PROBLEMS else ""
-        super().__init__(f"{len(self.problems)} problem(s) in the labels:\n{shown}{more}")
 
 
 # ---------------------------------------------------------------------------------- RLE checks

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from taudis.export.predictions import Prediction
+from taudis.labeling.predictions import Prediction
 
 
 def build_manifest(

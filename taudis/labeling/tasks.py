@@ -14,11 +14,11 @@ import numpy as np
 from taudis import storage
 from taudis.data.instances import HEADER, list_shards
 from taudis.data.masks import MASK_THRESHOLD
-from taudis.export.coco import build_preannotations
-from taudis.export.cvat import build_cvat_archive
-from taudis.export.labelstudio import build_tasks, label_config
-from taudis.export.manifest import build_manifest
-from taudis.export.predictions import ExportError, read_predictions
+from taudis.labeling.coco import build_preannotations
+from taudis.labeling.cvat import build_cvat_archive
+from taudis.labeling.labelstudio import build_tasks, label_config
+from taudis.labeling.manifest import build_manifest
+from taudis.labeling.predictions import ExportError, read_predictions
 
 SELECTION_SCHEMA = "taudis.selection"
 SELECTION_VERSION = 1

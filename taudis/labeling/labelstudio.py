@@ -19,7 +19,7 @@ import contourpy
 import numpy as np
 
 from taudis.data.masks import decode_rle
-from taudis.export.predictions import Prediction
+from taudis.labeling.predictions import Prediction
 
 FROM_NAME = "label"  # the PolygonLabels control's name in label_config()
 TO_NAME = "image"  # the Image object's name, and the task data key holding the image URI

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from taudis import storage
 from taudis.data.instances import InstanceTableError
-from taudis.export.labeling import export_for_labeling, summary
-from taudis.export.predictions import ExportError
+from taudis.labeling.predictions import ExportError
+from taudis.labeling.tasks import export_for_labeling, summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

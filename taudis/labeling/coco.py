@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from taudis.export.predictions import Prediction
+from taudis.labeling.predictions import Prediction
 
 
 def build_preannotations(

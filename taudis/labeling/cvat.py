@@ -25,7 +25,7 @@ def build_cvat_archive(coco: Mapping[str, Any], image_bytes: Mapping[str, bytes]
     image entries are matched to the task's images by ``file_name``.
 
     Args:
-        coco: the COCO document (see ``taudis.export.coco.build_preannotations``).
+        coco: the COCO document (see ``taudis.labeling.coco.build_preannotations``).
         image_bytes: file_name -> bytes of the images to include (None: annotations only).
     """
     buffer = io.BytesIO()
