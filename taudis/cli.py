@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ledger": ("taudis.storage.cli", "create or show a campaign ledger"),
     "ingest": ("taudis.storage.labels", "ingest annotators' COCO labels for pending images"),
     "export": ("taudis.labeling.cli", "write labelling tasks for chosen images"),
+    "labelstudio": ("taudis.labeling.labelstudio_sync", "push tasks into a Label Studio project, pull its labels"),
     "report": ("taudis.report.cli", "write a round's Markdown/HTML report, a learning curve or a campaign page"),
 }
 

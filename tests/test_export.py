@@ -20,6 +20,7 @@ from taudis.data.instances import write_shard
 from taudis.data.masks import binary_mask, decode_rle
 from taudis.labeling import ExportError, export_for_labeling, mask_polygons
 from taudis.labeling.cli import main
+from taudis.labeling.labelstudio import decode_brush_rle, image_url
 
 CLASSES = ["house", "pool"]
 CATEGORIES = [{"id": 5, "name": "house"}, {"id": 7, "name": "pool"}]  # ids differ from class indices on purpose
@@ -166,20 +167,25 @@ def test_coco_preannotations_round_trip(inputs: dict[str, Any], tmp_path: Path) 
     assert len(results.getAnnIds()) == len(coco.dataset["annotations"])
 
 
-def test_label_studio_tasks_match_the_import_format(inputs: dict[str, Any]) -> None:
-    written = _export(inputs)
+@pytest.mark.parametrize("regions", ["brush", "polygons"])
+def test_label_studio_tasks_match_the_import_format(inputs: dict[str, Any], regions: str) -> None:
+    written = export_for_labeling(
+        inputs["selection"], inputs["instances"], inputs["pool"], inputs["image_root"], inputs["out"],
+        labelstudio_regions=regions,
+    )  # fmt: skip
     tasks = storage.read_json(written["labelstudio_tasks"])
     config = ET.fromstring(storage.read_text(written["labelstudio_config"]))
     image_tag = config.find("Image")
-    control = config.find("PolygonLabels")
-    assert image_tag is not None and control is not None
+    control = config.find("BrushLabels" if regions == "brush" else "PolygonLabels")
+    assert image_tag is not None and control is not None and len(config) == 2
     label_values = {label.get("value") for label in control.findall("Label")}
     assert label_values == {"house", "pool"}
     assert isinstance(tasks, list) and [t["data"]["image_id"] for t in tasks] == inputs["order"]
     for task in tasks:
         image_id = task["data"]["image_id"]
         height, width = SIZES[image_id]
-        # the Image tag reads the task's data key named by its value="$key"
+        assert task["data"]["file_name"] == f"tiles/t{image_id}.png"
+        # the Image tag reads the task's data key named by its value="$key"; no prefix: the image's URI
         assert task["data"][image_tag.get("value").lstrip("$")] == storage.join(
             inputs["image_root"], f"tiles/t{image_id}.png"
         )
@@ -187,27 +193,61 @@ def test_label_studio_tasks_match_the_import_format(inputs: dict[str, Any]) -> N
         assert set(prediction) == {"model_version", "score", "result"}
         assert prediction["model_version"] == "model-r1"  # the shards' model id
         truth = inputs["truth"].get(image_id, [])
-        instances = {r["id"].split("-")[1] for r in prediction["result"]}
-        assert len(instances) == len(truth)
         assert prediction["score"] == pytest.approx(np.mean([t["score"] for t in truth]) if truth else 0.0, abs=1e-6)
+        drawn: dict[int, np.ndarray] = {}
         for result in prediction["result"]:
-            assert result["type"] == "polygonlabels"
+            assert result["type"] == ("brushlabels" if regions == "brush" else "polygonlabels")
             assert result["from_name"] == control.get("name") and result["to_name"] == control.get("toName")
             assert result["to_name"] == image_tag.get("name")
             assert (result["original_width"], result["original_height"], result["image_rotation"]) == (width, height, 0)
-            assert set(result["value"]) == {"points", "polygonlabels"}
-            assert result["value"]["polygonlabels"][0] in label_values
-            points = np.array(result["value"]["points"])
-            assert points.shape[1] == 2 and len(points) >= 3
-            assert points.min() >= 0 and points.max() <= 100  # percent of the image size
+            assert result["value"][result["type"]][0] in label_values
             instance = int(result["id"].split("-")[1])
             t = next(t for t in truth if t["instance"] == instance)
+            assert result["value"][result["type"]] == [CLASSES[t["class"]]]
             assert result["score"] == pytest.approx(t["score"], abs=1e-6)
-            # the polygon outlines the predicted mask
-            pixels = (points * [width / 100, height / 100]).ravel().tolist()
-            drawn = mask_utils.decode(mask_utils.frPyObjects([pixels], height, width)).max(axis=2).astype(bool)
+            if regions == "brush":
+                assert instance not in drawn, "one brush region per instance"
+                assert result["value"]["format"] == "rle"
+                drawn[instance] = decode_brush_rle(result["value"]["rle"], height, width)
+            else:
+                assert result["value"]["closed"] is True
+                points = np.array(result["value"]["points"])
+                assert points.shape[1] == 2 and len(points) >= 3
+                assert points.min() >= 0 and points.max() <= 100  # percent of the image size
+                pixels = (points * [width / 100, height / 100]).ravel().tolist()
+                part = mask_utils.decode(mask_utils.frPyObjects([pixels], height, width)).max(axis=2).astype(bool)
+                drawn[instance] = drawn.get(instance, np.zeros_like(part)) | part
+        assert sorted(drawn) == sorted(t["instance"] for t in truth)  # every instance, once
+        for t in truth:
             want = binary_mask(t["mask_probs"], t["box"], height, width)
-            assert (drawn & want).sum() / (drawn | want).sum() > 0.95
+            if regions == "brush":
+                assert np.array_equal(drawn[t["instance"]], want)  # exact: parts and holes
+            else:
+                assert (drawn[t["instance"]] & want).sum() / (drawn[t["instance"]] | want).sum() > 0.95
+
+
+def test_label_studio_image_urls_take_a_prefix(inputs: dict[str, Any]) -> None:
+    written = export_for_labeling(
+        inputs["selection"], inputs["instances"], inputs["pool"], inputs["image_root"], inputs["out"],
+        labelstudio_url_prefix="/data/local-files/?d=pool/images/",
+    )  # fmt: skip
+    tasks = storage.read_json(written["labelstudio_tasks"])
+    assert [t["data"]["image"] for t in tasks] == [
+        f"/data/local-files/?d=pool/images/tiles/t{i}.png" for i in inputs["order"]
+    ]
+    with pytest.raises(ExportError, match="labelstudio_regions"):
+        export_for_labeling(
+            inputs["selection"], inputs["instances"], inputs["pool"], inputs["image_root"], inputs["out"],
+            labelstudio_regions="boxes",
+        )  # fmt: skip
+
+
+def test_image_url_quotes_the_file_name() -> None:
+    assert image_url("gs://b/p/a b.png", "a b.png", None) == "gs://b/p/a b.png"
+    assert (
+        image_url("x", "dir/a b#1.png", "/data/local-files/?d=root/") == "/data/local-files/?d=root/dir/a%20b%231.png"
+    )
+    assert image_url("x", "t.png", "https://img.example/pool/") == "https://img.example/pool/t.png"
 
 
 def test_cvat_archive_has_what_coco_1_0_import_expects(inputs: dict[str, Any], tmp_path: Path) -> None:
@@ -282,11 +322,15 @@ def test_bad_inputs_name_file_and_field(inputs: dict[str, Any]) -> None:
 
 def test_cli(inputs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--selection", inputs["selection"], "--instances", inputs["instances"], "--pool-annotations",
-            inputs["pool"], "--image-root", inputs["image_root"], "--out", inputs["out"], "--no-images"]  # fmt: skip
+            inputs["pool"], "--image-root", inputs["image_root"], "--labelstudio-url-prefix", "/data/local-files/?d=",
+            "--labelstudio-regions", "polygons", "--out", inputs["out"], "--no-images"]  # fmt: skip
     assert main(args) == 0
     written = json.loads(capsys.readouterr().out)
     names = zipfile.ZipFile(io.BytesIO(storage.read_bytes(written["cvat_archive"]))).namelist()
     assert names == ["annotations/instances_default.json"]
+    tasks = storage.read_json(written["labelstudio_tasks"])
+    assert tasks[0]["data"]["image"] == f"/data/local-files/?d=tiles/t{inputs['order'][0]}.png"
+    assert "PolygonLabels" in storage.read_text(written["labelstudio_config"])
     assert main([*args[:-1], "--threshold", "0.5", "--selection", storage.join(inputs["out"], "nope.json")]) == 1
 
 
@@ -304,18 +348,24 @@ def test_gcs_export_fetches_only_the_shards_it_needs(gcs_bucket: str, tmp_path: 
     assert (tmp_path / "one" / "header.json").is_file()
 
 
-def test_exported_preannotations_ingest_back_as_labels(inputs: dict[str, Any]) -> None:
-    """Labels out -> annotators accept the pre-annotations as they are -> labels in."""
-    from taudis.storage.labels import ingest_labels
-    from taudis.storage.ledger import create_ledger, read_ledger, record_round
+def test_every_export_reads_back_as_the_predictions(inputs: dict[str, Any]) -> None:
+    """Labels out -> annotators accept the predictions as they are -> read_labels gives them back."""
+    from taudis.labeling import read_labels
 
     written = _export(inputs)
-    ledger = inputs["out"] + "-ledger.json"
-    create_ledger(ledger, SIZES)
-    record_round(ledger, 1, "taudis", {}, inputs["order"])
-    summary = ingest_labels(written["preannotations"], ledger, inputs["out"] + "-labelled.json")
-    assert summary["images"] == 3 and summary["annotations"] == sum(len(inputs["truth"].get(i, [])) for i in (10, 12))
-    assert read_ledger(ledger).labelled == set(inputs["order"])
+    expected = {i: len(inputs["truth"].get(i, [])) for i in inputs["order"]}
+    for key, fmt in (("preannotations", "coco"), ("cvat_archive", "cvat-coco")):
+        labels = read_labels(written[key])
+        assert labels.format == fmt and labels.problems == ()
+        assert [image.ref for image in labels.images] == [f"tiles/t{i}.png" for i in inputs["order"]]
+        assert [image.tool_id for image in labels.images] == inputs["order"]
+        assert all(image.ids_are_pool_ids == (fmt == "coco") for image in labels.images)
+        counts = {i: sum(a.image == k for a in labels.annotations) for k, i in enumerate(inputs["order"])}
+        assert counts == expected
+        for ann in labels.annotations:
+            image_id = inputs["order"][ann.image]
+            assert ann.category in CLASSES
+            assert isinstance(ann.segmentation, dict) and ann.segmentation["size"] == list(SIZES[image_id])
 
 
 # ----------------------------------------------------------------- the round's last step (no KFP)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from taudis import storage
 from taudis.data.instances import InstanceTableError
+from taudis.labeling.labelstudio import REGIONS
 from taudis.labeling.predictions import ExportError
 from taudis.labeling.tasks import export_for_labeling, summary
 
@@ -22,6 +23,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (gs:// or local)")
     parser.add_argument("--no-images", action="store_true", help="leave the images out of the CVAT archive")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold")
+    parser.add_argument(
+        "--labelstudio-url-prefix",
+        help="Label Studio tasks name their images <prefix><file name>, e.g. /data/local-files/?d=pool/images/ "
+        "(default: the image's URI, e.g. gs://..., for a project with a source storage of that bucket)",
+    )
+    parser.add_argument(
+        "--labelstudio-regions",
+        choices=REGIONS,
+        default="brush",
+        help="one brush region per instance (holes kept; default) or its outline polygons (holes filled)",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         written = export_for_labeling(
@@ -32,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             include_images=not args.no_images,
             threshold=args.threshold,
+            labelstudio_url_prefix=args.labelstudio_url_prefix,
+            labelstudio_regions=args.labelstudio_regions,
         )
     except (ExportError, InstanceTableError, storage.StorageError) as err:
         print(f"taudis export: {err}", file=sys.stderr)

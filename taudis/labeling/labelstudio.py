@@ -1,28 +1,164 @@
-"""A Label Studio task list with the model's predictions as polygons, and the matching labelling config.
+"""Label Studio, both ways: a task list with the model's predictions out, its JSON and COCO exports in.
 
-Label Studio imports a JSON list of tasks; each task's ``data`` names the image and its
-``predictions`` hold pre-annotations (Label Studio's "Basic Label Studio JSON format" with a
-``predictions`` key). Masks go out as ``polygonlabels`` results: points in percent of the image
-size (0-100), which Label Studio imports as is; its brush format needs Label Studio's own RLE
-encoding instead of COCO's, so polygons are the portable choice. One result per outer contour of
-the mask (a mask in several parts gives several polygons of the same instance; holes are
-dropped, so annotators see the outline they correct).
+Out: Label Studio imports a JSON list of tasks; each task's ``data`` names the image (the URL the
+Label Studio frontend loads) and carries taudis's own ids; its ``predictions`` hold the model's
+instances ("Label Studio JSON format" with a ``predictions`` key). Each predicted instance is ONE
+region, with its score:
+
+- ``brush`` (default): a ``brushlabels`` result whose ``value.rle`` is the mask in Label Studio's
+  own RLE (see :func:`encode_brush_rle`); parts and holes are kept exactly.
+- ``polygons``: a ``polygonlabels`` result per outer contour, ids ``taudis-<instance>-<part>`` so
+  that the parts of one instance come back as one instance. Label Studio's polygons cannot have
+  holes: holes are filled. Points are in percent of the image size (0-100).
+
+In: :func:`read_labelstudio_json` reads the project's JSON export (a list of tasks, each with its
+``annotations``); :func:`read_labelstudio_coco` its COCO export (the zip's ``result.json``, or the
+JSON alone), which renumbers images 0..N-1 and categories 0-based in alphabetical order: only
+file names and category names survive it. Both return :class:`~taudis.labeling.toollabels.ToolLabels`.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeGuard
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import contourpy
 import numpy as np
 
-from taudis.data.masks import decode_rle
+from taudis.data.labels import LabelProblem
+from taudis.data.masks import decode_rle, encode_rle
 from taudis.labeling.predictions import Prediction
+from taudis.labeling.toollabels import Problems, ToolAnnotation, ToolImage, ToolLabels
 
-FROM_NAME = "label"  # the PolygonLabels control's name in label_config()
-TO_NAME = "image"  # the Image object's name, and the task data key holding the image URI
+FROM_NAME = "label"  # the labels control's name in label_config()
+TO_NAME = "image"  # the Image object's name, and the task data key holding the image URL
+REGIONS = ("brush", "polygons")
+RESULT_TYPES = {"brush": "brushlabels", "polygons": "polygonlabels"}
+GROUP_ID = re.compile(r"^taudis-(\d+)-\d+$")  # polygon parts of one exported instance
+LOCAL_FILES_PATH = "/data/local-files/"
+STORAGE_DATA_PATH = "/storage-data/uploaded"
+UPLOAD_PATH = re.compile(r"(?:^|/)upload/\d+/[0-9a-f]{8}-(?P<name>[^/]+)$")
+DOWNLOAD_CACHE_PATH = re.compile(r"(?:^|/)images/[0-9a-f]{8}__(?P<name>[^/]+)$")
+MASK_ALPHA = 128  # a brush pixel belongs to the mask when its alpha is at least half
+POINT_TOLERANCE = 0.5  # percent: polygon points may stray this far past the image's edge
+
+# Label Studio's brush RLE (the rle-pack format its frontend and converter use): a bit stream,
+# most significant bit first. Header: 32 bits value count, 5 bits word size - 1, four 4-bit
+# run-length field widths - 1. Then chunks until the count is reached: 1 bit (1: one value
+# repeated, 0: literal values), 2 bits choosing a field width, that many bits of length - 1,
+# then one value (repeat) or length values (literal) of word-size bits each. Values are the
+# image's RGBA bytes, row by row; the mask is the alpha channel.
+_WORD_BITS = 8
+_RUN_BITS = (3, 4, 8, 16)
+_MAX_RUN = 1 << 16
+
+
+class BrushRLEError(ValueError):
+    """A brush RLE that does not decode to the stated image size."""
+
+
+# ------------------------------------------------------------------------------- brush RLE
+
+
+def encode_brush_rle(mask: np.ndarray) -> list[int]:
+    """Label Studio brush RLE of a binary (H, W) mask: RGBA bytes (255 inside, 0 outside).
+
+    The same bytes as Label Studio's converter (``brush.mask2rle`` of ``mask * 255``): word size
+    8, run fields of 3, 4, 8 and 16 bits, runs longer than 65536 split, padding to a whole byte
+    (a whole zero byte when the bits already fill one).
+    """
+    values = np.repeat(np.asarray(mask, dtype=bool).ravel().astype(np.int64) * 255, 4)
+    header = [(len(values), 32), (_WORD_BITS - 1, 5)] + [(bits - 1, 4) for bits in _RUN_BITS]
+    fields, widths = _run_fields(values)
+    head_values = np.array([v for v, _ in header], dtype=np.int64)
+    head_widths = np.array([w for _, w in header], dtype=np.int64)
+    bits = _field_bits(np.concatenate([head_values, fields]), np.concatenate([head_widths, widths]))
+    bits = np.concatenate([bits, np.zeros(8 - len(bits) % 8, dtype=np.uint8)])
+    return [int(b) for b in np.packbits(bits)]
+
+
+def _run_fields(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One (chunk bits, width) field per chunk: flag, width choice, length - 1 and the value."""
+    if len(values) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ends = np.append(np.flatnonzero(values[1:] != values[:-1]), len(values) - 1)
+    lengths = np.diff(np.append(-1, ends))
+    run_values = values[ends]
+    # Runs over 256 use the 16-bit field; over 65536 they are cut into 65536-long chunks first.
+    full = np.where(lengths > 256, (lengths - 1) // _MAX_RUN, 0)
+    chunk_values = np.repeat(run_values, full + 1)
+    last = np.cumsum(full + 1) - 1
+    chunk_lengths = np.full(len(chunk_values), _MAX_RUN, dtype=np.int64)
+    chunk_lengths[last] = lengths - full * _MAX_RUN
+    in_long_run = np.repeat(lengths > 256, full + 1)
+    choice = np.select([chunk_lengths <= 8, chunk_lengths <= 16, chunk_lengths <= 256], [0, 1, 2], 3)
+    choice[in_long_run] = 3
+    run_bits = np.array(_RUN_BITS, dtype=np.int64)[choice]
+    repeat = (chunk_lengths > 1).astype(np.int64)  # a single value goes out as a literal of one
+    head = (repeat << (2 + run_bits)) | (choice << run_bits) | (chunk_lengths - 1)
+    return (head << _WORD_BITS) | chunk_values, 3 + run_bits + _WORD_BITS
+
+
+def _field_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """The fields' bits, most significant first, concatenated."""
+    span = int(widths.max()) if len(widths) else 0
+    shifts = widths[:, None] - 1 - np.arange(span)[None, :]
+    bits = (values[:, None] >> np.maximum(shifts, 0)) & 1
+    return bits[shifts >= 0].astype(np.uint8)
+
+
+def decode_brush_rle(rle: Sequence[int], height: int, width: int) -> np.ndarray:
+    """The binary (H, W) mask of a Label Studio brush RLE (alpha at least ``MASK_ALPHA``).
+
+    Raises:
+        BrushRLEError: bytes that are not 0..255, a stream that ends early or overruns, or a
+            value count other than height * width * 4.
+    """
+    values = _decode_values(rle)
+    if len(values) != height * width * 4:
+        raise BrushRLEError(f"decodes to {len(values)} values, the image's RGBA has {height * width * 4}")
+    return values.reshape(height, width, 4)[:, :, 3] >= MASK_ALPHA
+
+
+def _decode_values(rle: Sequence[int]) -> np.ndarray:
+    if not isinstance(rle, list | tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in rle):
+        raise BrushRLEError("expected a list of integers")
+    if any(v < 0 or v > 255 for v in rle):
+        raise BrushRLEError("bytes must lie in 0..255")
+    bits = np.unpackbits(np.asarray(rle, dtype=np.uint8))
+    text = (bits + 48).tobytes().decode("ascii")  # '0'/'1' string: int(text[a:b], 2) reads a field fast
+    if len(text) < 53:
+        raise BrushRLEError("shorter than the 53-bit header")
+    count, word = int(text[0:32], 2), int(text[32:37], 2) + 1
+    run_bits = [int(text[37 + 4 * k : 41 + 4 * k], 2) + 1 for k in range(4)]
+    out = np.zeros(count, dtype=np.int64)
+    weights = 1 << np.arange(word - 1, -1, -1)
+    position, filled = 53, 0
+    while filled < count:
+        if position + 3 > len(text):
+            raise BrushRLEError(f"the stream ends after {filled} of {count} values")
+        repeat, size = text[position] == "1", run_bits[int(text[position + 1 : position + 3], 2)]
+        position += 3
+        length = int(text[position : position + size] or "0", 2) + 1
+        position += size
+        stop = position + (word if repeat else word * length)
+        if stop > len(text):
+            raise BrushRLEError(f"the stream ends inside a run at value {filled}")
+        if filled + length > count:
+            raise BrushRLEError(f"a run of {length} at value {filled} overruns the {count} values")
+        if repeat:
+            out[filled : filled + length] = int(text[position:stop], 2)
+        else:
+            out[filled : filled + length] = bits[position:stop].reshape(length, word) @ weights
+        position, filled = stop, filled + length
+    return out
+
+
+# ---------------------------------------------------------------------------------- export
 
 
 def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
@@ -58,57 +194,85 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
     return points[np.abs(cross) > 1e-9]
 
 
-def prediction_results(prediction: Prediction, height: int, width: int) -> list[dict[str, Any]]:
-    """The Label Studio ``polygonlabels`` results of one predicted instance."""
+def _result(prediction: Prediction, result_id: str, kind: str, value: dict[str, Any], height: int, width: int):
+    label_key = RESULT_TYPES[kind]
+    return {
+        "id": result_id,
+        "from_name": FROM_NAME,
+        "to_name": TO_NAME,
+        "type": label_key,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {**value, label_key: [prediction.category_name]},
+        "score": prediction.score,
+    }
+
+
+def prediction_results(
+    prediction: Prediction, height: int, width: int, *, regions: str = "brush"
+) -> list[dict[str, Any]]:
+    """The Label Studio results of one predicted instance: one brush region, or its polygon parts."""
+    mask = decode_rle(prediction.rle)
+    prefix = f"taudis-{prediction.instance}"
+    if regions == "brush":
+        value: dict[str, Any] = {"format": "rle", "rle": encode_brush_rle(mask)}
+        return [_result(prediction, prefix, "brush", value, height, width)]
     results = []
-    for part, polygon in enumerate(mask_polygons(decode_rle(prediction.rle))):
+    for part, polygon in enumerate(mask_polygons(mask)):
         percent = np.stack([polygon[:, 0] / width * 100.0, polygon[:, 1] / height * 100.0], axis=1)
-        results.append(
-            {
-                "id": f"{prediction.image_id}-{prediction.instance}-{part}",
-                "from_name": FROM_NAME,
-                "to_name": TO_NAME,
-                "type": "polygonlabels",
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {
-                    "points": np.round(percent, 4).tolist(),
-                    "polygonlabels": [prediction.category_name],
-                },
-                "score": prediction.score,
-            }
-        )
+        value = {"points": np.round(percent, 4).tolist(), "closed": True}
+        results.append(_result(prediction, f"{prefix}-{part}", "polygons", value, height, width))
     return results
+
+
+def image_url(image_uri: str, file_name: str, url_prefix: str | None) -> str:
+    """What a task's ``data.image`` holds: the image's URI, or ``url_prefix`` + its file name.
+
+    Without a prefix the task names the image's storage URI, which Label Studio opens when the
+    project has a source storage of that bucket (``gs://``) or the URI is an http(s) URL. With
+    one, e.g. ``/data/local-files/?d=pool/images/`` (a local-files storage under
+    ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``) or ``https://host/images/``, the file name is
+    appended URL-quoted.
+    """
+    if url_prefix is None:
+        return image_uri
+    return url_prefix + quote(file_name, safe="/")
 
 
 def build_tasks(
     images: Sequence[Mapping[str, Any]],
-    uris: Mapping[int, str],
+    urls: Mapping[int, str],
     predictions: Mapping[int, Sequence[Prediction]],
     selection_items: Mapping[int, Mapping[str, Any]],
     *,
     model_version: str = "",
+    regions: str = "brush",
 ) -> list[dict[str, Any]]:
     """The task list, one task per image in selection order.
 
     Layout of a task::
 
-        {"data": {"image": <image URI>, "image_id", "file_name", "rank", "reason"},
+        {"data": {"image": <image URL>, "image_id" (the pool's), "file_name" (the pool's), "rank", "reason"},
          "predictions": [{"model_version", "score" (mean instance score, 0 without instances),
-                          "result": [polygonlabels results, see prediction_results]}]}
+                          "result": [one brush result per instance, or its polygons]}]}
+
+    Raises:
+        ValueError: an unknown ``regions``.
     """
+    if regions not in REGIONS:
+        raise ValueError(f"regions must be one of {REGIONS}, not {regions!r}")
     tasks = []
     for image in images:
         image_id = int(image["id"])
         height, width = int(image["height"]), int(image["width"])
         instances = list(predictions.get(image_id, ()))
-        results = [r for p in instances for r in prediction_results(p, height, width)]
+        results = [r for p in instances for r in prediction_results(p, height, width, regions=regions)]
         item = selection_items.get(image_id, {})
         tasks.append(
             {
                 "data": {
-                    TO_NAME: uris[image_id],
+                    TO_NAME: urls[image_id],
                     "image_id": image_id,
                     "file_name": image["file_name"],
                     "rank": item.get("rank"),
@@ -126,14 +290,273 @@ def build_tasks(
     return tasks
 
 
-def label_config(category_names: Sequence[str]) -> str:
-    """The labelling configuration (XML) whose names match the tasks' results."""
+def label_config(category_names: Sequence[str], *, regions: str = "brush") -> str:
+    """The labelling configuration (XML) whose names and region type match the tasks' results."""
+    if regions not in REGIONS:
+        raise ValueError(f"regions must be one of {REGIONS}, not {regions!r}")
     labels = "\n".join(f'    <Label value="{html.escape(name, quote=True)}"/>' for name in category_names)
-    return (
-        "<View>\n"
-        f'  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true"/>\n'
-        f'  <PolygonLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2" pointSize="small">\n'
-        f"{labels}\n"
-        "  </PolygonLabels>\n"
-        "</View>\n"
+    control = (
+        f'  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">\n{labels}\n  </BrushLabels>\n'
+        if regions == "brush"
+        else f'  <PolygonLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2" pointSize="small">\n'
+        f"{labels}\n  </PolygonLabels>\n"
     )
+    return f'<View>\n  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true"/>\n{control}</View>\n'
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def normalise_ref(ref: str) -> str:
+    """A Label Studio image reference as a path to match against the pool's file names.
+
+    - URL-decoded (``%20`` is a space);
+    - ``/data/local-files/?d=PATH`` (with or without a host) gives ``PATH``;
+    - an uploaded file, ``/data/upload/<project>/<8 hex>-NAME`` (also ``upload/...``,
+      ``media/upload/...`` and ``/storage-data/uploaded/?filepath=upload/...``), gives ``NAME``;
+    - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``;
+    - ``gs://``, ``s3://`` and other http(s) URLs, and plain paths, are kept whole.
+    """
+    text = ref.strip()
+    parts = urlsplit(text)
+    query = parse_qs(parts.query)
+    if parts.path.endswith(LOCAL_FILES_PATH) and query.get("d"):
+        return query["d"][0]
+    if parts.path.rstrip("/").endswith(STORAGE_DATA_PATH) and query.get("filepath"):
+        text = query["filepath"][0]
+        parts = urlsplit(text)
+    path = unquote(parts.path)
+    if parts.scheme in ("", "http", "https"):
+        for pattern in (UPLOAD_PATH, DOWNLOAD_CACHE_PATH):
+            found = pattern.search(path)
+            if found:
+                return found.group("name")
+    return unquote(text)
+
+
+# -------------------------------------------------------------------------------- JSON in
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problems) -> Mapping[str, Any] | None:
+    """The task's one submitted annotation (None: not labelled yet, or a problem was reported).
+
+    Cancelled (skipped) annotations do not count; drafts live under the task's ``drafts`` and
+    are never read. Several submitted annotations count only if exactly one is ground truth.
+    """
+    annotations = task.get("annotations", [])
+    if not isinstance(annotations, list):
+        problems.add(record, "annotations", "expected a list")
+        return None
+    finished = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+    if len(finished) > 1:
+        truth = [a for a in finished if a.get("ground_truth")]
+        if len(truth) != 1:
+            ids = [a.get("id") for a in finished]
+            message = f"{len(finished)} submitted annotations {ids}: mark one as ground truth"
+            problems.add(record, "annotations", message)
+            return None
+        finished = truth
+    if finished and not isinstance(finished[0].get("result"), list):
+        problems.add(f"{record}, annotation {finished[0].get('id')}", "result", "expected a list")
+        return None
+    return finished[0] if finished else None
+
+
+def _image_ref(data: Mapping[str, Any], results: Sequence[Any]) -> str | None:
+    if isinstance(data.get(TO_NAME), str):
+        return str(data[TO_NAME])
+    names = {r.get("to_name") for r in results if isinstance(r, dict)}
+    for name in names:
+        if isinstance(name, str) and isinstance(data.get(name), str):
+            return str(data[name])
+    return None
+
+
+MASK_TYPES = {"brushlabels": "brushlabels", "polygonlabels": "polygonlabels"}
+UNMASKED_REGION_TYPES = {"rectanglelabels", "ellipselabels", "keypointlabels", "rectangle", "ellipse", "keypoint"}
+
+
+def _image_size(results: Sequence[Any], record: str, problems: Problems) -> tuple[int, int] | None:
+    sizes = set()
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or result.get("type") not in MASK_TYPES:
+            continue
+        height, width = result.get("original_height"), result.get("original_width")
+        if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+            where = f"{record}, result {result.get('id')!r} (index {index})"
+            problems.add(where, "original_height", f"expected positive integer sizes, got {height!r} x {width!r}")
+            continue
+        sizes.add((int(height), int(width)))
+    if len(sizes) > 1:
+        problems.add(record, "original_height", f"results disagree on the image size: {sorted(sizes)}")
+        return None
+    return next(iter(sizes)) if sizes else None
+
+
+def _label(value: Mapping[str, Any], key: str, where: str, problems: Problems) -> str | None:
+    labels = value.get(key)
+    if not (isinstance(labels, list) and len(labels) == 1 and isinstance(labels[0], str) and labels[0]):
+        problems.add(where, f"value.{key}", f"expected exactly one label name, got {labels!r}")
+        return None
+    return str(labels[0])
+
+
+def _brush_segmentation(value: Mapping[str, Any], height: int, width: int, where: str, problems: Problems):
+    if value.get("format", "rle") != "rle":
+        problems.add(where, "value.format", f"unknown brush format {value.get('format')!r} (expected 'rle')")
+        return None
+    try:
+        mask = decode_brush_rle(value.get("rle"), height, width)  # type: ignore[arg-type]
+    except BrushRLEError as err:
+        problems.add(where, "value.rle", f"malformed brush RLE: {err}")
+        return None
+    if not mask.any():
+        problems.add(where, "value.rle", "the brush mask is empty")
+        return None
+    return encode_rle(mask)
+
+
+def _polygon(value: Mapping[str, Any], height: int, width: int, where: str, problems: Problems):
+    points = value.get("points")
+    ok = isinstance(points, list) and all(
+        isinstance(p, list)
+        and len(p) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in p)
+        for p in points
+    )
+    if not ok:
+        problems.add(where, "value.points", "expected a list of [x, y] numbers (percent of the image size)")
+        return None
+    if len(points) < 3:  # type: ignore[arg-type]
+        problems.add(where, "value.points", f"a polygon needs at least 3 points, got {len(points)}")  # type: ignore[arg-type]
+        return None
+    array = np.asarray(points, dtype=np.float64)
+    if array.min() < -POINT_TOLERANCE or array.max() > 100 + POINT_TOLERANCE:
+        problems.add(where, "value.points", f"points outside 0..100 percent: {array.min():g}..{array.max():g}")
+        return None
+    if value.get("closed") is False:
+        problems.add(where, "value.closed", "an open polygon outlines no area")
+        return None
+    return (array * [width / 100.0, height / 100.0]).ravel().tolist()
+
+
+def _task_annotations(
+    results: Sequence[Any], size: tuple[int, int] | None, image: int, record: str, problems: Problems
+) -> list[ToolAnnotation]:
+    """One ToolAnnotation per brush region, per polygon, or per exported polygon group, in result order."""
+    found: dict[str, tuple[str, str, list[Any]]] = {}  # group key -> (record, category, segmentation parts)
+    for index, result in enumerate(results):
+        where = f"{record}, result {result.get('id') if isinstance(result, dict) else None!r} (index {index})"
+        if not isinstance(result, dict):
+            problems.add(where, "result", "not an object")
+            continue
+        kind = result.get("type")
+        if kind in UNMASKED_REGION_TYPES:
+            problems.add(where, "type", f"a {kind} region has no mask: draw instances with the brush or polygons")
+            continue
+        if kind not in MASK_TYPES or size is None:
+            continue  # image-level answers (choices, text) and relations are not instances
+        value = result.get("value")
+        if result.get("image_rotation", 0) not in (0, None):
+            problems.add(where, "image_rotation", "regions drawn on a rotated image are not supported")
+            continue
+        if not isinstance(value, dict):
+            problems.add(where, "value", "expected an object")
+            continue
+        category = _label(value, str(kind), where, problems)
+        if kind == "brushlabels":
+            mask = _brush_segmentation(value, *size, where, problems)
+            if category is not None and mask is not None:
+                found[f"result {index}"] = (where, category, [mask])
+            continue
+        polygon = _polygon(value, *size, where, problems)
+        group = GROUP_ID.match(str(result.get("id", "")))
+        key = f"group {group.group(1)}" if group else f"result {index}"
+        if category is None or polygon is None:
+            continue
+        if key in found and found[key][1] != category:
+            problems.add(where, f"value.{kind}", f"{category!r} differs from its instance's {found[key][1]!r}")
+            continue
+        found.setdefault(key, (where, category, []))[2].append(polygon)
+    return [
+        ToolAnnotation(image, where, category, parts[0] if isinstance(parts[0], dict) else parts, None, 0)
+        for where, category, parts in found.values()
+    ]
+
+
+def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
+    """Read Label Studio's JSON export (a list of tasks with their annotations).
+
+    A task yields an image only when it has a submitted annotation (see ``_finished_annotation``);
+    an annotation with no region is an image labelled with no instance. Every brush region is one
+    instance; every polygon is one, except the parts of an instance this module exported
+    (ids ``taudis-<instance>-<part>``), which stay one instance. Rectangles, ellipses and key
+    points are problems (no mask); choices, text answers and relations are ignored.
+    """
+    problems = Problems(uri)
+    if not isinstance(doc, list):
+        problems.add("document", "", "expected a list of tasks (Label Studio JSON export)")
+        return ToolLabels(uri, "labelstudio-json", (), (), tuple(problems.items))
+    images: list[ToolImage] = []
+    annotations: list[ToolAnnotation] = []
+    for index, task in enumerate(doc):
+        has_id = isinstance(task, dict) and _is_int(task.get("id"))
+        record = f"task {task['id']}" if has_id else f"task index {index}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            problems.add(record, "data", "a task must be an object with a data object")
+            continue
+        annotation = _finished_annotation(task, record, problems)
+        if annotation is None:
+            continue
+        results = annotation["result"]
+        where = f"{record}, annotation {annotation.get('id')}"
+        ref = _image_ref(task["data"], results)
+        pool_id = task["data"].get("image_id")
+        count = len(problems.items)
+        if ref is None:
+            problems.add(record, f"data.{TO_NAME}", "no image URL in the task's data")
+        if pool_id is not None and not _is_int(pool_id):
+            problems.add(record, "data.image_id", f"expected an integer pool image id, got {pool_id!r}")
+        size = _image_size(results, where, problems)
+        if len(problems.items) > count:
+            continue
+        height, width = size if size is not None else (None, None)
+        tool_id = task["id"] if _is_int(task.get("id")) else None
+        images.append(ToolImage(index, record, normalise_ref(str(ref)), tool_id, pool_id, False, height, width))
+        annotations += _task_annotations(results, size, len(images) - 1, where, problems)
+    return ToolLabels(uri, "labelstudio-json", tuple(images), tuple(annotations), tuple(problems.items))
+
+
+# -------------------------------------------------------------------------------- COCO in
+
+LABEL_STUDIO_CONTRIBUTOR = "Label Studio"
+
+
+def is_labelstudio_coco(doc: Any) -> bool:
+    """Whether a COCO document was written by Label Studio's COCO export (its ``info`` says so)."""
+    info = doc.get("info") if isinstance(doc, dict) else None
+    return isinstance(info, dict) and info.get("contributor") == LABEL_STUDIO_CONTRIBUTOR
+
+
+def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
+    """Read Label Studio's COCO export: images and categories renumbered, so neither id is the pool's.
+
+    File names are normalised with :func:`normalise_ref`. Label Studio writes polygons one
+    annotation each (the parts of one instance come apart) and leaves brush regions out without
+    a word, so a file with images but no instance at all is refused: it is what a brush
+    project's COCO export looks like. Its JSON export keeps both.
+    """
+    from taudis.labeling.coco import read_coco_document
+
+    labels = read_coco_document(doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref)
+    if labels.images and not labels.annotations and not labels.problems:
+        message = (
+            f"{len(labels.images)} images and no instance: Label Studio's COCO export leaves brush regions out; "
+            "export the project as JSON instead (taudis labelstudio pull does)"
+        )
+        return replace(labels, problems=(LabelProblem(uri, "document", "annotations", message),))
+    return labels

@@ -16,7 +16,7 @@ from taudis.data.instances import HEADER, list_shards
 from taudis.data.masks import MASK_THRESHOLD
 from taudis.labeling.coco import build_preannotations
 from taudis.labeling.cvat import build_cvat_archive
-from taudis.labeling.labelstudio import build_tasks, label_config
+from taudis.labeling.labelstudio import REGIONS, build_tasks, image_url, label_config
 from taudis.labeling.manifest import build_manifest
 from taudis.labeling.predictions import ExportError, read_predictions
 
@@ -83,13 +83,16 @@ def export_for_labeling(
     *,
     include_images: bool = True,
     threshold: float = MASK_THRESHOLD,
+    labelstudio_url_prefix: str | None = None,
+    labelstudio_regions: str = "brush",
 ) -> dict[str, str]:
     """Write the labelling tasks of a selection's chosen images.
 
     Layout under ``out_uri``::
 
         preannotations.json           COCO instances of the predictions (RLE masks, boxes, scores)
-        labelstudio/tasks.json        Label Studio task list: image URI + polygon predictions with scores
+        labelstudio/tasks.json        Label Studio task list: image URL, our ids, predictions (one region
+                                      per instance, with scores); see taudis.labeling.labelstudio
         labelstudio/label_config.xml  the matching Label Studio labelling configuration
         cvat/coco_1.0.zip             CVAT "COCO 1.0" archive: annotations/instances_default.json (+ images/)
         manifest.jsonl                one line per chosen image: uri, scores, why chosen
@@ -103,14 +106,24 @@ def export_for_labeling(
         out_uri: the folder to write into.
         include_images: put the image files into the CVAT archive (read from their URIs).
         threshold: mask probability threshold.
+        labelstudio_url_prefix: how Label Studio tasks name their images. None: the image's URI
+            (``gs://...`` for a project with a GCS source storage of that bucket, or an http(s)
+            URL); else the prefix followed by the URL-quoted file name, e.g.
+            ``/data/local-files/?d=pool/images/`` for a local-files storage (the path relative to
+            Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) or ``https://host/images/``.
+        labelstudio_regions: ``brush`` (one brush region per instance: parts and holes kept) or
+            ``polygons`` (an instance's outer contours, grouped; holes filled).
 
     Returns:
         What was written: key -> URI (keys preannotations, labelstudio_tasks, labelstudio_config,
         cvat_archive, manifest).
 
     Raises:
-        ExportError: inputs that disagree (unknown image, size mismatch, unknown class), named.
+        ExportError: inputs that disagree (unknown image, size mismatch, unknown class), named,
+            or an unknown ``labelstudio_regions``.
     """
+    if labelstudio_regions not in REGIONS:
+        raise ExportError(f"labelstudio_regions must be one of {REGIONS}, not {labelstudio_regions!r}")
     selection_uri, pool_uri, out = str(selection_path), str(pool_annotations), str(out_uri)
     selection = read_selection(selection_uri)
     pool = storage.read_json(pool_uri)
@@ -128,7 +141,8 @@ def export_for_labeling(
     uris = {image["id"]: storage.join(image_root_uri, image["file_name"]) for image in images}
     coco = build_preannotations([{**image, "coco_url": uris[image["id"]]} for image in images], categories, predictions)
     items = {int(item["image_id"]): item for item in selection["images"]}
-    tasks = build_tasks(images, uris, predictions, items, model_version=model_version)
+    urls = {i: image_url(uris[i], by_id[i]["file_name"], labelstudio_url_prefix) for i in uris}
+    tasks = build_tasks(images, urls, predictions, items, model_version=model_version, regions=labelstudio_regions)
     image_bytes = (
         {image["file_name"]: storage.read_bytes(uris[image["id"]]) for image in images} if include_images else None
     )
@@ -141,7 +155,8 @@ def export_for_labeling(
     }
     storage.write_json(written["preannotations"], coco)
     storage.write_json(written["labelstudio_tasks"], tasks)
-    storage.write_text(written["labelstudio_config"], label_config([str(c["name"]) for c in categories]))
+    names = [str(c["name"]) for c in categories]
+    storage.write_text(written["labelstudio_config"], label_config(names, regions=labelstudio_regions))
     cvat_coco = {**coco, "images": [dict(image) for image in images]}
     storage.write_bytes(
         written["cvat_archive"], build_cvat_archive(cvat_coco, image_bytes), content_type="application/zip"

@@ -1,0 +1,381 @@
+"""`taudis labelstudio`: push a round's tasks into a Label Studio project, pull its finished labels back.
+
+Talks to a running Label Studio (1.x) through its REST API with an API token (``Authorization:
+Token <token>``; the legacy token of Account & Settings, or ``--user-token`` at start). The URL and
+token come from ``--url`` / ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (never put a token on
+a command line others can read). Transient HTTP failures (connection errors, 429, 5xx) are retried
+with backoff.
+
+``push TASKS`` reads ``TASKS/tasks.json`` and ``TASKS/label_config.xml`` (a round's
+``tasks/labelstudio/`` folder, written by ``taudis export``; local or ``gs://``) and imports into the
+project every task that it does not hold yet (a task is known by its ``data.image_id``, else by its
+``data.image``), so pushing twice adds nothing. ``--title T --create`` makes the project with the
+labelling config if no project is called T. A project whose labelling config differs from the
+folder's is refused unless ``--update-config`` replaces it (predictions that name controls the
+project lacks would not show).
+
+``pull --out FOLDER`` exports the project in Label Studio's JSON format, keeps the tasks that have
+a submitted annotation that no earlier pull has written (any ``*.json`` under FOLDER, so also
+ingest's done/ and rejected/), drops their predictions and drafts, and writes them atomically as
+``FOLDER/<name>.json`` (default name ``labelstudio-<project>-<12 hex of the content>``). Nothing new:
+nothing is written, so pulling twice writes one file. An annotation edited after it was pulled
+is pulled again (ingest reports it as a conflict with what it already holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import requests
+
+from taudis import storage
+
+TASKS_FILE = "tasks.json"
+CONFIG_FILE = "label_config.xml"
+URL_ENV = "LABEL_STUDIO_URL"
+TOKEN_ENV = "LABEL_STUDIO_API_KEY"
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+ATTEMPTS = 6
+BACKOFF = 0.5  # seconds, doubled per attempt: 0.5 + 1 + 2 + 4 + 8 s at most
+TIMEOUT = 120.0
+PAGE_SIZE = 500
+IMPORT_BATCH = 200
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio refused a request, or the project and the tasks do not fit; the message says which."""
+
+
+class TransientError(LabelStudioError):
+    """A failure that may pass: the request ran out of retries on connection errors, 429 or 5xx."""
+
+
+class Client:
+    """A Label Studio REST API client with retries of transient failures.
+
+    Args:
+        url: the server, e.g. ``http://localhost:8080``.
+        token: the API token (legacy token).
+        attempts: tries per request on transient failures.
+        backoff: the first pause between tries in seconds (doubled each time).
+    """
+
+    def __init__(self, url: str, token: str, *, attempts: int = ATTEMPTS, backoff: float = BACKOFF):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+        self.attempts, self.backoff = attempts, backoff
+
+    def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> requests.Response:
+        """Send one request; retry transient failures when ``retry`` (the request is safe to repeat).
+
+        Raises:
+            TransientError: still failing transiently after the last try (or at once, if not ``retry``).
+            LabelStudioError: any other non-2xx answer, with Label Studio's message.
+        """
+        kwargs.setdefault("timeout", TIMEOUT)
+        for attempt in range(self.attempts if retry else 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.session.request(method, self.url + path, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                failure = f"{method} {path}: {err}"
+                continue
+            if response.status_code in TRANSIENT_STATUS:
+                failure = f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
+                continue
+            if not response.ok:
+                raise LabelStudioError(f"{method} {path}: HTTP {response.status_code} {response.text[:500]}")
+            return response
+        raise TransientError(f"{failure} (after {self.attempts if retry else 1} tries)")
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    # -------------------------------------------------------------------------------- projects
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        return dict(self.json("GET", f"/api/projects/{project_id}"))
+
+    def projects_titled(self, title: str) -> list[dict[str, Any]]:
+        """Every project whose title is exactly ``title``."""
+        found, page = [], 1
+        while True:
+            doc = self.json("GET", "/api/projects", params={"title": title, "page": page, "page_size": 100})
+            results = doc.get("results", []) if isinstance(doc, dict) else doc
+            found += [p for p in results if p.get("title") == title]
+            if not (isinstance(doc, dict) and doc.get("next")):
+                return found
+            page += 1
+
+    def create_project(self, title: str, label_config: str) -> dict[str, Any]:
+        # Not retried: a retry whose first try landed would make a second project.
+        body = {"title": title, "label_config": label_config}
+        return dict(self.json("POST", "/api/projects", json=body, retry=False))
+
+    def set_label_config(self, project_id: int, label_config: str) -> None:
+        self.request("PATCH", f"/api/projects/{project_id}", json={"label_config": label_config})
+
+    # ----------------------------------------------------------------------------------- tasks
+
+    def tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project (its data and ids), page by page."""
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            params = {"project": project_id, "page": page, "page_size": PAGE_SIZE}
+            doc = self.json("GET", "/api/tasks", params=params)
+            found += doc.get("tasks", [])
+            if len(found) >= int(doc.get("total", 0)) or not doc.get("tasks"):
+                return found
+            page += 1
+
+    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> int:
+        # Not retried here: push() re-lists the project's tasks before trying again.
+        doc = self.json("POST", f"/api/projects/{project_id}/import", json=list(tasks), retry=False)
+        return int(doc.get("task_count", len(tasks)))
+
+    def export_json(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's tasks with annotations in Label Studio's JSON export format."""
+        params = {"exportType": "JSON", "download_all_tasks": "false"}
+        doc = self.json("GET", f"/api/projects/{project_id}/export", params=params)
+        if not isinstance(doc, list):
+            raise LabelStudioError(f"project {project_id}: the JSON export is not a list of tasks")
+        return doc
+
+    def export(self, project_id: int, export_type: str) -> bytes:
+        """The project's export in any of Label Studio's formats (``COCO`` comes as a zip)."""
+        params = {"exportType": export_type, "download_all_tasks": "false"}
+        return self.request("GET", f"/api/projects/{project_id}/export", params=params).content
+
+
+# -------------------------------------------------------------------------------------- push
+
+
+def task_key(task: Mapping[str, Any]) -> str:
+    """What identifies a task across pushes: its pool image id, else its image URL."""
+    data = task.get("data", {})
+    if isinstance(data.get("image_id"), int):
+        return f"image_id:{data['image_id']}"
+    return f"image:{data.get('image')}"
+
+
+def _config_names(label_config: str) -> set[tuple[str, str]]:
+    """(tag, name) of every named tag: what predictions refer to."""
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as err:
+        raise LabelStudioError(f"the labelling config is not valid XML: {err}") from err
+    return {(element.tag, str(element.get("name"))) for element in root.iter() if element.get("name")}
+
+
+def resolve_project(
+    client: Client,
+    label_config: str,
+    *,
+    project_id: int | None = None,
+    title: str | None = None,
+    create: bool = False,
+    update_config: bool = False,
+) -> tuple[dict[str, Any], bool]:
+    """The project to push into (by id, or by exact title), and whether it was created now.
+
+    Raises:
+        LabelStudioError: no such project (and not ``create``), several of that title, or a
+            labelling config that differs (and not ``update_config``).
+    """
+    if project_id is not None:
+        project = client.project(project_id)
+    else:
+        if not title:
+            raise LabelStudioError("name the project: --project ID or --title TITLE")
+        found = client.projects_titled(title)
+        if len(found) > 1:
+            raise LabelStudioError(f"{len(found)} projects are titled {title!r} (ids {[p['id'] for p in found]})")
+        if not found:
+            if not create:
+                raise LabelStudioError(f"no project is titled {title!r} (pass --create to make it)")
+            return client.create_project(title, label_config), True
+        project = found[0]
+    if project.get("label_config", "").strip() != label_config.strip():
+        if not update_config:
+            missing = _config_names(label_config) - _config_names(project.get("label_config") or "<View/>")
+            raise LabelStudioError(
+                f"project {project['id']}'s labelling config differs from the tasks' (theirs lacks {sorted(missing)}); "
+                "pass --update-config to replace it"
+            )
+        client.set_label_config(int(project["id"]), label_config)
+    return project, False
+
+
+def push(
+    client: Client,
+    tasks_uri: str,
+    *,
+    project_id: int | None = None,
+    title: str | None = None,
+    create: bool = False,
+    update_config: bool = False,
+) -> dict[str, Any]:
+    """Import a tasks folder's tasks that the project does not hold yet (see the module docstring).
+
+    Returns:
+        A summary: project, created, tasks (in the folder), imported, already (there before).
+    """
+    tasks = storage.read_json(storage.join(tasks_uri, TASKS_FILE))
+    label_config = storage.read_text(storage.join(tasks_uri, CONFIG_FILE))
+    if not isinstance(tasks, list):
+        raise LabelStudioError(f"{storage.join(tasks_uri, TASKS_FILE)}: expected a list of tasks")
+    project, created = resolve_project(
+        client, label_config, project_id=project_id, title=title, create=create, update_config=update_config
+    )
+    pid = int(project["id"])
+    imported, already = _import_missing(client, pid, tasks)
+    return {"project": pid, "created": created, "tasks": len(tasks), "imported": imported, "already": already}
+
+
+def _import_missing(client: Client, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Import what is missing, batch by batch; after a failed batch, look again before retrying."""
+    imported, already = 0, None
+    for attempt in range(client.attempts):
+        known = {task_key(t) for t in client.tasks(project_id)}
+        missing = [t for t in tasks if task_key(t) not in known]
+        if already is None:
+            already = len(tasks) - len(missing)
+        try:
+            for start in range(0, len(missing), IMPORT_BATCH):
+                imported += client.import_tasks(project_id, missing[start : start + IMPORT_BATCH])
+            return imported, already
+        except TransientError:
+            if attempt == client.attempts - 1:
+                raise
+            time.sleep(client.backoff * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+# -------------------------------------------------------------------------------------- pull
+
+
+def _submitted(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    annotations = task.get("annotations") or []
+    return [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+
+
+def pulled_keys(tasks: Iterable[Any]) -> set[tuple[Any, ...]]:
+    """(project, task, annotation, updated_at) of every submitted annotation of a task list."""
+    return {
+        (task.get("project"), task.get("id"), a.get("id"), a.get("updated_at"))
+        for task in tasks
+        if isinstance(task, dict)
+        for a in _submitted(task)
+    }
+
+
+def _earlier_pulls(folder: str) -> set[tuple[Any, ...]]:
+    """The annotation keys of every Label Studio JSON export already under ``folder``."""
+    keys: set[tuple[Any, ...]] = set()
+    for uri in storage.list_uris(folder.rstrip("/") + "/"):
+        if not uri.endswith(".json") or uri.endswith(".report.json"):
+            continue
+        try:
+            doc = json.loads(storage.read_bytes(uri))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # not ours to judge: ingest reports it
+        if isinstance(doc, list):
+            keys |= pulled_keys(doc)
+    return keys
+
+
+def pull(client: Client, project_id: int, out: str, *, name: str | None = None) -> dict[str, Any]:
+    """Write the project's newly finished tasks to ``out`` (see the module docstring).
+
+    Returns:
+        A summary: project, exported (tasks with a submitted annotation), new, written (URI or None).
+    """
+    exported = [t for t in client.export_json(project_id) if _submitted(t)]
+    for task in exported:
+        task.setdefault("project", project_id)
+    earlier = _earlier_pulls(out)
+    new = [t for t in exported if not pulled_keys([t]) <= earlier]
+    summary: dict[str, Any] = {"project": project_id, "exported": len(exported), "new": len(new), "written": None}
+    if not new:
+        return summary
+    slim = [{k: v for k, v in task.items() if k not in ("predictions", "drafts")} for task in new]
+    data = storage.dumps_json(slim)
+    file_name = f"{name or f'labelstudio-{project_id}-{hashlib.sha256(data).hexdigest()[:12]}'}.json"
+    target = storage.join(out, file_name)
+    storage.write_bytes(target, data, content_type="application/json")  # atomic: a reader sees all or none
+    summary["written"] = target
+    return summary
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> Client:
+    url = args.url or environ.get(URL_ENV)
+    token = environ.get(TOKEN_ENV)
+    if not url or not token:
+        raise LabelStudioError(f"set --url (or {URL_ENV}) and {TOKEN_ENV} (the API token)")
+    return Client(url, token)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taudis labelstudio", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help=f"the Label Studio server (default: ${URL_ENV}); token in ${TOKEN_ENV}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    push_cmd = commands.add_parser("push", help="import a round's tasks folder into a project")
+    push_cmd.add_argument("tasks", help="the tasks folder (<round>/tasks/labelstudio), local or gs://")
+    push_cmd.add_argument("--project", type=int, help="the project id")
+    push_cmd.add_argument("--title", help="the project's title (exact)")
+    push_cmd.add_argument("--create", action="store_true", help="create the project (with --title) if missing")
+    push_cmd.add_argument("--update-config", action="store_true", help="replace a differing labelling config")
+    pull_cmd = commands.add_parser("pull", help="write the project's newly finished tasks as a JSON export")
+    pull_cmd.add_argument("--project", type=int, help="the project id")
+    pull_cmd.add_argument("--title", help="the project's title (exact)")
+    pull_cmd.add_argument("--out", required=True, help="the folder, normally <campaign>/incoming")
+    pull_cmd.add_argument("--name", help="the file's name without .json (default: from the project and content)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run ``push`` or ``pull`` and print its summary as JSON."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        client = _client(args, os.environ if environ is None else environ)
+        if args.command == "push":
+            summary = push(
+                client,
+                args.tasks,
+                project_id=args.project,
+                title=args.title,
+                create=args.create,
+                update_config=args.update_config,
+            )
+        else:
+            summary = pull(client, _project_id(client, args), args.out, name=args.name)
+    except (LabelStudioError, storage.StorageError) as err:
+        print(f"taudis labelstudio {args.command}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+def _project_id(client: Client, args: argparse.Namespace) -> int:
+    if args.project is not None:
+        return int(args.project)
+    if not args.title:
+        raise LabelStudioError("name the project: --project ID or --title TITLE")
+    found = client.projects_titled(args.title)
+    if len(found) != 1:
+        raise LabelStudioError(f"{len(found)} projects are titled {args.title!r}")
+    return int(found[0]["id"])

@@ -1,0 +1,101 @@
+"""read_labels: one entry point for every labelling tool's export, the format told from the content.
+
+=====================  ======================================================================
+format                 what the file is
+=====================  ======================================================================
+``labelstudio-json``   a JSON list of tasks: Label Studio's JSON export (``taudis labelstudio pull``)
+``labelstudio-coco``   Label Studio's COCO export: the zip (``result.json`` inside) or the JSON,
+                       ``info.contributor`` "Label Studio"
+``cvat-coco``          CVAT's COCO 1.0 export: a zip with ``annotations/instances_<subset>.json``,
+                       or that JSON alone (datumaro's empty ``info`` and licence)
+``coco``               any other COCO instance JSON; its image ids are taken to be the pool's
+=====================  ======================================================================
+
+Refused with one problem each, since they lose what ingest needs: Label Studio's JSON_MIN export
+(no task data), and its BRUSH_TO_COCO export (it turns a brush region into one polygon per part,
+without holes, and leaves out images labelled empty). What comes back is described in
+``taudis.labeling.toollabels``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from typing import Any
+
+from taudis import storage
+from taudis.labeling.coco import read_coco
+from taudis.labeling.cvat import is_cvat_coco, read_cvat_archive, read_cvat_coco
+from taudis.labeling.labelstudio import is_labelstudio_coco, read_labelstudio_coco, read_labelstudio_json
+from taudis.labeling.toollabels import ToolLabels, unreadable
+
+ZIP_MAGIC = b"PK\x03\x04"
+LABEL_STUDIO_COCO_MEMBER = "result.json"
+LABEL_STUDIO_BRUSH_COCO_MEMBER = "result_coco.json"
+LABEL_STUDIO_CONVERTER = "Label Studio Converter"  # info.contributor of its BRUSH_TO_COCO export
+USE_JSON = "export the project as JSON instead (taudis labelstudio pull does)"
+
+
+def read_labels(uri: str | os.PathLike[str]) -> ToolLabels:
+    """Read a labelling tool's export (local path or ``gs://`` URI), whichever tool wrote it.
+
+    Returns:
+        The file's images, instances and every format-level problem (see
+        ``taudis.labeling.toollabels`` for the contract). A file that cannot be parsed gives one
+        problem (format ``coco`` when nothing tells the format).
+
+    Raises:
+        taudis.storage.StorageError: the file cannot be read at all (missing, no access).
+    """
+    uri = str(uri)
+    data = storage.read_bytes(uri)
+    if data.startswith(ZIP_MAGIC):
+        return _read_zip(data, uri)
+    try:
+        doc = json.loads(data.decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return unreadable(uri, "coco", f"neither JSON nor a zip archive: {err}")
+    return read_document(doc, uri)
+
+
+def read_document(doc: Any, uri: str) -> ToolLabels:
+    """Read an already parsed JSON export (the dispatch of ``read_labels`` for JSON files)."""
+    if isinstance(doc, list):
+        if doc and all(isinstance(t, dict) and "data" not in t and "annotation_id" in t for t in doc):
+            return unreadable(uri, "labelstudio-json", f"Label Studio's JSON_MIN export has no task data: {USE_JSON}")
+        return read_labelstudio_json(doc, uri)
+    if is_labelstudio_coco(doc):
+        return read_labelstudio_coco(doc, uri)
+    info = doc.get("info") if isinstance(doc, dict) else None
+    if isinstance(info, dict) and info.get("contributor") == LABEL_STUDIO_CONVERTER:
+        return _brush_to_coco(uri)
+    if is_cvat_coco(doc):
+        return read_cvat_coco(doc, uri)
+    return read_coco(doc, uri)
+
+
+def _brush_to_coco(uri: str) -> ToolLabels:
+    return unreadable(
+        uri,
+        "labelstudio-coco",
+        "Label Studio's BRUSH_TO_COCO export splits a brush region into one polygon per part, fills its holes "
+        f"and leaves out images labelled empty: {USE_JSON}",
+    )
+
+
+def _read_zip(data: bytes, uri: str) -> ToolLabels:
+    try:
+        names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    except zipfile.BadZipFile as err:
+        return unreadable(uri, "coco", f"not a readable zip archive: {err}")
+    if LABEL_STUDIO_COCO_MEMBER in names:
+        try:
+            doc = json.loads(zipfile.ZipFile(io.BytesIO(data)).read(LABEL_STUDIO_COCO_MEMBER))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return unreadable(uri, "labelstudio-coco", f"{LABEL_STUDIO_COCO_MEMBER}: not valid JSON: {err}")
+        return read_labelstudio_coco(doc, uri)
+    if LABEL_STUDIO_BRUSH_COCO_MEMBER in names:
+        return _brush_to_coco(uri)
+    return read_cvat_archive(data, uri)
