@@ -1,39 +1,63 @@
-"""The last step of a round: labelling tasks out, ledger updated, report for the KFP UI."""
+"""Components that write what a round hands to people: labelling tasks, and the round's report."""
 
-from kfp.dsl import HTML, Dataset, Input, Markdown, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Output
 
 from taudis_kfp.components.images import cpu_component
 
 
 @cpu_component
-def export_for_labeling(
+def export_tasks(
     selection: Input[Dataset],
     instances: Input[list[Dataset]],
-    model: Input[Model],
+    pool_annotations: str,
+    image_root: str,
+    labelstudio_url_prefix: str,
+    tasks: Output[Dataset],
+):
+    """Labelling tasks for the chosen images (files only; commit_round publishes them).
+
+    tasks/: COCO pre-annotations, Label Studio tasks and labelling config, CVAT COCO 1.0 archive,
+    manifest.jsonl (taudis.labeling.export_for_labeling).
+    """
+    from taudis.campaign.steps import export_tasks as export
+    from taudis.campaign.steps import gather_shards
+
+    export(
+        selection.path,
+        gather_shards(part.path for part in instances),
+        pool_annotations,
+        image_root,
+        tasks.path,
+        labelstudio_url_prefix=labelstudio_url_prefix,
+    )
+
+
+@cpu_component
+def report_round(
+    selection: Input[Dataset],
+    instances: Input[list[Dataset]],
     campaign_uri: str,
     pool_annotations: str,
     image_root: str,
     round_index: int,
-    tasks: Output[Dataset],
     summary: Output[Markdown],
     report: Output[HTML],
 ):
-    """Write labelling tasks, mark the chosen images pending, and report the round.
+    """The round's report for the KFP UI: a Markdown summary and a self-contained HTML page.
 
-    tasks/: COCO pre-annotations, Label Studio tasks, CVAT archive, manifest.jsonl (taudis.labeling).
-    summary: Markdown; report: self-contained HTML with thumbnails and the learning curve.
+    summary: metrics, labels in (files ingested or rejected), parameters, counts, chosen images.
+    report: thumbnails of the chosen images with their predicted masks, the learning curve.
     """
-    from taudis.campaign import finish_round, gather_shards
+    from taudis.campaign.steps import gather_shards
+    from taudis.campaign.steps import report_round as report_step
 
-    finish_round(
+    report_step(
         selection.path,
         gather_shards(part.path for part in instances),
-        campaign_uri=campaign_uri,
-        pool_annotations=pool_annotations,
-        image_root=image_root,
-        round_index=round_index,
-        model_uri=model.uri,
-        tasks_out=tasks.path,
-        summary_out=summary.path,
-        report_out=report.path,
+        pool_annotations,
+        image_root,
+        campaign_uri,
+        round_index,
+        summary.path,
+        report.path,
     )

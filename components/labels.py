@@ -1,4 +1,4 @@
-"""Components that bring labels in and check a run's parameters: the first steps of a round."""
+"""Components that check a run's parameters and bring labels in: the first steps of a round."""
 
 from kfp.dsl import Dataset, Output
 
@@ -19,7 +19,7 @@ def check_parameters(
     val_annotations: str,
 ):
     """Fail the run, before any training or inference, when a parameter or input URI is bad."""
-    from taudis.campaign import validate_round_parameters
+    from taudis.campaign.steps import validate_round_parameters
 
     validate_round_parameters(
         strategy=strategy,
@@ -37,36 +37,34 @@ def check_parameters(
 def ingest_labels(
     campaign_uri: str,
     pool_annotations: str,
-    labelled_annotations: str,
+    round_index: int,
+    run_id: str,
     labelled: Output[Dataset],
     unlabelled: Output[Dataset],
-) -> int:
-    """Ingest the annotators' labels waiting in <campaign>/incoming, then split the pool.
+):
+    """Ingest or quarantine the annotators' files in <campaign>/incoming, then split the pool.
 
-    Returns the round index. labelled: COCO JSON of all labelled images. unlabelled: COCO JSON of
-    the pool images neither labelled nor pending.
+    labelled: COCO JSON of every labelled image. unlabelled: COCO JSON of the pool images the
+    round may choose from (neither labelled nor pending).
     """
-    from taudis.campaign import prepare_round
+    from taudis.campaign.steps import ingest_labels as ingest
 
-    return prepare_round(
-        campaign_uri, pool_annotations, labelled_annotations, labelled.path, unlabelled.path, oracle=False
-    )
+    ingest(campaign_uri, pool_annotations, round_index, run_id, labelled.path, unlabelled.path, oracle=False)
 
 
 @cpu_component
 def reveal_oracle_labels(
     campaign_uri: str,
     pool_annotations: str,
-    labelled_annotations: str,
+    round_index: int,
+    run_id: str,
     labelled: Output[Dataset],
     unlabelled: Output[Dataset],
-) -> int:
+):
     """Simulation: reveal the ground truth of the pending images, then split the pool.
 
-    Returns the round index. labelled / unlabelled: COCO JSON files, as for ingest_labels.
+    labelled / unlabelled: COCO JSON files, as for ingest_labels.
     """
-    from taudis.campaign import prepare_round
+    from taudis.campaign.steps import ingest_labels as ingest
 
-    return prepare_round(
-        campaign_uri, pool_annotations, labelled_annotations, labelled.path, unlabelled.path, oracle=True
-    )
+    ingest(campaign_uri, pool_annotations, round_index, run_id, labelled.path, unlabelled.path, oracle=True)

@@ -13,19 +13,29 @@ def train_model(
     train_opts: str,
     seed: int,
     weights: str,
+    campaign_uri: str,
+    round_index: int,
+    finetune: bool,
     model: Output[Model],
 ):
-    """Train Mask R-CNN on the labelled COCO dataset.
+    """Train Mask R-CNN on the labelled COCO dataset (from the previous round's model when finetune).
 
     model/: model_final.pth, config.yaml, metrics.json (see taudis.model.train.train_model).
     train_opts: detectron2 config overrides, "KEY VALUE KEY VALUE ...".
     """
-    import shlex
-
-    from taudis.campaign import train_round
+    from taudis.campaign.steps import split_opts, train_round
 
     train_round(
-        labelled.path, image_root, model.path, config=config, opts=shlex.split(train_opts), seed=seed, weights=weights
+        labelled.path,
+        image_root,
+        model.path,
+        config=config,
+        opts=split_opts(train_opts),
+        seed=seed,
+        weights=weights,
+        campaign_uri=campaign_uri,
+        round_index=round_index,
+        finetune=finetune,
     )
 
 
@@ -37,13 +47,14 @@ def evaluate_model(
     image_root: str,
     campaign_uri: str,
     round_index: int,
+    run_id: str,
     metrics: Output[Metrics],
 ):
-    """Mask and box AP on the val split, logged as Metrics and kept in the campaign's round folder."""
-    from taudis.campaign import evaluate_round
+    """Mask and box AP on the val split, logged as Metrics and recorded as the round's (its owner only)."""
+    from taudis.campaign.steps import evaluate_round
 
     for name, value in evaluate_round(
-        model.path, val_annotations, image_root, labelled.path, campaign_uri, round_index
+        model.path, model.uri, val_annotations, image_root, labelled.path, campaign_uri, round_index, run_id
     ).items():
         metrics.log_metric(name, value)
 
@@ -61,6 +72,6 @@ def infer_instances(
 
     instances/: one instance-table shard directory, shard-<i>-of-<n> (taudis.data.instances).
     """
-    from taudis.campaign import infer_shard
+    from taudis.campaign.steps import infer_shard
 
     infer_shard(model.path, unlabelled.path, image_root, instances.path, shard, num_shards)

@@ -8,7 +8,7 @@ from taudis_kfp.components.images import cpu_component
 @cpu_component
 def score_uncertainty(instances: Input[list[Dataset]], scores: Output[Dataset]):
     """Every metric's uncertainty for every predicted instance; files: taudis.select.stages.score_uncertainty."""
-    from taudis.campaign import gather_shards
+    from taudis.campaign.steps import gather_shards
     from taudis.select.stages import score_uncertainty as score
 
     score(gather_shards(part.path for part in instances), scores.path)
@@ -32,7 +32,7 @@ def select_max_k_cover(
     cover: Output[Dataset],
 ):
     """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages."""
-    from taudis.campaign import gather_shards
+    from taudis.campaign.steps import gather_shards
     from taudis.select.stages import select_max_k_cover as max_k_cover
 
     max_k_cover(
@@ -47,12 +47,12 @@ def select_max_k_cover(
 
 @cpu_component
 def vote_images(
-    scores: Input[Dataset], cover: Input[Dataset], budget: int, aggregation: str, selection: Output[Dataset]
+    scores: Input[Dataset], cover: Input[Dataset], budget: int, aggregation: str, seed: int, selection: Output[Dataset]
 ):
     """Images by majority vote of the chosen instances; selection: the selection JSON (taudis.select)."""
     from taudis.select.stages import vote_images as vote
 
-    vote(scores.path, cover.path, selection.path, budget=budget, aggregation=aggregation)
+    vote(scores.path, cover.path, selection.path, budget=budget, aggregation=aggregation, seed=seed)
 
 
 @cpu_component
@@ -60,20 +60,54 @@ def select_baseline(
     instances: Input[list[Dataset]],
     strategy: str,
     budget: int,
+    alpha: float,
+    beta: float,
+    sigma: float,
     metric: str,
     aggregation: str,
     seed: int,
     selection: Output[Dataset],
 ):
-    """A baseline strategy (random, uncertainty, coreset, diversity); selection: the selection JSON."""
-    from taudis.campaign import gather_shards
+    """A baseline strategy (random, uncertainty, diversity) with the run's parameters; the selection JSON."""
+    from taudis.campaign.steps import gather_shards
     from taudis.select import select
 
     select(
         gather_shards(part.path for part in instances),
         budget,
         strategy,
+        alpha=alpha,
+        beta=beta,
+        sigma=sigma,
         metric=metric,
         aggregation=aggregation,
         seed=seed,
+    ).save(selection.path)
+
+
+@cpu_component
+def select_coreset(
+    instances: Input[list[Dataset]],
+    labelled: Input[Dataset],
+    budget: int,
+    metric: str,
+    aggregation: str,
+    seed: int,
+    selection: Output[Dataset],
+):
+    """Core-set (greedy k-center on image embeddings) from the labelled images as the first centers.
+
+    labelled: the instance shard of the labelled images (their embeddings). selection: the selection JSON.
+    """
+    from taudis.campaign.steps import gather_shards
+    from taudis.select import select
+
+    select(
+        gather_shards(part.path for part in instances),
+        budget,
+        "coreset",
+        metric=metric,
+        aggregation=aggregation,
+        seed=seed,
+        labelled=labelled.path,
     ).save(selection.path)

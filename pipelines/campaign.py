@@ -1,15 +1,23 @@
 """The campaign pipeline: K active-learning rounds unrolled at compile time, labels from an oracle.
 
-For simulation and benchmarks on a fully labelled dataset: each round trains on what is labelled,
-evaluates on the val split (a Metrics artifact per round), predicts the rest of the pool, selects
-a batch with the compiled-in strategy, and the oracle reveals that batch's ground truth at the
-start of the next round. A last train-and-evaluate closes the learning curve.
+For simulation and benchmarks on a fully labelled dataset: each round claims its index, has the
+oracle reveal the ground truth of the images chosen by the round before, trains on what is
+labelled, evaluates on the val split (a Metrics artifact per round), predicts the rest of the
+pool, selects a batch with the compiled-in strategy and commits it. A last round only trains and
+evaluates, closing the learning curve.
 """
 
 from kfp import dsl
 
 from taudis_kfp.components import reveal_oracle_labels
-from taudis_kfp.pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
+from taudis_kfp.pipelines.common import (
+    RunInputs,
+    begin_round,
+    check,
+    end_round,
+    select_and_commit,
+    train_and_evaluate,
+)
 
 
 def build_campaign_pipeline(
@@ -32,6 +40,7 @@ def build_campaign_pipeline(
         config: str = "mask_rcnn_R18_slim_cpu.yaml",
         train_opts: str = "",
         weights: str = "",
+        finetune: bool = False,
         budget: int = 10,
         alpha: float = 2.5,
         beta: float = 1.5,
@@ -39,23 +48,19 @@ def build_campaign_pipeline(
         metric: str = "seg_entropy",
         aggregation: str = "mean",
         seed: int = 0,
+        labelstudio_url_prefix: str = "",
     ):
         run = RunInputs.of(locals())
-        previous = check(run, strategy)
+        previous = check(run, strategy, target)
         for round_index in range(rounds + 1):
             label = f"round {round_index}: "
-            labels = label_step(reveal_oracle_labels, run, previous, label, "oracle labels")
-            train, evaluate = train_and_evaluate(run, labels, target=target, label=label)
+            start = begin_round(run, previous, reveal_oracle_labels, oracle=True, target=target, label=label)
+            train, evaluate = train_and_evaluate(run, start, target=target, label=label)
             if round_index < rounds:
-                previous = select_and_export(
-                    run,
-                    labels,
-                    train,
-                    evaluate,
-                    strategy=strategy,
-                    num_shards=num_shards,
-                    target=target,
-                    label=label,
+                previous = select_and_commit(
+                    run, start, train, evaluate, strategy=strategy, num_shards=num_shards, target=target, label=label
                 )
+            else:
+                end_round(run, start, evaluate, target=target, label=label)
 
     return campaign_pipeline

@@ -1,8 +1,11 @@
-"""The round both pipelines are made of: check, then train, evaluate, infer, select and export.
+"""The round both pipelines are made of: claim, labels in, train, evaluate, infer, select, export, commit.
 
-A round starts from a labelling step (ingest annotators' labels, or the oracle's) that yields the
-labelled and unlabelled datasets and the round index; everything after it is the same in the
-round pipeline and in every round of the campaign pipeline, so it is built here once.
+A round claims its index in the campaign's ledger (taudis.campaign.rounds), brings labels in
+(annotators' files, or the oracle's), and everything after is the same in the round pipeline
+and in every round of the campaign pipeline, so it is built here once. Steps that read or write
+the campaign's bucket state are never cached (KFP's cache keys on inputs, not on bucket
+contents) and are retried with backoff; every step is idempotent under those retries. Steps that
+need to know which run they belong to get the run's id from KFP (PIPELINE_JOB_ID_PLACEHOLDER).
 """
 
 from __future__ import annotations
@@ -14,17 +17,27 @@ from kfp import dsl
 
 from taudis_kfp.components import (
     check_parameters,
+    claim_round,
+    close_round,
+    commit_round,
     evaluate_model,
-    export_for_labeling,
+    export_tasks,
     infer_instances,
     oversample_instances,
+    report_round,
     score_uncertainty,
     select_baseline,
+    select_coreset,
     select_max_k_cover,
     train_model,
     vote_images,
 )
 from taudis_kfp.pipelines.platform import on_gpu
+
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+RETRIES = 3
+# A failed storage call is retried inside the step; a step retried by KFP waits longer on a cluster.
+BACKOFF = {"local": "1s", "kubernetes": "30s", "vertex": "30s"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,7 @@ class RunInputs:
     config: Any
     train_opts: Any
     weights: Any
+    finetune: Any
     budget: Any
     alpha: Any
     beta: Any
@@ -46,6 +60,7 @@ class RunInputs:
     metric: Any
     aggregation: Any
     seed: Any
+    labelstudio_url_prefix: Any
 
     @classmethod
     def of(cls, scope: dict[str, Any]) -> RunInputs:
@@ -53,17 +68,19 @@ class RunInputs:
         return cls(**{f.name: scope[f.name] for f in fields(cls)})
 
 
-def no_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Steps that read or write the campaign's bucket state: KFP's cache keys on inputs, not on bucket content."""
-    return task.set_caching_options(False)
+def stateful(task: dsl.PipelineTask, target: str) -> dsl.PipelineTask:
+    """A step that reads or writes campaign state: never cached, retried with backoff."""
+    return task.set_caching_options(False).set_retry(
+        num_retries=RETRIES,
+        backoff_duration=BACKOFF.get(target, "30s"),
+        backoff_factor=2.0,
+        backoff_max_duration="600s",
+    )
 
 
-def check(run: RunInputs, strategy: str) -> dsl.PipelineTask:
-    """The first step: reject bad parameters and missing inputs before any training.
-
-    Never cached: whether the input URIs exist is bucket state, which KFP's cache key does not see.
-    """
-    return no_cache(
+def check(run: RunInputs, strategy: str, target: str) -> dsl.PipelineTask:
+    """The first step: reject bad parameters and missing inputs before any training (never cached)."""
+    return stateful(
         check_parameters(
             strategy=strategy,
             budget=run.budget,
@@ -75,51 +92,86 @@ def check(run: RunInputs, strategy: str) -> dsl.PipelineTask:
             pool_annotations=run.pool_annotations,
             labelled_annotations=run.labelled_annotations,
             val_annotations=run.val_annotations,
-        )
+        ),
+        target,
     ).set_display_name("check parameters")
 
 
-def label_step(component, run: RunInputs, after: dsl.PipelineTask, label: str, name: str) -> dsl.PipelineTask:
-    """The round's labelling step (ingest_labels or reveal_oracle_labels), never cached."""
-    return no_cache(
-        component(
+@dataclass(frozen=True)
+class RoundStart:
+    """The first two steps of a round: its claim (round index) and its labels (datasets)."""
+
+    claim: dsl.PipelineTask
+    labels: dsl.PipelineTask
+
+    @property
+    def index(self) -> Any:
+        return self.claim.output
+
+
+def begin_round(
+    run: RunInputs, after: dsl.PipelineTask, labels_component: Any, *, oracle: bool, target: str, label: str
+) -> RoundStart:
+    """Claim the next round (after ``after``), then bring its labels in with ``labels_component``."""
+    claim = stateful(
+        claim_round(
             campaign_uri=run.campaign_uri,
             pool_annotations=run.pool_annotations,
             labelled_annotations=run.labelled_annotations,
-        ).after(after)
-    ).set_display_name(f"{label}{name}")
+            run_id=RUN_ID,
+        ).after(after),
+        target,
+    ).set_display_name(f"{label}claim round")
+    labels = stateful(
+        labels_component(
+            campaign_uri=run.campaign_uri,
+            pool_annotations=run.pool_annotations,
+            round_index=claim.output,
+            run_id=RUN_ID,
+        ),
+        target,
+    ).set_display_name(f"{label}{'oracle labels' if oracle else 'ingest labels'}")
+    return RoundStart(claim, labels)
 
 
 def train_and_evaluate(
-    run: RunInputs, labels: dsl.PipelineTask, *, target: str, label: str
+    run: RunInputs, start: RoundStart, *, target: str, label: str
 ) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
-    """Train on the labelled set, then evaluate on the val split (Metrics, and the campaign's record)."""
-    train = train_model(
-        labelled=labels.outputs["labelled"],
-        image_root=run.image_root,
-        config=run.config,
-        train_opts=run.train_opts,
-        seed=run.seed,
-        weights=run.weights,
+    """Train on the labelled set, then evaluate on the val split (Metrics, and the round's record)."""
+    train = stateful(
+        train_model(
+            labelled=start.labels.outputs["labelled"],
+            image_root=run.image_root,
+            config=run.config,
+            train_opts=run.train_opts,
+            seed=run.seed,
+            weights=run.weights,
+            campaign_uri=run.campaign_uri,
+            round_index=start.index,
+            finetune=run.finetune,
+        ),
+        target,
     ).set_display_name(f"{label}train")
     on_gpu(train, target)
-    evaluate = no_cache(
+    evaluate = stateful(
         evaluate_model(
             model=train.outputs["model"],
-            labelled=labels.outputs["labelled"],
+            labelled=start.labels.outputs["labelled"],
             val_annotations=run.val_annotations,
             image_root=run.image_root,
             campaign_uri=run.campaign_uri,
-            round_index=labels.outputs["Output"],
-        )
+            round_index=start.index,
+            run_id=RUN_ID,
+        ),
+        target,
     ).set_display_name(f"{label}evaluate")
     on_gpu(evaluate, target)
     return train, evaluate
 
 
-def select_and_export(
+def select_and_commit(
     run: RunInputs,
-    labels: dsl.PipelineTask,
+    start: RoundStart,
     train: dsl.PipelineTask,
     evaluate: dsl.PipelineTask,
     *,
@@ -128,48 +180,107 @@ def select_and_export(
     target: str,
     label: str,
 ) -> dsl.PipelineTask:
-    """Infer the unlabelled pool in shards, select with ``strategy``, export tasks and report."""
-    shards = infer_pool(run, labels, train, num_shards=num_shards, target=target, label=label)
-    selection = choose_images(run, strategy, shards, label=label)
-    return no_cache(
-        export_for_labeling(
+    """Infer the unlabelled pool in shards, select with ``strategy``, export tasks, report, commit the round."""
+    shards = infer_pool(run, start, train, num_shards=num_shards, target=target, label=label)
+    selection = choose_images(run, strategy, shards, start, train, target=target, label=label)
+    tasks = stateful(
+        export_tasks(
             selection=selection,
             instances=dsl.Collected(shards),
-            model=train.outputs["model"],
+            pool_annotations=run.pool_annotations,
+            image_root=run.image_root,
+            labelstudio_url_prefix=run.labelstudio_url_prefix,
+        ),
+        target,
+    ).set_display_name(f"{label}export tasks")
+    report = stateful(
+        report_round(
+            selection=selection,
+            instances=dsl.Collected(shards),
             campaign_uri=run.campaign_uri,
             pool_annotations=run.pool_annotations,
             image_root=run.image_root,
-            round_index=labels.outputs["Output"],
-        ).after(evaluate)
-    ).set_display_name(f"{label}export for labelling")
+            round_index=start.index,
+        ).after(evaluate),
+        target,
+    ).set_display_name(f"{label}report")
+    return stateful(
+        commit_round(
+            selection=selection,
+            tasks=tasks.outputs["tasks"],
+            summary=report.outputs["summary"],
+            report=report.outputs["report"],
+            campaign_uri=run.campaign_uri,
+            round_index=start.index,
+            run_id=RUN_ID,
+        ).after(evaluate),
+        target,
+    ).set_display_name(f"{label}commit round")
 
 
-def infer_pool(run: RunInputs, labels, train, *, num_shards: int, target: str, label: str):
+def end_round(
+    run: RunInputs, start: RoundStart, evaluate: dsl.PipelineTask, *, target: str, label: str
+) -> dsl.PipelineTask:
+    """Close an evaluation-only round: its metrics are the learning curve's last point."""
+    return stateful(
+        close_round(campaign_uri=run.campaign_uri, round_index=start.index, run_id=RUN_ID).after(evaluate), target
+    ).set_display_name(f"{label}close round")
+
+
+def infer_pool(run: RunInputs, start: RoundStart, train, *, num_shards: int, target: str, label: str):
     """Predict the unlabelled pool in ``num_shards`` parallel tasks.
 
     Returns the loop's per-shard output; each consumer wraps it in its own ``dsl.Collected``
     (KFP 2.17 fails to compile one Collected object shared by several consumers).
     """
     with dsl.ParallelFor(list(range(num_shards)), parallelism=num_shards) as shard:
-        task = infer_instances(
-            model=train.outputs["model"],
-            unlabelled=labels.outputs["unlabelled"],
-            image_root=run.image_root,
-            shard=shard,
-            num_shards=num_shards,
+        task = stateful(
+            infer_instances(
+                model=train.outputs["model"],
+                unlabelled=start.labels.outputs["unlabelled"],
+                image_root=run.image_root,
+                shard=shard,
+                num_shards=num_shards,
+            ),
+            target,
         ).set_display_name(f"{label}infer shard")
         on_gpu(task, target)
     return task.outputs["instances"]
 
 
-def choose_images(run: RunInputs, strategy: str, shards, *, label: str):
+def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, train, *, target: str, label: str):
     """The selection: TAUDIS as four components, a baseline as one; returns the selection artifact."""
+    if strategy == "coreset":
+        # Core-set's first centers are the labelled images (Sener and Savarese 2018): embed them too.
+        labelled = infer_instances(
+            model=train.outputs["model"],
+            unlabelled=start.labels.outputs["labelled"],
+            image_root=run.image_root,
+            shard=0,
+            num_shards=1,
+        ).set_display_name(f"{label}embed labelled images")
+        on_gpu(stateful(labelled, target), target)
+        return (
+            select_coreset(
+                instances=dsl.Collected(shards),
+                labelled=labelled.outputs["instances"],
+                budget=run.budget,
+                metric=run.metric,
+                aggregation=run.aggregation,
+                seed=run.seed,
+            )
+            .set_display_name(f"{label}select (coreset)")
+            .outputs["selection"]
+        )
     if strategy != "taudis":
         return (
             select_baseline(
                 instances=dsl.Collected(shards),
                 strategy=strategy,
                 budget=run.budget,
+                alpha=run.alpha,
+                beta=run.beta,
+                sigma=run.sigma,
                 metric=run.metric,
                 aggregation=run.aggregation,
                 seed=run.seed,
@@ -193,5 +304,6 @@ def choose_images(run: RunInputs, strategy: str, shards, *, label: str):
         cover=cover.outputs["cover"],
         budget=run.budget,
         aggregation=run.aggregation,
+        seed=run.seed,
     ).set_display_name(f"{label}vote")
     return vote.outputs["selection"]

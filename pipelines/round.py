@@ -1,14 +1,16 @@
 """The round pipeline: one active-learning round per run, for recurring runs on a schedule.
 
-ingest finished labels -> train -> evaluate -> infer the unlabelled pool in shards -> select
-(score, oversample, max k-cover, vote) -> export labelling tasks, mark them pending, report.
-The strategy, the number of inference shards and the target platform are fixed when compiling.
+claim the next round -> ingest finished labels -> train -> evaluate -> infer the unlabelled pool in
+shards -> select (score, oversample, max k-cover, vote) -> export labelling tasks and report ->
+commit the round (its images pending, its tasks published). A run that finds the round claimed by
+another live run stops at its first step without changing anything. The strategy, the number of
+inference shards and the target platform are fixed when compiling.
 """
 
 from kfp import dsl
 
 from taudis_kfp.components import ingest_labels
-from taudis_kfp.pipelines.common import RunInputs, check, label_step, select_and_export, train_and_evaluate
+from taudis_kfp.pipelines.common import RunInputs, begin_round, check, select_and_commit, train_and_evaluate
 
 
 def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, target: str = "kubernetes"):
@@ -27,6 +29,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         config: str = "mask_rcnn_R50_FPN_gpu.yaml",
         train_opts: str = "",
         weights: str = "",
+        finetune: bool = False,
         budget: int = 10,
         alpha: float = 2.5,
         beta: float = 1.5,
@@ -34,12 +37,13 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         metric: str = "seg_entropy",
         aggregation: str = "mean",
         seed: int = 0,
+        labelstudio_url_prefix: str = "",
     ):
         run = RunInputs.of(locals())
-        labels = label_step(ingest_labels, run, check(run, strategy), "", "ingest labels")
-        train, evaluate = train_and_evaluate(run, labels, target=target, label="")
-        select_and_export(
-            run, labels, train, evaluate, strategy=strategy, num_shards=num_shards, target=target, label=""
+        start = begin_round(run, check(run, strategy, target), ingest_labels, oracle=False, target=target, label="")
+        train, evaluate = train_and_evaluate(run, start, target=target, label="")
+        select_and_commit(
+            run, start, train, evaluate, strategy=strategy, num_shards=num_shards, target=target, label=""
         )
 
     return round_pipeline

@@ -84,6 +84,9 @@ def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+SEG0 = ("annotations", 0, "segmentation")
+
+
 @pytest.mark.parametrize(
     ("edit", "record", "field", "words"),
     [
@@ -91,14 +94,14 @@ def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
         (_set(("annotations", 1, "image_id"), 99), "annotation id 11", "image_id", "unknown image id 99"),
         (_set(("annotations", 0, "category_id"), 4), "annotation id 10", "category_id", "unknown category id 4"),
         (_set(("annotations", 0, "bbox"), [3, 2, -6, 4]), "annotation id 10", "bbox", "negative"),
-        (_set(("annotations", 0, "bbox"), [3, 2, 60, 4]), "annotation id 10", "bbox", "outside its image"),
-        (_set(("annotations", 0, "bbox"), [3, 2, 6]), "annotation id 10", "bbox", "[x, y, w, h]"),
-        (_set(("annotations", 0, "segmentation", "size"), [10, 13]), "annotation id 10", "segmentation", "differs"),
-        (_set(("annotations", 0, "segmentation", "counts"), 7), "annotation id 10", "segmentation", "string or a list"),
-        (_set(("annotations", 0, "segmentation", "counts"), [5, 3]), "annotation id 10", "segmentation", "sum to h*w"),
-        (_set(("annotations", 1, "segmentation"), [[1, 1, 5, 1, 5]]), "annotation id 11", "segmentation", "polygon"),
+        (_set(("annotations", 0, "bbox"), [3, 2, 60, 4]), "annotation id 10", "bbox", "outside the image"),
+        (_set(("annotations", 0, "bbox"), [3, 2, 6]), "annotation id 10", "bbox", "[x, y, width, height]"),
+        (_set((*SEG0, "size"), [10, 13]), "annotation id 10", "segmentation.size", "differs"),
+        (_set((*SEG0, "counts"), 7), "annotation id 10", "segmentation.counts", "string or a list"),
+        (_set((*SEG0, "counts"), [5, 3]), "annotation id 10", "segmentation.counts", "runs cover 8 pixels"),
+        (_set(("annotations", 1, "segmentation"), [[1, 1, 5, 1, 5]]), "annotation id 11", "segmentation[0]", "needs"),
         (_set(("annotations", 1, "segmentation"), []), "annotation id 11", "segmentation", "empty polygon"),
-        (_set(("annotations", 1, "segmentation"), "x"), "annotation id 11", "segmentation", "polygon list or an RLE"),
+        (_set(("annotations", 1, "segmentation"), "x"), "annotation id 11", "segmentation", "polygons (list) or RLE"),
         (_set(("annotations", 1, "id"), 10), "annotation id 10 (#1)", "id", "duplicate annotation id 10"),
         (_set(("images", 1, "id"), 1), "image #1", "id", "duplicate image id 1"),
         (_set(("images", 0, "height"), 0), "image id 1", "height", "positive integer"),

@@ -1,4 +1,4 @@
-"""The ledger: schema, convenience ops, idempotence, concurrency and faults (local and GCS)."""
+"""The ledger: head + segments, id ranges, validation, idempotence, concurrency and faults (local and GCS)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import pytest
 from taudis import storage
 from taudis.storage import ledger as ledger_mod
 from taudis.storage.ledger import (
+    COMPACT_AFTER,
+    LabelPart,
     Ledger,
     LedgerError,
     create_ledger,
-    mark_labelled,
+    decode_ids,
+    encode_ids,
     read_ledger,
-    record_metrics,
-    record_round,
     update_ledger,
 )
 
@@ -34,79 +35,136 @@ def _add_pending(image_id: int):  # a test update: one more pending image (a los
     return apply
 
 
+def _label(image_ids: set[int], op_id: str):  # pending -> labelled through a label part
+    def apply(ledger: Ledger) -> Ledger:
+        part = LabelPart(op_id, f"labels/{op_id}.json", frozenset(image_ids), "test")
+        return dataclasses.replace(ledger, pending=ledger.pending - image_ids, parts=(*ledger.parts, part))
+
+    return apply
+
+
+def _segments(uri: str) -> list[dict[str, Any]]:
+    folder = ledger_mod.folder_of(uri)
+    return [storage.read_json(storage.join(folder, name)) for name in storage.read_json(uri)["segments"]]
+
+
+def test_id_ranges_round_trip() -> None:
+    assert encode_ids([]) == []
+    assert encode_ids([7, 1, 2, 3, 3]) == [[1, 3], [7, 7]]
+    assert encode_ids(range(1_000_000)) == [[0, 999_999]]
+    assert decode_ids([[1, 3], [7, 7]], "u", "f") == {1, 2, 3, 7}
+    for bad in ("x", [[3, 1]], [[1]], [[1, True]]):
+        with pytest.raises(LedgerError) as err:
+            decode_ids(bad, "u", "pending")
+        assert err.value.field == "pending"
+
+
 def test_create_read_round_trip(storage_root: str) -> None:
     uri = storage.join(storage_root, "camp", "ledger.json")
-    created = create_ledger(uri, range(10), labelled_ids=[0, 1], campaign="c1")
+    seed = LabelPart("seed:train", "labels/seed.json", frozenset({0, 1}), "seed")
+    created = create_ledger(uri, range(10), seed, campaign="c1")
     got = read_ledger(uri)
-    assert got == created
+    assert got == created and got.labelled == {0, 1} and got.parts == (seed,)
     assert got.unlabelled == frozenset(range(2, 10)) and got.revision == 0
-    doc = storage.read_json(uri)
-    assert doc["schema"] == "taudis.ledger" and doc["version"] == 1 and doc["unlabelled"] == list(range(2, 10))
+    head = storage.read_json(uri)
+    assert head["schema"] == "taudis.ledger" and head["version"] == 2 and head["campaign"] == "c1"
+    assert head["counts"] == {"pool": 10, "labelled": 2, "pending": 0, "unlabelled": 8}
+    (snapshot,) = _segments(uri)
+    assert snapshot["kind"] == "snapshot" and snapshot["pool"] == [[0, 9]]
     with pytest.raises(LedgerError, match="already exists"):
         create_ledger(uri, range(10))
-    assert create_ledger(uri, range(10), labelled_ids=[0, 1], exist_ok=True) == created
-    with pytest.raises(LedgerError, match="another pool"):
-        create_ledger(uri, range(11), exist_ok=True)
+    assert create_ledger(uri, range(10), exist_ok=True) == created  # a second first run reuses it
+    assert len(head["segments"]) == len(storage.read_json(uri)["segments"])  # and writes nothing
 
 
-def test_round_lifecycle(storage_root: str) -> None:
+def test_updates_write_what_changed_and_rebuild_the_same_state(storage_root: str) -> None:
     uri = storage.join(storage_root, "ledger.json")
-    create_ledger(uri, range(10), labelled_ids=[0])
-    after = record_round(uri, 1, "taudis", {"alpha": 2.5}, [5, 3], "gs://m/1", {"ap": 0.1})
-    assert after.pending == {3, 5} and after.round(1)["images"] == [5, 3] and after.revision == 1
-    again = record_round(uri, 1, "taudis", {"alpha": 2.5}, [5, 3], "gs://m/1", {"ap": 0.1})
-    assert again.revision == 1  # same default op id: not applied twice
-    with pytest.raises(LedgerError, match="with other images"):
-        record_round(uri, 1, "taudis", {"alpha": 2.5}, [5, 4])
-    with pytest.raises(LedgerError, match=r"already pending") as err:
-        record_round(uri, 2, "random", {}, [3, 4])
-    assert err.value.field == "rounds.images"
-    with pytest.raises(LedgerError, match="already labelled"):
-        record_round(uri, 2, "random", {}, [0])
-    with pytest.raises(LedgerError, match="not in the pool"):
-        record_round(uri, 2, "random", {}, [42])
-    labelled = mark_labelled(uri, [3, 5], op_id="ingest-a")
-    assert labelled.labelled == {0, 3, 5} and labelled.pending == frozenset()
-    assert mark_labelled(uri, [3, 5], op_id="ingest-a").revision == labelled.revision  # retry: no-op
-    with pytest.raises(LedgerError, match="not pending"):
-        mark_labelled(uri, [3], op_id="ingest-b")
-    with_metrics = record_metrics(uri, 1, {"mask_ap": 0.42})
-    assert with_metrics.round(1)["metrics"] == {"ap": 0.1, "mask_ap": 0.42}
-    final = read_ledger(uri)
-    assert [op["op_id"] for op in final.ops] == ["record_round:1", "ingest-a", with_metrics.ops[-1]["op_id"]]
-    assert final.revision == 3
+    create_ledger(uri, range(100_000))
+    update_ledger(uri, "pend", lambda led: dataclasses.replace(led, pending=frozenset({5, 6, 7, 50_000})))
+    after = update_ledger(uri, "label", _label({5, 6}, "ingest-a"))
+    assert after.labelled == {5, 6} and after.pending == {7, 50_000} and after.revision == 2
+    change = _segments(uri)[-1]
+    assert change["kind"] == "change" and change["pending_removed"] == [[5, 6]] and change["pool_added"] == []
+    assert [p["op_id"] for p in change["parts_added"]] == ["ingest-a"]
+    # The change segment's size depends on what changed, not on the 100,000-image pool.
+    assert len(storage.dumps_json(change)) < 1_000
+    assert read_ledger(uri) == after
+
+
+def test_compaction_writes_a_snapshot_and_keeps_the_state(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(500))
+    for i in range(COMPACT_AFTER + 3):
+        state = update_ledger(uri, f"op-{i}", _add_pending(i))
+    head = storage.read_json(uri)
+    assert len(head["segments"]) == 4  # a snapshot at segment 64, then three changes
+    assert _segments(uri)[0]["kind"] == "snapshot"
+    assert read_ledger(uri) == state and state.pending == frozenset(range(COMPACT_AFTER + 3))
+
+
+def test_an_update_never_drops_or_rewrites_a_label_part(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(5))
+    update_ledger(uri, "p", _add_pending(1))
+    update_ledger(uri, "l", _label({1}, "ingest-a"))
+    with pytest.raises(LedgerError, match="never drop or rewrite") as err:
+        update_ledger(uri, "drop", lambda led: dataclasses.replace(led, parts=()))
+    assert err.value.field == "parts"
+
+
+def test_a_no_op_update_writes_nothing(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(5))
+    before = storage.read_bytes(uri)
+    assert update_ledger(uri, "noop", lambda led: led).revision == 0
+    assert storage.read_bytes(uri) == before
 
 
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda d: d.update(schema="other"), "schema"),
-        (lambda d: d.update(version=99), "version"),
-        (lambda d: d.update(pending=[1, 1]), "pending"),
-        (lambda d: d.update(labelled=[1], pending=[1], unlabelled=[2, 3]), "pending"),
-        (lambda d: d.update(labelled=[77]), "labelled"),
-        (lambda d: d.update(unlabelled=[1]), "unlabelled"),
-        (lambda d: d.update(pool=["a"]), "pool"),
-        (lambda d: d.update(revision="3"), "revision"),
-        (lambda d: d["rounds"].append({"round": 1}), "rounds.strategy"),
+        (lambda head, seg: head.update(schema="other"), "schema"),
+        (lambda head, seg: head.update(version=1), "version"),
+        (lambda head, seg: head.update(revision="3"), "revision"),
+        (lambda head, seg: head.update(counts={"pool": 1}), "counts"),
+        (lambda head, seg: head["rounds"].append({"round": 1}), "rounds.state"),
+        (lambda head, seg: head["ops"].append({"kind": "x"}), "ops"),
+        (lambda head, seg: seg.update(pending=[[77, 77]]), "pending"),
+        (
+            lambda head, seg: seg.update(pending=[[1, 1]], parts=[{"op_id": "a", "name": "n", "images": [[1, 1]]}]),
+            "pending",
+        ),
+        (lambda head, seg: seg.update(pool=[["a", 1]]), "pool"),
+        (lambda head, seg: seg.update(kind="weird"), "kind"),
     ],
 )
-def test_invalid_document_names_field(tmp_path: Path, mutate: Any, field: str) -> None:
+def test_invalid_documents_name_the_field(tmp_path: Path, mutate: Any, field: str) -> None:
     uri = str(tmp_path / "ledger.json")
     create_ledger(uri, [1, 2, 3])
-    doc = json.loads(Path(uri).read_text())
-    mutate(doc)
-    Path(uri).write_text(json.dumps(doc))
+    head = json.loads(Path(uri).read_text())
+    segment_path = tmp_path / head["segments"][0]
+    segment = json.loads(segment_path.read_text())
+    mutate(head, segment)
+    Path(uri).write_text(json.dumps(head))
+    segment_path.write_text(json.dumps(segment))
+    ledger_mod._segment_cache.clear()
     with pytest.raises(LedgerError) as err:
         read_ledger(uri)
-    assert err.value.field == field and uri in str(err.value)
+    assert err.value.field == field
 
 
-def test_half_written_file_is_rejected_not_misread(tmp_path: Path) -> None:
+def test_half_written_head_and_missing_segment_are_rejected_not_misread(tmp_path: Path) -> None:
     uri = str(tmp_path / "ledger.json")
     create_ledger(uri, [1, 2])
-    Path(uri).write_text(Path(uri).read_text()[:40])
+    text = Path(uri).read_text()
+    Path(uri).write_text(text[:40])
     with pytest.raises(LedgerError, match="not valid JSON"):
+        read_ledger(uri)
+    Path(uri).write_text(text)
+    ledger_mod._segment_cache.clear()
+    for segment in (tmp_path / "ledger").iterdir():
+        segment.unlink()
+    with pytest.raises(LedgerError, match="segment the head lists is missing"):
         read_ledger(uri)
 
 
@@ -125,11 +183,19 @@ def test_refused_update_changes_nothing(storage_root: str) -> None:
     assert storage.read_bytes(uri) == before
 
 
+def test_the_same_op_id_applies_once(storage_root: str) -> None:
+    uri = storage.join(storage_root, "ledger.json")
+    create_ledger(uri, range(5))
+    first = update_ledger(uri, "op-1", _add_pending(1))
+    again = update_ledger(uri, "op-1", _add_pending(2))  # a retry of op-1 with other content is a no-op
+    assert again == first and first.pending == {1} and [o["op_id"] for o in first.ops] == ["op-1"]
+
+
 # ------------------------------------------------------------------------------ lost answers
 
 
 def test_lost_answer_gcs_retry_sees_412_and_op_present(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The write lands, its answer is lost; the library's retry gets 412; not applied twice."""
+    """The head write lands, its answer is lost; the library's retry gets 412; not applied twice."""
     import requests
 
     uri = f"{gcs_bucket}/c/ledger.json"
@@ -141,7 +207,7 @@ def test_lost_answer_gcs_retry_sees_412_and_op_present(gcs_bucket: str, monkeypa
 
     def flaky(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         response = real_request(method, url, *args, **kwargs)
-        if "/upload/" in url:
+        if "/upload/" in url and "ifGenerationMatch" in url:  # the head's conditional write
             seen.append(response.status_code)
             if not state["dropped"]:
                 state["dropped"] = True
@@ -158,7 +224,7 @@ def test_lost_answer_gcs_retry_sees_412_and_op_present(gcs_bucket: str, monkeypa
 
 
 def test_lost_answer_connection_error_after_write(storage_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connection error after the write reaches the update loop: it re-reads and finds the op."""
+    """A connection error after the head write reaches the update loop: it re-reads and finds the op."""
     uri = storage.join(storage_root, "ledger.json")
     create_ledger(uri, range(5))
     real_write = storage.write_if_generation
@@ -207,7 +273,7 @@ def test_concurrent_processes_every_update_exactly_once(backend: str, request: p
     for p in procs:
         p.start()
     seen = []
-    while any(p.is_alive() for p in procs):  # a reader racing the writers sees only whole documents
+    while any(p.is_alive() for p in procs):  # a reader racing the writers sees only whole states
         seen.append(read_ledger(uri).revision)
         time.sleep(0.005)
     for p in procs:
@@ -272,20 +338,11 @@ def test_server_killed_between_read_and_write(fs_gcs_server: Any) -> None:
     assert final.revision == 1 and final.pending == {4} and [o["op_id"] for o in final.ops] == ["op-mid"]
 
 
-def _writer(uri: str, emulator: str, count: int, errors: Any) -> None:
-    if emulator:
-        os.environ["STORAGE_EMULATOR_HOST"] = emulator
-    try:
-        for j in range(count):
-            update_ledger(uri, f"op-{j}", _add_pending(j), timeout=60)
-            time.sleep(0.03)  # spread the updates so the kills land among them
-    except Exception as err:
-        errors.put(repr(err))
-
-
 @pytest.mark.parametrize("kill_point", ["before_the_write_request", "after_the_write_landed"])
-def test_server_killed_during_the_write(fs_gcs_server: Any, kill_point: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGKILL the server at the ledger's write request, restart it; the update lands exactly once.
+def test_server_killed_during_the_head_write(
+    fs_gcs_server: Any, kill_point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL the server at the head's write request, restart it; the update lands exactly once.
 
     ``after_the_write_landed``: the server commits the write and dies before its answer arrives;
     the retried conditional write meets the restarted server, gets 412, and the update loop finds
@@ -307,7 +364,7 @@ def test_server_killed_during_the_write(fs_gcs_server: Any, kill_point: str, mon
         fs_gcs_server.start()
 
     def dying(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if "/upload/" not in url or state["killed"]:
+        if "/upload/" not in url or "ifGenerationMatch" not in url or state["killed"]:
             response = real_request(method, url, *args, **kwargs)
             statuses.append(response.status_code)
             return response
@@ -315,8 +372,7 @@ def test_server_killed_during_the_write(fs_gcs_server: Any, kill_point: str, mon
         if kill_point == "after_the_write_landed":
             statuses.append(real_request(method, url, *args, **kwargs).status_code)
         fs_gcs_server.kill()
-        restarter = threading.Thread(target=restart_later)
-        restarter.start()
+        threading.Thread(target=restart_later).start()
         if kill_point == "after_the_write_landed":
             raise requests.exceptions.ConnectionError("the server died before answering")
         return real_request(method, url, *args, **kwargs)  # connection refused: retried by the client
@@ -329,31 +385,15 @@ def test_server_killed_during_the_write(fs_gcs_server: Any, kill_point: str, mon
     assert [o["op_id"] for o in final.ops] == ["op-kill"]
     if kill_point == "after_the_write_landed":
         assert 412 in statuses  # the retry found the write already there and did not write again
-    assert storage.read_versioned(uri) is not None
 
 
-def test_cli_create_show_record(storage_root: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from taudis.storage.cli import main
-
-    uri = storage.join(storage_root, "camp", "ledger.json")
-    pool = storage.join(storage_root, "pool.json")
-    storage.write_json(pool, {"images": [{"id": i} for i in range(6)], "annotations": [], "categories": []})
-    assert main(["create", uri, "--pool-annotations", pool, "--labelled", "0,1", "--campaign", "demo"]) == 0
-    assert main(["create", uri, "--pool-annotations", pool, "--labelled", "0,1"]) == 1  # exists
-    assert "already exists" in capsys.readouterr().err
-    selection = storage.join(storage_root, "selection.json")
-    storage.write_json(
-        selection,
-        {"schema": "taudis.selection", "version": 1, "strategy": "taudis", "params": {"alpha": 2.5}, "budget": 2,
-         "images": [{"image_id": 4}, {"image_id": 2}], "instances": [], "notes": [], "stats": {}},
-    )  # fmt: skip
-    assert main(["record-round", uri, "--selection", selection, "--round", "1", "--model-uri", "gs://m"]) == 0
-    assert main(["show", uri]) == 0
-    out = capsys.readouterr().out
-    assert "campaign demo" in out and "pending 2" in out and "round 1: taudis, 2 images" in out
-    assert main(["show", uri, "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["pending"] == [2, 4] and doc["rounds"][0]["images"] == [4, 2] and doc["labelled"] == [0, 1]
+def _writer(uri: str, count: int, errors: Any) -> None:
+    try:
+        for j in range(count):
+            update_ledger(uri, f"op-{j}", _add_pending(j), timeout=60)
+            time.sleep(0.01)
+    except Exception as err:
+        errors.put(repr(err))
 
 
 def test_local_writer_killed_mid_stream_leaves_a_valid_ledger_and_no_stuck_lock(tmp_path: Path) -> None:
@@ -362,14 +402,30 @@ def test_local_writer_killed_mid_stream_leaves_a_valid_ledger_and_no_stuck_lock(
     create_ledger(uri, range(count + 1))
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.Queue()
-    proc = ctx.Process(target=_writer, args=(uri, "", count, errors))
+    proc = ctx.Process(target=_writer, args=(uri, count, errors))
     proc.start()
     deadline = time.monotonic() + 30
     while read_ledger(uri).revision < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.kill()  # SIGKILL: maybe inside the lock, maybe between temp write and rename
+    proc.kill()  # SIGKILL: maybe inside the lock, maybe between the segment and the head
     proc.join(10)
-    killed_at = read_ledger(uri)  # validated: the old or the new document, never a torn one
+    killed_at = read_ledger(uri)  # validated: the old or the new state, never a torn one
     assert 3 <= killed_at.revision < count
     done = update_ledger(uri, "after-kill", _add_pending(count), timeout=10)  # the lock died with its holder
     assert done.revision == killed_at.revision + 1 and count in done.pending
+
+
+def test_cli_create_and_show(storage_root: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from taudis.storage.cli import main
+
+    uri = storage.join(storage_root, "camp", "ledger.json")
+    pool = storage.join(storage_root, "pool.json")
+    storage.write_json(pool, {"images": [{"id": i} for i in range(6)], "annotations": [], "categories": []})
+    assert main(["create", uri, "--pool-annotations", pool, "--campaign", "demo"]) == 0
+    assert main(["create", uri, "--pool-annotations", pool]) == 1  # exists
+    assert "already exists" in capsys.readouterr().err
+    assert main(["show", uri]) == 0
+    assert "campaign demo" in capsys.readouterr().out
+    assert main(["show", uri, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["pool"] == list(range(6)) and doc["unlabelled"] == list(range(6))

@@ -11,7 +11,6 @@ detectron2 when called.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -140,85 +139,20 @@ def _check_records(records: list[Any], kind: str, required: Sequence[str], sourc
 
 
 def _check_bbox(bbox: Any, image: dict[str, Any], source: str, record: str) -> None:
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox):
-        raise CocoFormatError(source, f"bbox must be [x, y, w, h] numbers, got {bbox!r}", record=record, field="bbox")
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
-        raise CocoFormatError(source, f"bbox has a negative or non-finite value: {bbox!r}", record=record, field="bbox")
-    # One pixel of slack: many tools round boxes outward.
-    if x < -1 or y < -1 or x + w > image["width"] + 1 or y + h > image["height"] + 1:
-        raise CocoFormatError(
-            source,
-            f"bbox {bbox!r} lies outside its image ({image['width']}x{image['height']})",
-            record=record,
-            field="bbox",
-        )
+    from taudis.data.labels import bbox_problem
+
+    problem = bbox_problem(bbox, int(image["height"]), int(image["width"]))
+    if problem is not None:
+        raise CocoFormatError(source, problem, record=record, field="bbox")
 
 
 def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: str) -> None:
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-            raise CocoFormatError(source, f"RLE size must be [h, w], got {size!r}", record=record, field="segmentation")
-        if list(size) != [image["height"], image["width"]]:
-            raise CocoFormatError(
-                source,
-                f"RLE size {size} differs from its image's [height, width] [{image['height']}, {image['width']}]",
-                record=record,
-                field="segmentation",
-            )
-        if isinstance(counts, list):
-            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != size[0] * size[1]:
-                raise CocoFormatError(
-                    source,
-                    "uncompressed RLE counts must be non-negative and sum to h*w",
-                    record=record,
-                    field="segmentation",
-                )
-        elif isinstance(counts, str):
-            _check_compressed_rle(seg, source, record)
-        else:
-            raise CocoFormatError(
-                source,
-                f"RLE counts must be a string or a list, got {type(counts).__name__}",
-                record=record,
-                field="segmentation",
-            )
-    elif isinstance(seg, list):
-        if not seg:
-            raise CocoFormatError(source, "empty polygon list", record=record, field="segmentation")
-        for polygon in seg:
-            if (
-                not isinstance(polygon, list)
-                or len(polygon) < 6
-                or len(polygon) % 2
-                or not all(isinstance(v, int | float) and math.isfinite(v) for v in polygon)
-            ):
-                raise CocoFormatError(
-                    source,
-                    "each polygon must be a flat list of at least 3 (x, y) number pairs",
-                    record=record,
-                    field="segmentation",
-                )
-    else:
-        raise CocoFormatError(
-            source,
-            f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}",
-            record=record,
-            field="segmentation",
-        )
+    from taudis.data.labels import segmentation_problem
 
-
-def _check_compressed_rle(seg: dict[str, Any], source: str, record: str) -> None:
-    from pycocotools import mask as mask_utils
-
-    rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii", errors="replace")}
-    try:
-        area = int(mask_utils.area(rle))
-    except Exception as err:  # pycocotools raises assorted errors on garbage counts
-        raise CocoFormatError(source, f"undecodable RLE counts: {err}", record=record, field="segmentation") from err
-    if area < 0 or area > seg["size"][0] * seg["size"][1]:
-        raise CocoFormatError(source, "RLE counts do not fit the mask size", record=record, field="segmentation")
+    problem = segmentation_problem(seg, int(image["height"]), int(image["width"]))
+    if problem is not None:
+        field, message = problem
+        raise CocoFormatError(source, message, record=record, field=field)
 
 
 def write_coco(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:

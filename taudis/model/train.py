@@ -76,6 +76,7 @@ def train_model(
     resume: bool = True,
     weights: str = "",
     *,
+    finetune: bool = False,
     on_iteration: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train Mask R-CNN on a COCO instance-segmentation dataset.
@@ -107,6 +108,8 @@ def train_model(
         seed: random seed.
         resume: continue from ``out_dir``'s last checkpoint if there is one.
         weights: initial weights (local path or gs:// URI); "" trains from scratch.
+        finetune: ``weights`` are the previous round's model: train the config's shorter
+            fine-tuning share of the schedule (TAUDIS.SCHEDULE.FINETUNE_SCALE).
         on_iteration: called after each iteration with its index (progress hooks, tests).
 
     Returns:
@@ -131,7 +134,7 @@ def train_model(
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(data["categories"])
     cfg.TAUDIS.CLASS_NAMES = class_names(data)
     cfg.TAUDIS.CATEGORY_IDS = category_ids(data)
-    cfg.SOLVER.MAX_ITER = max_iter = scheduled_iterations(cfg, len(dicts))
+    cfg.SOLVER.MAX_ITER = max_iter = scheduled_iterations(cfg, len(dicts), finetune=finetune)
     # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
     cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
     cfg.SEED = seed
@@ -233,14 +236,21 @@ def train_model(
 
 
 def _local_weights(weights: str, out: Path) -> str:
-    """A local path for ``weights``: as given, or a gs:// object downloaded to out/init_weights.pth."""
+    """A local path for ``weights``: as given, or a gs:// object downloaded to out/init_weights.pth.
+
+    Raises:
+        taudis.model.weights.UnsafeWeightsError: not a .pth / .pt file (a pickle is never loaded).
+    """
+    from taudis.model.weights import check_weights_path
+
+    check_weights_path(weights)
     if not weights.startswith("gs://"):
         if not Path(weights).is_file():
             raise FileNotFoundError(f"initial weights {weights!r} not found")
         return weights
     from taudis.storage import read_bytes  # lazy: only remote weights need the storage layer
 
-    target = out / ("init_weights" + (Path(weights).suffix or ".pth"))
+    target = out / ("init_weights" + Path(weights).suffix)
     if not target.is_file():
         target.write_bytes(read_bytes(weights))
     return str(target)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from taudis.report.inputs import format_ap, format_value, validate_selection
@@ -44,6 +44,22 @@ def fill_sentence(selection: Mapping[str, Any]) -> str:
     return f"Fill used: {filled} of {len(images)} chosen images {verb} added by image-level uncertainty."
 
 
+INTAKE_LABELS = {
+    "ingested": "ingested",
+    "repeat": "repeats of labels already in (no change)",
+    "rejected": "rejected (see incoming/rejected/, a report beside each file)",
+    "conflict": "in conflict with labels already in (see incoming/rejected/)",
+}
+
+
+def _intake_lines(intake: Mapping[str, Sequence[str]]) -> list[str]:
+    """The "Labels in" section: the annotators' files this round took in, by what became of them."""
+    rows = [[label, md_escape(", ".join(intake[k]))] for k, label in INTAKE_LABELS.items() if intake.get(k)]
+    if not rows:
+        return []
+    return ["### Labels in", "", *_table(["files", "names"], rows), ""]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -56,20 +72,24 @@ def round_markdown(
     metrics: Mapping[str, float | None] | None,
     labelled_images: int,
     *,
+    intake: Mapping[str, Sequence[str]] | None = None,
     max_rows: int = 50,
 ) -> str:
     """A concise Markdown summary of one active-learning round.
 
     Sections: a title line with the round and strategy; metrics (mask and box AP of the model that
-    made the predictions, when given, and the labelled images it was trained on); the selection's
-    parameters; its counts and whether fill was used; notes; a table of the chosen images (rank,
-    image id, votes, uncertainty, filled, reason), at most ``max_rows`` rows.
+    made the predictions, when given, and the labelled images it was trained on); the labels that
+    came in (files ingested, repeated, rejected or in conflict, when ``intake`` names any); the
+    selection's parameters; its counts and whether fill was used; notes; a table of the chosen
+    images (rank, image id, votes, uncertainty, filled, reason), at most ``max_rows`` rows.
 
     Args:
         selection: a ``taudis.selection`` dict (checked with ``validate_selection``).
         round_index: the round's number.
         metrics: ``{"mask_ap": ..., "box_ap": ...}`` in 0-100 (None or NaN: not evaluated), or None.
         labelled_images: images labelled when the round's model was trained.
+        intake: the round's ingest facts, file names by status ("ingested", "repeat",
+            "rejected", "conflict"; taudis.campaign.ingest.summarize).
         max_rows: cap on the chosen-images table; a line says how many were left out.
 
     Raises:
@@ -91,6 +111,7 @@ def round_markdown(
             f"box AP **{format_ap(metrics.get('box_ap'))}**."
         )
     lines += ["", fill_sentence(selection), ""]
+    lines += _intake_lines(intake or {})
     params = selection.get("params", {})
     if params:
         lines += ["### Parameters", ""]

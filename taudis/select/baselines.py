@@ -79,12 +79,15 @@ def image_embeddings(
     return out, has
 
 
-def k_center(embeddings: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+def k_center(
+    embeddings: np.ndarray, budget: int, first: int | None = None, centers: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy k-center (farthest-first traversal) on unit vectors, distance 1 - cos.
 
-    Starts from row ``first``; each step takes the row farthest from its nearest chosen row
-    (ties: the lower row). Returns (chosen rows in order, each one's distance when chosen; the
-    first gets inf).
+    Starts from the rows ``centers`` (embeddings already covered, e.g. the labelled images): each
+    step takes the row farthest from its nearest center or chosen row (ties: the lower row).
+    Without centers it starts from row ``first``. Returns (chosen rows in order, each one's
+    distance when chosen; a first row chosen without centers gets inf).
     """
     n = embeddings.shape[0]
     budget = min(budget, n)
@@ -94,7 +97,16 @@ def k_center(embeddings: np.ndarray, budget: int, first: int) -> tuple[np.ndarra
         return chosen, dist_at
     x = np.asarray(embeddings, dtype=np.float32)
     nearest = np.full(n, np.inf)
-    nxt, d_next = first, np.inf
+    if centers is not None and len(centers):
+        c = np.asarray(centers, dtype=np.float32)
+        for start in range(0, c.shape[0], 1024):  # blocks bound the memory at n x 1024
+            nearest = np.minimum(nearest, (1.0 - x @ c[start : start + 1024].T).min(axis=1).astype(np.float64))
+        nxt = int(np.argmax(nearest))
+        d_next = float(nearest[nxt])
+    elif first is None:
+        raise ValueError("k_center needs a first row or centers")
+    else:
+        nxt, d_next = first, np.inf
     for t in range(budget):
         chosen[t], dist_at[t] = nxt, d_next
         nearest = np.minimum(nearest, 1.0 - (x @ x[nxt]).astype(np.float64))
@@ -111,22 +123,29 @@ def coreset_images(
     image_uncertainty: np.ndarray,
     budget: int,
     seed: int,
+    centers: np.ndarray | None = None,
 ) -> list[SelectedImage]:
-    """Core-set: greedy k-center on image embeddings of the images that have instances.
+    """Core-set (Sener and Savarese 2018): greedy k-center on image embeddings of the images that have instances.
 
-    The first center is drawn at random (``seed``). Images without instances have no embedding;
-    they come after the k-center picks, in image-id order, only when B exceeds the images that
-    have one (marked filled).
+    ``centers`` are the labelled images' embeddings: the pool images farthest from everything
+    labelled come first. Without them (no labelled image has a predicted instance) the first
+    center is drawn at random (``seed``). Images without instances have no embedding; they come
+    after the k-center picks, in image-id order, only when B exceeds the images that have one
+    (marked filled).
     """
     with_emb = np.flatnonzero(has_embedding)
     budget = min(budget, image_ids.shape[0])
     images: list[SelectedImage] = []
     if with_emb.size:
-        first = int(np.random.default_rng(seed).integers(with_emb.size))
-        rows, dists = k_center(embeddings[with_emb], budget, first)
+        use_centers = centers is not None and len(centers) > 0
+        first = None if use_centers else int(np.random.default_rng(seed).integers(with_emb.size))
+        rows, dists = k_center(embeddings[with_emb], budget, first, centers if use_centers else None)
         for r, (row, d) in enumerate(zip(rows.tolist(), dists.tolist(), strict=True)):
             p = int(with_emb[row])
-            why = f"first center (random, seed {seed})" if r == 0 else f"k-center: distance {d:.6g} to nearest center"
+            if r == 0 and not use_centers:
+                why = f"first center (random, seed {seed}: no labelled image has an embedding)"
+            else:
+                why = f"k-center: distance {d:.6g} to the nearest labelled or chosen image"
             images.append(SelectedImage(int(image_ids[p]), r + 1, 0, float(image_uncertainty[p]), False, why))
     for p in np.flatnonzero(~has_embedding)[: budget - len(images)].tolist():
         reason = "filled: no predicted instance, so no embedding (image-id order)"

@@ -31,6 +31,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--exclude", type=Path, default=None, help="file of image ids to leave out of the pool (one per line)"
     )
+    parser.add_argument(
+        "--labelled", type=Path, default=None, help="coreset: instance shards of the labelled images (first centers)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="where to write the selection JSON")
     return parser
 
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exclude=exclude,
             universe=args.universe,
             partitions=args.partitions,
+            labelled=args.labelled,
         )
     except (InstanceTableError, ValueError, OSError) as err:
         print(f"taudis select: error: {err}", file=sys.stderr)

@@ -9,7 +9,8 @@ Strategies (:data:`taudis.select.pool.STRATEGIES`):
 - ``uncertainty``: the B images of highest image-level uncertainty (``metric`` aggregated with
   ``aggregation``; images without instances last).
 - ``coreset``: greedy k-center on image embeddings (mean of the image's instance embeddings,
-  renormalised); see :func:`taudis.select.baselines.coreset_images`.
+  renormalised), starting from the labelled images as centers when their shards are given
+  (Sener and Savarese 2018); see :func:`taudis.select.baselines.coreset_images`.
 - ``diversity``: max k-cover of ceil(beta*B) instances among *all* pool instances (no uncertainty
   step; uncertainty still breaks ties), then the same vote. Its graph is over every pool
   instance, so its cost grows with the square of the pool's instances.
@@ -202,6 +203,7 @@ def select(
     exclude: Collection[int] = (),
     universe: str = "candidates",
     partitions: int = 1,
+    labelled: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Choose ``budget`` images to label next from the instance shards under ``instances``.
 
@@ -226,6 +228,8 @@ def select(
             (taudis.select.cover).
         partitions: 1 (default) for the exact single-worker greedy; more for GreeDi over that
             many random parts (seeded by ``seed``), for candidate sets too big for one graph.
+        labelled: coreset only: instance shards of the labelled images, whose embeddings are
+            the first centers (without them, the first center is a random pool image).
 
     Raises:
         ValueError: an invalid parameter (checked before any work).
@@ -248,9 +252,20 @@ def select(
         images = uncertainty_images(pool.image_ids, img_u, pool.instance_counts, b, aggregation, metric)
     else:
         emb, has = image_embeddings(scores.shard_paths, pool.image_ids, pool.eligible, scores.shard_offsets)
-        images = coreset_images(pool.image_ids, emb, has, img_u, b, seed)
+        centers = labelled_centers(labelled) if labelled is not None else None
+        if centers is not None:
+            notes = [*notes, f"k-center from {len(centers)} labelled images with an embedding as the first centers"]
+        images = coreset_images(pool.image_ids, emb, has, img_u, b, seed, centers)
     filled = sum(im.filled for im in images)
     return _finish(strategy, params, budget, pool, images, [], notes, 0, filled, None)
+
+
+def labelled_centers(labelled: str | os.PathLike[str]) -> np.ndarray:
+    """Image embeddings (float32, unit rows) of the labelled images that have a predicted instance."""
+    scores = score_pool(labelled, [DEFAULT_METRIC])
+    every = np.ones(scores.instance_image.shape[0], bool)
+    emb, has = image_embeddings(scores.shard_paths, scores.image_ids, every, scores.shard_offsets)
+    return emb[has]
 
 
 def _cover_and_vote(

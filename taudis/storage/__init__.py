@@ -1,19 +1,17 @@
 """Storage: gs:// URIs and local paths behind one interface, and the campaign ledger.
 
 See ``taudis.storage.uri`` for the storage functions (re-exported here, so other modules call
-``taudis.storage.read_bytes(uri)``), ``taudis.storage.ledger`` for the ledger and
-``taudis.storage.labels`` for ingesting annotators' labels.
+``taudis.storage.read_bytes(uri)``), ``taudis.storage.ledger`` for the ledger (the campaign's state;
+its rules for rounds and labels live in taudis.campaign).
 """
 
 from taudis.storage.ledger import (
+    LabelPart,
     Ledger,
     LedgerConflictError,
     LedgerError,
     create_ledger,
-    mark_labelled,
     read_ledger,
-    record_metrics,
-    record_round,
     update_ledger,
 )
 from taudis.storage.uri import (
@@ -33,6 +31,7 @@ from taudis.storage.uri import (
     join,
     list_uris,
     local_path,
+    move,
     open_read,
     read_bytes,
     read_json,
@@ -44,10 +43,12 @@ from taudis.storage.uri import (
     write_bytes,
     write_if_generation,
     write_json,
+    write_once,
     write_text,
 )
 
 __all__ = [
+    "LabelPart",
     "Ledger",
     "LedgerConflictError",
     "LedgerError",
@@ -68,15 +69,13 @@ __all__ = [
     "join",
     "list_uris",
     "local_path",
-    "mark_labelled",
+    "move",
     "open_read",
     "read_bytes",
     "read_json",
     "read_ledger",
     "read_text",
     "read_versioned",
-    "record_metrics",
-    "record_round",
     "split_gcs",
     "update_ledger",
     "upload_file",
@@ -84,5 +83,6 @@ __all__ = [
     "write_bytes",
     "write_if_generation",
     "write_json",
+    "write_once",
     "write_text",
 ]

@@ -1,4 +1,4 @@
-"""``taudis ledger``: create a campaign ledger, show it, or record a round's selection in it."""
+"""``taudis ledger``: create a campaign ledger, or show its whole state."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from taudis.storage import uri as storage
-from taudis.storage.ledger import LedgerError, create_ledger, read_ledger, record_round
+from taudis.storage.ledger import LedgerError, create_ledger, read_ledger
 
 
 def _ids(text: str | None) -> list[int]:
@@ -19,11 +19,8 @@ def _create(args: argparse.Namespace) -> int:
     pool = _ids(args.pool_ids)
     if args.pool_annotations:
         pool += [int(im["id"]) for im in storage.read_json(args.pool_annotations)["images"]]
-    seed = _ids(args.labelled)
-    if args.labelled_annotations:
-        seed += [int(im["id"]) for im in storage.read_json(args.labelled_annotations)["images"]]
-    ledger = create_ledger(args.uri, pool, seed, campaign=args.campaign or "", exist_ok=args.exist_ok)
-    print(f"ledger {args.uri}: {len(ledger.pool)} images, {len(ledger.labelled)} labelled")
+    ledger = create_ledger(args.uri, pool, campaign=args.campaign or "", exist_ok=args.exist_ok)
+    print(f"ledger {args.uri}: {len(ledger.pool)} images")
     return 0
 
 
@@ -33,54 +30,29 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(ledger.to_json(), indent=1))
         return 0
     print(f"campaign {ledger.campaign} (revision {ledger.revision}, updated {ledger.updated})")
-    print(f"  pool {len(ledger.pool)}  labelled {len(ledger.labelled)}  pending {len(ledger.pending)}")
-    print(f"  unlabelled {len(ledger.unlabelled)}")
+    print("  " + "  ".join(f"{k} {v}" for k, v in ledger.counts().items()))
+    for part in ledger.parts:
+        print(f"  labels {part.name}: {len(part.images)} images from {part.source or part.op_id}")
     for record in ledger.rounds:
-        metrics = ", ".join(f"{k}={v}" for k, v in record.get("metrics", {}).items())
-        print(f"  round {record['round']}: {record['strategy']}, {len(record['images'])} images {metrics}".rstrip())
-    return 0
-
-
-def _record_round(args: argparse.Namespace) -> int:
-    selection = storage.read_json(args.selection)
-    images = [int(item["image_id"]) for item in selection["images"]]
-    ledger = record_round(
-        args.uri,
-        args.round,
-        str(selection.get("strategy", "")),
-        dict(selection.get("params", {})),
-        images,
-        args.model_uri or "",
-        op_id=args.op_id,
-    )
-    print(f"ledger {args.uri}: round {args.round} recorded, {len(ledger.pending)} images pending")
+        print(f"  round {record['round']}: {record['state']}, {len(record.get('images') or [])} images chosen")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``taudis ledger create|show|record-round``."""
+    """``taudis ledger create|show``."""
     parser = argparse.ArgumentParser(prog="taudis ledger", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    create = commands.add_parser("create", help="create a campaign ledger")
+    create = commands.add_parser("create", help="create a campaign ledger (a round creates it on first use)")
     create.add_argument("uri", help="ledger URI (gs://bucket/campaign/ledger.json or a local path)")
     create.add_argument("--pool-ids", help="comma-separated pool image ids")
     create.add_argument("--pool-annotations", help="COCO JSON whose images are the pool")
-    create.add_argument("--labelled", help="comma-separated image ids already labelled (the seed)")
-    create.add_argument("--labelled-annotations", help="COCO JSON whose images are already labelled")
     create.add_argument("--campaign", help="campaign name (default: the ledger's folder name)")
-    create.add_argument("--exist-ok", action="store_true", help="reuse an existing ledger with the same pool")
+    create.add_argument("--exist-ok", action="store_true", help="reuse an existing ledger")
     create.set_defaults(run=_create)
     show = commands.add_parser("show", help="print a ledger's summary")
     show.add_argument("uri")
-    show.add_argument("--json", action="store_true", help="print the whole document")
+    show.add_argument("--json", action="store_true", help="print the whole state as one document")
     show.set_defaults(run=_show)
-    record = commands.add_parser("record-round", help="mark a selection's images pending")
-    record.add_argument("uri")
-    record.add_argument("--selection", required=True, help="selection JSON (taudis.selection)")
-    record.add_argument("--round", type=int, required=True)
-    record.add_argument("--model-uri", help="the model that made the selection")
-    record.add_argument("--op-id", help="idempotence key (default record_round:<round>)")
-    record.set_defaults(run=_record_round)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args))

@@ -1,30 +1,45 @@
 """The campaign ledger: which images are labelled, pending or unlabelled, and every round's record.
 
-One JSON document per campaign, at a URI (``gs://bucket/campaign/ledger.json`` or a local path).
-Layout (schema ``taudis.ledger``, version 1)::
+The ledger is the campaign's one source of truth, stored as a small head document plus
+immutable segments, so that an update writes what changed, not the whole pool:
 
-    {
-      "schema": "taudis.ledger", "version": 1,
-      "campaign": str,
-      "revision": int,            # +1 per applied update (0 at creation)
-      "created": str, "updated": str,           # ISO 8601 UTC
-      "pool": [int, ...],         # every image id of the campaign, sorted
-      "labelled": [int, ...],     # sorted, subset of pool
-      "pending": [int, ...],      # sent to annotators, labels not back yet; sorted, disjoint from labelled
-      "unlabelled": [int, ...],   # pool - labelled - pending (stored for readers; checked on read)
-      "rounds": [{"round": int, "strategy": str, "params": {}, "images": [int, ...] (selection order),
-                  "model_uri": str, "metrics": {}, "op_id": str, "recorded": str}, ...],
-      "ops": [{"op_id": str, "revision": int, "at": str}, ...]   # every update applied, in order
-    }
+    <campaign>/ledger.json                         the head (schema ``taudis.ledger``, version 2)
+    <campaign>/ledger/<revision>-<random>.json     segments: one per update (schema ``taudis.ledger.segment``)
 
-Every update is a compare-and-swap (``taudis.storage.write_if_generation``): read the document and
-its generation, apply a pure function, write only if the generation is unchanged, else read again
-and re-apply. Each update carries an op id that the document records; an update whose op id is
-already there is not applied again, so an update whose first attempt landed but whose answer was
-lost (a 412 on the library's retry, or a connection error after the write) returns the landed
-state instead of applying twice. Concurrent writers never lose an update (the loser of a race
-re-applies on the new state), and readers never see a half-written document (GCS objects and local
-renames are atomic).
+Head::
+
+    {"schema": "taudis.ledger", "version": 2, "campaign": str,
+     "revision": int,                    # +1 per applied update (0 at creation)
+     "created": str, "updated": str,     # ISO 8601 UTC
+     "counts": {"pool", "labelled", "pending", "unlabelled"},   # checked against the segments on read
+     "segments": [name, ...],            # relative to the head's folder, applied in order
+     "rounds": [{"round": int, "state": str, ... every field but "images"}, ...],
+     "ops": [{"op_id": str, "kind": str, "revision": int, "at": str}, ...]}   # every update applied
+
+Segment (``kind`` "snapshot" holds the whole state, "change" what one update changed)::
+
+    {"schema": "taudis.ledger.segment", "version": 2, "revision": int, "kind": "snapshot" | "change",
+     "pool": ids, "pending": ids, "parts": [part, ...], "round_images": {"<round>": [id, ...]},  # snapshot
+     "pool_added": ids, "pool_removed": ids, "pending_added": ids, "pending_removed": ids,     # change
+     "parts_added": [part, ...], "round_images": {...}}
+
+``ids`` are sorted image ids as inclusive ranges ``[[first, last], ...]`` (a contiguous pool is one
+pair). A label part ``{"op_id", "name", "images": ids, "source"}`` names an immutable COCO file
+(relative to the head's folder) holding the annotations of its images: the labelled set is the
+union of the parts' images, so the labels and the ledger can never disagree about what is
+labelled. Round records and their images are written by taudis.campaign.
+
+Every update is a compare-and-swap of the head (``taudis.storage.write_if_generation``): read the
+head and its segments, apply a pure function, write the new segment under a fresh name, then
+write the head only if its generation is unchanged; else read again and re-apply. An update
+carries an op id that the head records; one whose op id is already there is not applied again,
+so an update whose first attempt landed but whose answer was lost returns the landed state
+instead of applying twice. A segment whose head write lost the race is never referenced, and
+readers only follow the head, so they never see a half-applied update.
+
+Cost: an update writes its change segment (O(images changed)) and the head (O(rounds + ops)); every
+``COMPACT_AFTER`` segments the update writes one snapshot instead (O(pool), amortised). Reading
+costs O(pool) (the state) and fetches each segment once per process (they are immutable).
 """
 
 from __future__ import annotations
@@ -34,15 +49,23 @@ import datetime as dt
 import json
 import os
 import random
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from taudis.storage import uri as storage
 
 SCHEMA = "taudis.ledger"
-VERSION = 1
+SEGMENT_SCHEMA = "taudis.ledger.segment"
+VERSION = 2
+SEGMENT_DIR = "ledger"
+COMPACT_AFTER = 64  # segments in the head before an update writes a snapshot instead of a change
 UPDATE_TIMEOUT_ENV = "TAUDIS_LEDGER_UPDATE_TIMEOUT"
 DEFAULT_UPDATE_TIMEOUT = 300.0
 
@@ -66,24 +89,44 @@ def _now() -> str:
 
 
 @dataclass(frozen=True)
+class LabelPart:
+    """One immutable file of labels: the annotations of ``images``, ingested by op ``op_id``."""
+
+    op_id: str
+    name: str  # relative to the ledger's folder, e.g. "labels/ingest-0123abcd.json"
+    images: frozenset[int]
+    source: str = ""  # where the labels came from (the annotators' file, "oracle", "seed")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op_id": self.op_id, "name": self.name, "images": encode_ids(self.images), "source": self.source}
+
+
+@dataclass(frozen=True)
 class Ledger:
-    """One campaign's state (immutable: update functions return a new Ledger)."""
+    """One campaign's state (immutable: update functions return a new Ledger).
+
+    ``labelled`` is derived: the union of the label parts' images.
+    """
 
     campaign: str
-    pool: tuple[int, ...]
-    labelled: frozenset[int] = frozenset()
+    pool: frozenset[int]
     pending: frozenset[int] = frozenset()
+    parts: tuple[LabelPart, ...] = ()
     rounds: tuple[dict[str, Any], ...] = ()
     ops: tuple[dict[str, Any], ...] = ()
     revision: int = 0
     created: str = ""
     updated: str = ""
     uri: str = field(default="", compare=False)
+    labelled: frozenset[int] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labelled", frozenset().union(*(p.images for p in self.parts)))
 
     @property
     def unlabelled(self) -> frozenset[int]:
         """Pool images neither labelled nor pending: what selection may choose from."""
-        return frozenset(self.pool) - self.labelled - self.pending
+        return self.pool - self.labelled - self.pending
 
     @property
     def op_ids(self) -> frozenset[str]:
@@ -97,8 +140,19 @@ class Ledger:
         """The record of round ``round_index``, if recorded."""
         return next((r for r in self.rounds if r["round"] == round_index), None)
 
+    def part(self, op_id: str) -> LabelPart | None:
+        return next((p for p in self.parts if p.op_id == op_id), None)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "pool": len(self.pool),
+            "labelled": len(self.labelled),
+            "pending": len(self.pending),
+            "unlabelled": len(self.unlabelled),
+        }
+
     def to_json(self) -> dict[str, Any]:
-        """The document (see the module docstring)."""
+        """The whole state as one document (for ``taudis ledger show --json``; not the stored form)."""
         return {
             "schema": SCHEMA,
             "version": VERSION,
@@ -106,96 +160,297 @@ class Ledger:
             "revision": self.revision,
             "created": self.created,
             "updated": self.updated,
+            "counts": self.counts(),
             "pool": sorted(self.pool),
             "labelled": sorted(self.labelled),
             "pending": sorted(self.pending),
             "unlabelled": sorted(self.unlabelled),
+            "parts": [{**p.to_json(), "images": sorted(p.images)} for p in self.parts],
             "rounds": [dict(r) for r in self.rounds],
             "ops": [dict(o) for o in self.ops],
         }
 
 
+# ----------------------------------------------------------------------------------- id ranges
+
+
+def encode_ids(ids: Iterable[int]) -> list[list[int]]:
+    """Sorted unique ids as inclusive ranges: ``{1, 2, 3, 7}`` -> ``[[1, 3], [7, 7]]``."""
+    values = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64))
+    if values.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    starts = np.r_[values[0], values[breaks + 1]]
+    ends = np.r_[values[breaks], values[-1]]
+    return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
+
+
+def decode_ids(ranges: Any, uri: str, field_name: str) -> frozenset[int]:
+    """The ids of ``encode_ids`` ranges.
+
+    Raises:
+        LedgerError: not a list of ``[first, last]`` integer pairs with first <= last.
+    """
+    if not isinstance(ranges, list):
+        raise LedgerError(
+            uri, f"expected a list of [first, last] ranges, got {type(ranges).__name__}", field=field_name
+        )
+    out: set[int] = set()
+    for index, pair in enumerate(ranges):
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            and pair[0] <= pair[1]
+        ):
+            raise LedgerError(uri, f"range {index} is {pair!r}, not [first, last] integers", field=field_name)
+        out.update(range(pair[0], pair[1] + 1))
+    return frozenset(out)
+
+
+# ---------------------------------------------------------------------------------- segments
+
+
+def _segment_uri(uri: str, name: str) -> str:
+    return storage.join(folder_of(uri), name)
+
+
+def folder_of(uri: str) -> str:
+    """The folder holding the ledger head (segments and label parts are named relative to it)."""
+    text = str(uri).rstrip("/")
+    return text.rsplit("/", 1)[0] if "/" in text else "."
+
+
+_segment_cache: dict[str, dict[str, Any]] = {}
+_segment_cache_lock = threading.Lock()
+
+
+def _read_segment(uri: str) -> dict[str, Any]:
+    """A segment's document (cached: segments are immutable and uniquely named)."""
+    with _segment_cache_lock:
+        cached = _segment_cache.get(uri)
+    if cached is not None:
+        return cached
+    try:
+        doc = json.loads(storage.read_bytes(uri))
+    except storage.NotFoundError as err:
+        raise LedgerError(uri, "a segment the head lists is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LedgerError(uri, f"segment is not valid JSON: {err}") from err
+    if not isinstance(doc, dict) or doc.get("schema") != SEGMENT_SCHEMA or doc.get("version") != VERSION:
+        raise LedgerError(uri, f"not a {SEGMENT_SCHEMA} version {VERSION} document", field="schema")
+    with _segment_cache_lock:
+        if len(_segment_cache) > 4096:
+            _segment_cache.clear()
+        _segment_cache[uri] = doc
+    return doc
+
+
+@dataclass
+class _State:
+    pool: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
+    parts: list[LabelPart] = field(default_factory=list)
+    round_images: dict[int, list[int]] = field(default_factory=dict)
+
+
+def _parse_part(doc: Any, uri: str) -> LabelPart:
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("op_id", "name")):
+        raise LedgerError(uri, f"a label part needs op_id and name strings, got {doc!r}", field="parts")
+    return LabelPart(
+        doc["op_id"], doc["name"], decode_ids(doc.get("images"), uri, "parts.images"), str(doc.get("source", ""))
+    )
+
+
+def _round_images(doc: Mapping[str, Any], uri: str) -> dict[int, list[int]]:
+    value = doc.get("round_images", {})
+    if not isinstance(value, dict):
+        raise LedgerError(uri, "expected an object of round -> image ids", field="round_images")
+    out = {}
+    for key, ids in value.items():
+        if not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            raise LedgerError(uri, f"round {key}: expected a list of image ids", field="round_images")
+        out[int(key)] = list(ids)
+    return out
+
+
+def _apply_segment(state: _State, doc: Mapping[str, Any], uri: str) -> None:
+    if doc.get("kind") == "snapshot":
+        state.pool = set(decode_ids(doc.get("pool"), uri, "pool"))
+        state.pending = set(decode_ids(doc.get("pending"), uri, "pending"))
+        state.parts = [_parse_part(p, uri) for p in doc.get("parts", [])]
+        state.round_images = _round_images(doc, uri)
+        return
+    if doc.get("kind") != "change":
+        raise LedgerError(uri, f"unknown segment kind {doc.get('kind')!r}", field="kind")
+    state.pool |= decode_ids(doc.get("pool_added", []), uri, "pool_added")
+    state.pool -= decode_ids(doc.get("pool_removed", []), uri, "pool_removed")
+    state.pending |= decode_ids(doc.get("pending_added", []), uri, "pending_added")
+    state.pending -= decode_ids(doc.get("pending_removed", []), uri, "pending_removed")
+    state.parts += [_parse_part(p, uri) for p in doc.get("parts_added", [])]
+    state.round_images.update(_round_images(doc, uri))
+
+
+def _snapshot(ledger: Ledger, revision: int) -> dict[str, Any]:
+    return {
+        "schema": SEGMENT_SCHEMA,
+        "version": VERSION,
+        "revision": revision,
+        "kind": "snapshot",
+        "pool": encode_ids(ledger.pool),
+        "pending": encode_ids(ledger.pending),
+        "parts": [p.to_json() for p in ledger.parts],
+        "round_images": {str(r["round"]): list(r.get("images", [])) for r in ledger.rounds if r.get("images")},
+    }
+
+
+def _change(old: Ledger, new: Ledger, revision: int, uri: str) -> dict[str, Any]:
+    """The segment that turns ``old`` into ``new``.
+
+    Raises:
+        LedgerError: ``new`` drops a label part or rewrites one (labels are never taken back).
+    """
+    old_parts = {p.op_id: p for p in old.parts}
+    new_ids = {p.op_id for p in new.parts}
+    if set(old_parts) - new_ids or any(old_parts.get(p.op_id, p) != p for p in new.parts):
+        raise LedgerError(uri, "an update may add label parts, never drop or rewrite one", field="parts")
+    old_images = {r["round"]: r.get("images") for r in old.rounds}
+    return {
+        "schema": SEGMENT_SCHEMA,
+        "version": VERSION,
+        "revision": revision,
+        "kind": "change",
+        "pool_added": encode_ids(new.pool - old.pool),
+        "pool_removed": encode_ids(old.pool - new.pool),
+        "pending_added": encode_ids(new.pending - old.pending),
+        "pending_removed": encode_ids(old.pending - new.pending),
+        "parts_added": [p.to_json() for p in new.parts if p.op_id not in old_parts],
+        "round_images": {
+            str(r["round"]): list(r["images"])
+            for r in new.rounds
+            if r.get("images") is not None and r.get("images") != old_images.get(r["round"])
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------- validation
 
 
-def _int_list(doc: Mapping[str, Any], key: str, uri: str) -> list[int]:
-    value = doc.get(key)
-    if not isinstance(value, list):
-        raise LedgerError(uri, f"expected a list of image ids, got {type(value).__name__}", field=key)
-    for index, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise LedgerError(uri, f"item {index} is {item!r}, not an integer image id", field=key)
-    if len(set(value)) != len(value):
-        dup = next(v for v in value if value.count(v) > 1)
-        raise LedgerError(uri, f"image id {dup} listed twice", field=key)
-    return list(value)
-
-
-def parse_ledger(doc: Any, uri: str = "<memory>") -> Ledger:
-    """Validate a ledger document and return the Ledger.
+def check_ledger(ledger: Ledger) -> None:
+    """The rules every stored ledger keeps.
 
     Raises:
-        LedgerError: wrong schema or version, a missing or mistyped field, or inconsistent sets
-            (labelled and pending overlap, ids outside the pool, ``unlabelled`` not the rest).
+        LedgerError: pending images outside the pool or labelled, label parts that overlap or hold
+            images outside the pool, a round listed twice, an op id listed twice.
     """
+    uri = ledger.uri or "<memory>"
+    outside = sorted(ledger.pending - ledger.pool)
+    if outside:
+        raise LedgerError(uri, f"image ids {outside[:10]} are not in the pool", field="pending")
+    outside = sorted(ledger.labelled - ledger.pool)
+    if outside:
+        raise LedgerError(uri, f"image ids {outside[:10]} are not in the pool", field="labelled")
+    both = sorted(ledger.labelled & ledger.pending)
+    if both:
+        raise LedgerError(uri, f"image ids {both[:10]} are both labelled and pending", field="pending")
+    if sum(len(p.images) for p in ledger.parts) != len(ledger.labelled):
+        raise LedgerError(uri, "an image is in two label parts", field="parts")
+    if len({p.op_id for p in ledger.parts}) != len(ledger.parts):
+        raise LedgerError(uri, "a label part's op id is listed twice", field="parts")
+    rounds = [r.get("round") for r in ledger.rounds]
+    if len(set(rounds)) != len(rounds):
+        raise LedgerError(uri, "a round is recorded twice", field="rounds.round")
+    for index, record in enumerate(ledger.rounds):
+        if not isinstance(record, dict):
+            raise LedgerError(uri, f"round {index} is not an object", field="rounds")
+        for key, kind in (("round", int), ("state", str)):
+            if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+                raise LedgerError(uri, f"round {index}: missing or not a {kind.__name__}", field=f"rounds.{key}")
+    if len(ledger.op_ids) != len(ledger.ops):
+        raise LedgerError(uri, "an op id is listed twice", field="ops")
+
+
+def _parse_head(doc: Any, uri: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise LedgerError(uri, f"expected a JSON object, got {type(doc).__name__}")
     if doc.get("schema") != SCHEMA:
         raise LedgerError(uri, f"not a {SCHEMA} document (schema {doc.get('schema')!r})", field="schema")
     if doc.get("version") != VERSION:
         raise LedgerError(uri, f"unknown version {doc.get('version')!r} (this taudis reads {VERSION})", field="version")
-    for key, kind in (("campaign", str), ("revision", int), ("rounds", list), ("ops", list)):
+    for key, kind in (("campaign", str), ("revision", int), ("rounds", list), ("ops", list), ("segments", list)):
         if not isinstance(doc.get(key), kind) or isinstance(doc.get(key), bool):
             raise LedgerError(uri, f"missing or not a {kind.__name__}", field=key)
-    pool = _int_list(doc, "pool", uri)
-    labelled, pending = _int_list(doc, "labelled", uri), _int_list(doc, "pending", uri)
-    pool_set = set(pool)
-    for key, ids in (("labelled", labelled), ("pending", pending)):
-        outside = sorted(set(ids) - pool_set)
-        if outside:
-            raise LedgerError(uri, f"image ids {outside[:10]} are not in the pool", field=key)
-    both = sorted(set(labelled) & set(pending))
-    if both:
-        raise LedgerError(uri, f"image ids {both[:10]} are both labelled and pending", field="pending")
-    if "unlabelled" in doc:
-        unlabelled = _int_list(doc, "unlabelled", uri)
-        if set(unlabelled) != pool_set - set(labelled) - set(pending):
-            raise LedgerError(uri, "is not pool minus labelled minus pending", field="unlabelled")
-    rounds = doc["rounds"]
-    for index, record in enumerate(rounds):
-        if not isinstance(record, dict):
-            raise LedgerError(uri, f"round {index} is not an object", field="rounds")
-        for key, kind in (("round", int), ("strategy", str), ("images", list), ("op_id", str)):
-            if not isinstance(record.get(key), kind):
-                raise LedgerError(uri, f"round {index}: missing or not a {kind.__name__}", field=f"rounds.{key}")
-    ops = doc["ops"]
-    for index, op in enumerate(ops):
+    for index, op in enumerate(doc["ops"]):
         if not isinstance(op, dict) or not isinstance(op.get("op_id"), str):
             raise LedgerError(uri, f"op {index} has no op_id string", field="ops")
-    return Ledger(
-        campaign=doc["campaign"],
-        pool=tuple(sorted(pool)),
-        labelled=frozenset(labelled),
-        pending=frozenset(pending),
-        rounds=tuple(dict(r) for r in rounds),
-        ops=tuple(dict(o) for o in ops),
-        revision=doc["revision"],
-        created=str(doc.get("created", "")),
-        updated=str(doc.get("updated", "")),
+    if not all(isinstance(name, str) for name in doc["segments"]):
+        raise LedgerError(uri, "segment names must be strings", field="segments")
+    return doc
+
+
+def _decode(head_bytes: bytes, uri: str) -> Ledger:
+    try:
+        doc = json.loads(head_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LedgerError(uri, f"not valid JSON: {err}") from err
+    head = _parse_head(doc, uri)
+    names = [_segment_uri(uri, name) for name in head["segments"]]
+    workers = min(16, len(names)) if storage.is_gcs(uri) and len(names) > 1 else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        segments = list(pool.map(_read_segment, names))
+    state = _State()
+    for name, segment in zip(names, segments, strict=True):
+        _apply_segment(state, segment, name)
+    rounds = []
+    for record in head["rounds"]:
+        record = dict(record) if isinstance(record, dict) else record
+        if isinstance(record, dict) and isinstance(record.get("round"), int):
+            images = state.round_images.get(record["round"])
+            if images is not None:
+                record["images"] = images
+        rounds.append(record)
+    ledger = Ledger(
+        campaign=head["campaign"],
+        pool=frozenset(state.pool),
+        pending=frozenset(state.pending),
+        parts=tuple(state.parts),
+        rounds=tuple(rounds),
+        ops=tuple(dict(o) for o in head["ops"]),
+        revision=head["revision"],
+        created=str(head.get("created", "")),
+        updated=str(head.get("updated", "")),
         uri=uri,
+    )
+    check_ledger(ledger)
+    if head.get("counts") is not None and head["counts"] != ledger.counts():
+        raise LedgerError(uri, f"counts {head['counts']} disagree with the segments' {ledger.counts()}", field="counts")
+    return ledger
+
+
+def _head(ledger: Ledger, segments: Sequence[str]) -> bytes:
+    rounds = [
+        {k: v for k, v in r.items() if k != "images"} | {"num_images": len(r.get("images") or [])}
+        for r in ledger.rounds
+    ]
+    return storage.dumps_json(
+        {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "campaign": ledger.campaign,
+            "revision": ledger.revision,
+            "created": ledger.created,
+            "updated": ledger.updated,
+            "counts": ledger.counts(),
+            "segments": list(segments),
+            "rounds": rounds,
+            "ops": [dict(o) for o in ledger.ops],
+        }
     )
 
 
-def _encode(ledger: Ledger) -> bytes:
-    return storage.dumps_json(ledger.to_json())
-
-
-def _decode(data: bytes, uri: str) -> Ledger:
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LedgerError(uri, f"not valid JSON: {err}") from err
-    return parse_ledger(doc, uri)
+def _segment_name(revision: int) -> str:
+    # The random part keeps two writers racing for the same revision from sharing a name.
+    return f"{SEGMENT_DIR}/{revision:08d}-{secrets.token_hex(6)}.json"
 
 
 # ------------------------------------------------------------------------------------- access
@@ -204,46 +459,47 @@ def _decode(data: bytes, uri: str) -> Ledger:
 def create_ledger(
     uri: str | os.PathLike[str],
     pool_ids: Iterable[int],
-    labelled_ids: Iterable[int] = (),
+    seed: LabelPart | None = None,
     *,
     campaign: str = "",
     exist_ok: bool = False,
 ) -> Ledger:
-    """Create a campaign's ledger (conditional on the object not existing).
+    """Create a campaign's ledger (conditional on the head not existing).
 
     Args:
-        uri: where the ledger lives.
+        uri: where the head lives (``<campaign>/ledger.json``).
         pool_ids: every image id of the campaign.
-        labelled_ids: images already labelled (the seed set).
-        campaign: a name (default: the ledger's parent folder name).
-        exist_ok: if a ledger already exists there, return it (it must have the same pool and
-            seed) instead of failing; this makes a retried "create" step idempotent.
+        seed: the label part of the images already labelled, if any (its file must exist).
+        campaign: a name (default: the ledger's folder name).
+        exist_ok: if a ledger already exists there, return it instead of failing (a retried
+            "create" step, or two first runs racing, is then harmless).
 
     Raises:
-        LedgerError: the ledger exists (without exist_ok, or with another pool / seed), or the
-            seed is not in the pool.
+        LedgerError: the ledger exists (without exist_ok), the pool is empty, or the seed holds
+            images outside the pool.
     """
     uri = str(uri)
-    pool = sorted({int(i) for i in pool_ids})
-    labelled = frozenset(int(i) for i in labelled_ids)
-    if len(pool) == 0:
+    pool = frozenset(int(i) for i in pool_ids)
+    if not pool:
         raise LedgerError(uri, "the pool is empty", field="pool")
-    outside = sorted(labelled - set(pool))
-    if outside:
-        raise LedgerError(uri, f"seed image ids {outside[:10]} are not in the pool", field="labelled")
-    name = campaign or os.path.basename(os.path.dirname(uri.rstrip("/"))) or "campaign"
+    parts = (seed,) if seed is not None else ()
+    name = campaign or os.path.basename(folder_of(uri).rstrip("/")) or "campaign"
     now = _now()
-    ledger = Ledger(campaign=name, pool=tuple(pool), labelled=labelled, created=now, updated=now, uri=uri)
+    ledger = Ledger(campaign=name, pool=pool, parts=parts, created=now, updated=now, uri=uri)
+    check_ledger(ledger)
+    if exist_ok and storage.exists(uri):
+        return read_ledger(uri)
+    segment = _segment_name(0)
+    storage.write_bytes(
+        _segment_uri(uri, segment), storage.dumps_json(_snapshot(ledger, 0)), content_type="application/json"
+    )
     try:
-        storage.write_if_generation(uri, _encode(ledger), 0)
+        storage.write_if_generation(uri, _head(ledger, [segment]), 0)
         return ledger
     except storage.PreconditionFailedError:
-        existing = read_ledger(uri)
         if not exist_ok:
             raise LedgerError(uri, "a ledger already exists here (pass exist_ok to reuse it)") from None
-        if set(existing.pool) != set(pool) or (existing.rounds == () and existing.labelled != labelled):
-            raise LedgerError(uri, "a ledger with another pool or seed already exists here", field="pool") from None
-        return existing
+        return read_ledger(uri)
 
 
 def read_ledger(uri: str | os.PathLike[str]) -> Ledger:
@@ -251,7 +507,7 @@ def read_ledger(uri: str | os.PathLike[str]) -> Ledger:
 
     Raises:
         storage.NotFoundError: no ledger at ``uri``.
-        LedgerError: the document is invalid.
+        LedgerError: the head or a segment is invalid.
     """
     uri = str(uri)
     versioned = storage.read_versioned(uri)
@@ -271,7 +527,8 @@ def update_ledger(
     """Apply ``fn`` to the ledger by compare-and-swap, exactly once per ``op_id``.
 
     ``fn`` must be a pure function of the ledger it gets (it may run several times, on newer
-    states, when writers race); it may raise LedgerError to refuse the update. Retried: 412
+    states, when writers race); it may raise LedgerError to refuse the update, and may return
+    its argument unchanged to make the update a no-op (nothing is written then). Retried: 412
     (another writer won; re-read and re-apply) and transient errors (re-read: if the op id is
     there, the write landed and its answer was lost). Not retried: LedgerError from ``fn`` or
     validation.
@@ -314,124 +571,40 @@ def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str
     if current.has_op(op_id):
         return current
     proposed = fn(current)
+    if proposed == current:
+        return current  # nothing to change: no write, no op recorded
+    revision = current.revision + 1
     now = _now()
     new = dataclasses.replace(
         proposed,
         campaign=current.campaign,
-        pool=current.pool,
-        revision=current.revision + 1,
+        revision=revision,
         created=current.created,
         updated=now,
-        ops=(*current.ops, {"op_id": op_id, "kind": kind, "revision": current.revision + 1, "at": now}),
+        ops=(*current.ops, {"op_id": op_id, "kind": kind, "revision": revision, "at": now}),
         uri=uri,
     )
-    parse_ledger(new.to_json(), uri)  # never write a document a reader would reject
-    storage.write_if_generation(uri, _encode(new), versioned.generation)
+    check_ledger(new)  # never write a document a reader would reject
+    segments = list(json.loads(versioned.data)["segments"])
+    snapshot = len(segments) + 1 > COMPACT_AFTER
+    segment_doc = _snapshot(new, revision) if snapshot else _change(current, new, revision, uri)
+    name = _segment_name(revision)
+    storage.write_bytes(_segment_uri(uri, name), storage.dumps_json(segment_doc), content_type="application/json")
+    storage.write_if_generation(uri, _head(new, [name] if snapshot else [*segments, name]), versioned.generation)
     return new
 
 
-# ------------------------------------------------------------------------------- convenience ops
-
-
-def _ids(image_ids: Iterable[int]) -> list[int]:
-    return [int(i) for i in image_ids]
-
-
-def record_round(
-    uri: str | os.PathLike[str],
-    round_index: int,
-    strategy: str,
-    params: Mapping[str, Any],
-    image_ids: Sequence[int],
-    model_uri: str = "",
-    metrics: Mapping[str, Any] | None = None,
-    *,
-    op_id: str | None = None,
-) -> Ledger:
-    """Record a round's selection and mark its images pending.
-
-    The default op id is ``record_round:<round_index>``, so a retried pipeline step with the same
-    round and images is a no-op.
-
-    Raises:
-        LedgerError: an image is not in the pool, already labelled or pending, listed twice; the
-            round is already recorded by another op, or by this op with other images.
-    """
-    uri = str(uri)
-    chosen = _ids(image_ids)
-    op = op_id or f"record_round:{int(round_index)}"
-
-    def apply(ledger: Ledger) -> Ledger:
-        if len(set(chosen)) != len(chosen):
-            raise LedgerError(uri, f"round {round_index}: an image id is listed twice", field="rounds.images")
-        if ledger.round(int(round_index)) is not None:
-            raise LedgerError(uri, f"round {round_index} is already recorded", field="rounds.round")
-        pool = set(ledger.pool)
-        for name, bad in (
-            ("not in the pool", [i for i in chosen if i not in pool]),
-            ("already labelled", [i for i in chosen if i in ledger.labelled]),
-            ("already pending", [i for i in chosen if i in ledger.pending]),
-        ):
-            if bad:
-                raise LedgerError(uri, f"round {round_index}: image ids {bad[:10]} are {name}", field="rounds.images")
-        record = {
-            "round": int(round_index),
-            "strategy": str(strategy),
-            "params": dict(params),
-            "images": chosen,
-            "model_uri": str(model_uri),
-            "metrics": dict(metrics or {}),
-            "op_id": op,
-            "recorded": _now(),
-        }
-        return dataclasses.replace(ledger, pending=ledger.pending | set(chosen), rounds=(*ledger.rounds, record))
-
-    result = update_ledger(uri, op, apply, kind="record_round")
-    recorded = result.round(int(round_index))
-    if recorded is not None and recorded["op_id"] == op and recorded["images"] != chosen:
-        # The op id was applied before with another selection: a silent no-op would hide it.
-        raise LedgerError(
-            uri, f"round {round_index} was recorded by op {op!r} with other images", field="rounds.images"
-        )
-    return result
-
-
-def mark_labelled(uri: str | os.PathLike[str], image_ids: Iterable[int], *, op_id: str) -> Ledger:
-    """Move images from pending to labelled.
-
-    Raises:
-        LedgerError: an image is not pending.
-    """
-    uri = str(uri)
-    ids = set(_ids(image_ids))
-
-    def apply(ledger: Ledger) -> Ledger:
-        not_pending = sorted(ids - ledger.pending)
-        if not_pending:
-            raise LedgerError(uri, f"image ids {not_pending[:10]} are not pending", field="pending")
-        return dataclasses.replace(ledger, pending=ledger.pending - ids, labelled=ledger.labelled | ids)
-
-    return update_ledger(uri, op_id, apply, kind="mark_labelled")
-
-
-def record_metrics(
-    uri: str | os.PathLike[str], round_index: int, metrics: Mapping[str, Any], *, op_id: str | None = None
-) -> Ledger:
-    """Merge ``metrics`` into round ``round_index``'s record (e.g. the AP of the model it trained).
-
-    Raises:
-        LedgerError: the round is not recorded.
-    """
-    uri = str(uri)
-    op = op_id or f"record_metrics:{int(round_index)}:{json.dumps(dict(metrics), sort_keys=True, default=str)}"
-
-    def apply(ledger: Ledger) -> Ledger:
-        if ledger.round(int(round_index)) is None:
-            raise LedgerError(uri, f"round {round_index} is not recorded", field="rounds.round")
-        rounds = tuple(
-            {**r, "metrics": {**r.get("metrics", {}), **dict(metrics)}} if r["round"] == int(round_index) else r
-            for r in ledger.rounds
-        )
-        return dataclasses.replace(ledger, rounds=rounds)
-
-    return update_ledger(uri, op, apply, kind="record_metrics")
+__all__ = [
+    "COMPACT_AFTER",
+    "LabelPart",
+    "Ledger",
+    "LedgerConflictError",
+    "LedgerError",
+    "check_ledger",
+    "create_ledger",
+    "decode_ids",
+    "encode_ids",
+    "folder_of",
+    "read_ledger",
+    "update_ledger",
+]

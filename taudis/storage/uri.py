@@ -471,6 +471,65 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
     return dst
 
 
+def write_once(uri: str | os.PathLike[str], data: bytes, *, content_type: str = "application/json") -> None:
+    """Create an immutable object: written if absent; if present it must hold exactly ``data``.
+
+    Immutable objects (label parts, ledger segments) are named by their content or uniquely, so
+    a retry or a racing writer with the same bytes is a success, and nothing is ever overwritten.
+
+    Raises:
+        StorageError: the object exists with other bytes.
+    """
+    uri, data = str(uri), bytes(data)
+    try:
+        if is_gcs(uri):
+            write_if_generation(uri, data, 0, content_type=content_type)
+        else:
+            _create_local(local_path(uri), data)
+    except PreconditionFailedError:
+        if read_bytes(uri) != data:
+            raise StorageError(f"{uri}: exists with other content; an immutable object is never overwritten") from None
+
+
+def _create_local(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data`` only if it does not exist: a hard link of a complete temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists: no lock needed
+        except FileExistsError:
+            raise PreconditionFailedError(f"{path}: exists") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def move(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
+    """Move one object or file: a rename locally (atomic), copy then delete on GCS.
+
+    A move interrupted on GCS leaves both copies; repeating it completes it (the copy is
+    rewritten with the same bytes, then the source deleted).
+    """
+    src, dst = str(src), str(dst)
+    if not is_gcs(src) and not is_gcs(dst):
+        target = local_path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local_path(src), target)
+        except FileNotFoundError as err:
+            raise NotFoundError(f"{src}: not found") from err
+        return dst
+    copy(src, dst)
+    delete(src)
+    return dst
+
+
 # ------------------------------------------------------------------------------------ listings
 
 

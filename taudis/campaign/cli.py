@@ -1,0 +1,77 @@
+"""`taudis campaign`: a campaign's rounds, its invariants, and ingesting the annotators' files by hand.
+
+taudis campaign show gs://bucket/campaigns/streets
+taudis campaign check gs://bucket/campaigns/streets
+taudis campaign ingest gs://bucket/campaigns/streets --pool gs://bucket/pool.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from taudis import storage
+from taudis.campaign.layout import Campaign
+from taudis.data.labels import LabelValidationError
+from taudis.storage.ledger import LedgerError, read_ledger
+
+
+def _show(args: argparse.Namespace) -> int:
+    ledger = read_ledger(Campaign(args.campaign).ledger)
+    counts = ledger.counts()
+    print(f"campaign {ledger.campaign} (ledger revision {ledger.revision}, updated {ledger.updated})")
+    print("  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+    for record in ledger.rounds:
+        metrics = record.get("metrics") or {}
+        ap = f", mask AP {metrics['mask_ap']:.1f} at {metrics['labelled_images']} labelled" if metrics else ""
+        chosen = f", {len(record['images'])} images chosen ({record.get('strategy')})" if record.get("images") else ""
+        print(f"  round {record['round']}: {record['state']} by run {record.get('run')}{chosen}{ap}")
+        intake = record.get("ingest") or {}
+        for status in ("rejected", "conflict"):
+            if intake.get(status):
+                print(f"    {status} files: {', '.join(intake[status])} (see incoming/rejected/)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from taudis.campaign.invariants import check_campaign
+
+    violations = check_campaign(args.campaign)
+    for violation in violations:
+        print(f"violation: {violation}")
+    print(f"{args.campaign}: {len(violations)} invariant violation(s)")
+    return 1 if violations else 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from taudis.campaign.ingest import ingest_incoming
+
+    outcomes = ingest_incoming(args.campaign, args.pool)
+    for outcome in outcomes:
+        print(json.dumps(outcome.to_json()))
+    return 1 if any(o.status in ("rejected", "conflict") for o in outcomes) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taudis campaign", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="the campaign's counts and rounds")
+    show.add_argument("campaign", help="the campaign's folder (gs:// or local)")
+    show.set_defaults(run=_show)
+    check = commands.add_parser("check", help="check the campaign's invariants (exit 1 on a violation)")
+    check.add_argument("campaign")
+    check.set_defaults(run=_check)
+    ingest = commands.add_parser(
+        "ingest", help="ingest or quarantine every file in <campaign>/incoming (a round does this first)"
+    )
+    ingest.add_argument("campaign")
+    ingest.add_argument("--pool", required=True, help="the pool's COCO JSON")
+    ingest.set_defaults(run=_ingest)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(args.run(args))
+    except (LedgerError, LabelValidationError, storage.StorageError) as err:
+        print(f"taudis campaign: {err}", file=sys.stderr)
+        return 1

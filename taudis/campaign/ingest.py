@@ -1,0 +1,323 @@
+"""Labels in: every annotators' file in <campaign>/incoming is ingested or quarantined, never both, never stuck.
+
+For each file (a COCO JSON, a Label Studio JSON or COCO export, a CVAT COCO 1.0 archive or JSON;
+taudis.labeling.read_labels tells them apart):
+
+1. Read it as the tool wrote it, then match every image to the pool by what the tools keep, its
+   file name or URI (never by a tool's own numbering), and every category by name. An image
+   whose id (where the file claims pool ids) and file name point at different pool images, a
+   size that differs from the pool's, a mask outside its image: every problem of the file is
+   listed at once, naming the file, the record and the field.
+2. Compare with the ledger: images pending are new labels; images already labelled with the very
+   same annotations are a repeat (a re-export) and change nothing; already labelled with other
+   annotations is a conflict, reported, never applied; images never sent to annotators or not
+   in the pool are problems.
+3. A file with problems or conflicts moves to incoming/rejected/ with ``<name>.report.json``
+   beside it (written first). A good file's new labels become one immutable label part, listed
+   by one ledger update (op id ``ingest:<sha256 of the file>``), and the file moves to
+   incoming/done/. A file of repeats only moves to done/ too.
+
+Every step is idempotent: a step killed anywhere leaves the file in incoming/ (or already in
+done/ or rejected/), and a rerun finishes the job without applying anything twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from pycocotools import mask as mask_utils
+
+from taudis import storage
+from taudis.campaign.labels import add_part, annotations_by_image, labelled_annotations, part_document, write_part
+from taudis.campaign.layout import Campaign
+from taudis.data.labels import LabelProblem, bbox_problem, segmentation_problem, segmentation_rle
+from taudis.storage.ledger import Ledger, LedgerError, read_ledger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What became of one incoming file."""
+
+    file: str  # the file's name in incoming/
+    status: str  # "ingested", "repeat", "rejected" or "conflict"
+    moved_to: str
+    images: list[int] = field(default_factory=list)  # pool ids of the new labels (ingested)
+    repeats: list[int] = field(default_factory=list)  # already labelled, identical
+    annotations: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PoolIndex:
+    """The pool's images by id, by file name and by base name, and its categories by name."""
+
+    by_id: dict[int, dict[str, Any]]
+    by_name: dict[str, int]
+    by_base: dict[str, list[int]]
+    categories: dict[str, int]
+
+    @classmethod
+    def of(cls, pool: Mapping[str, Any]) -> PoolIndex:
+        by_id = {int(im["id"]): dict(im) for im in pool["images"]}
+        by_name = {_normal(im["file_name"]): image_id for image_id, im in by_id.items()}
+        by_base: dict[str, list[int]] = {}
+        for name, image_id in by_name.items():
+            by_base.setdefault(posixpath.basename(name), []).append(image_id)
+        return cls(by_id, by_name, by_base, {str(c["name"]): int(c["id"]) for c in pool["categories"]})
+
+
+def _normal(ref: str) -> str:
+    """A file name or reference as compared: URL-decoded, forward slashes, no leading "./"."""
+    text = unquote(str(ref)).replace("\\", "/")
+    while text.startswith("./"):
+        text = text[2:]
+    return text
+
+
+def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
+    """The pool image a tool's image reference names, or (None, why not).
+
+    Tried in order: the pool file name itself; the longest pool file name that the reference
+    ends with at a path boundary (a URI or a longer path to the same file); the base name, if
+    exactly one pool image has it.
+    """
+    text = _normal(ref)
+    if text in pool.by_name:
+        return pool.by_name[text], ""
+    suffixes = [name for name in pool.by_name if text.endswith("/" + name)]
+    if suffixes:
+        longest = max(len(name) for name in suffixes)
+        best = [name for name in suffixes if len(name) == longest]
+        if len(best) == 1:
+            return pool.by_name[best[0]], ""
+        return None, f"{ref!r} matches several pool images: {sorted(best)[:5]}"
+    candidates = pool.by_base.get(posixpath.basename(text), [])
+    if len(candidates) == 1:
+        return candidates[0], ""
+    if candidates:
+        names = sorted(pool.by_id[i]["file_name"] for i in candidates)[:5]
+        return None, f"{ref!r} matches several pool images by base name: {names}"
+    return None, f"no pool image has the file name {ref!r}"
+
+
+@dataclass
+class _Resolved:
+    images: dict[int, int] = field(default_factory=dict)  # ToolImage index -> pool id
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # COCO, pool ids, campaign category ids
+    problems: list[LabelProblem] = field(default_factory=list)
+
+
+def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
+    """A tool's labels in pool terms, with every problem found (see the module docstring, step 1)."""
+    out = _Resolved(problems=list(labels.problems))
+    claimed: dict[int, str] = {}
+
+    def problem(record: str, field_name: str, message: str) -> None:
+        out.problems.append(LabelProblem(labels.uri, record, field_name, message))
+
+    for image in labels.images:
+        pool_id, why = match_image(image.ref, pool)
+        if pool_id is None:
+            problem(image.record, "file_name", why)
+            continue
+        said = image.pool_id if image.pool_id is not None else (image.tool_id if image.ids_are_pool_ids else None)
+        if said is not None and said != pool_id:
+            other = pool.by_id.get(said, {}).get("file_name", "no pool image")
+            problem(
+                image.record,
+                "id",
+                f"id {said} is pool image {other!r}, but the file name {image.ref!r} is pool image {pool_id} "
+                f"({pool.by_id[pool_id]['file_name']!r}): the id and the file name disagree",
+            )
+            continue
+        known = pool.by_id[pool_id]
+        for key, value in (("height", image.height), ("width", image.width)):
+            if value is not None and value != int(known[key]):
+                problem(image.record, key, f"{value} here but {known[key]} in the pool ({known['file_name']!r})")
+        if pool_id in claimed:
+            problem(image.record, "file_name", f"pool image {pool_id} is labelled twice (also {claimed[pool_id]})")
+        claimed[pool_id] = image.record
+        out.images[image.index] = pool_id
+    _resolve_annotations(labels, pool, out, problem)
+    return out
+
+
+def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: Any) -> None:
+    seen: dict[tuple[int, int, bytes], str] = {}
+    for ann in labels.annotations:
+        pool_id = out.images.get(ann.image)
+        if pool_id is None:
+            continue  # its image is already reported
+        category = pool.categories.get(ann.category)
+        if category is None:
+            problem(
+                ann.record, "category", f"unknown category {ann.category!r} (the campaign's: {sorted(pool.categories)})"
+            )
+            continue
+        height, width = int(pool.by_id[pool_id]["height"]), int(pool.by_id[pool_id]["width"])
+        bad = segmentation_problem(ann.segmentation, height, width)
+        if bad is not None:
+            problem(ann.record, *bad)
+            continue
+        if ann.bbox is not None and (message := bbox_problem(ann.bbox, height, width)) is not None:
+            problem(ann.record, "bbox", message)
+            continue
+        rle = segmentation_rle(ann.segmentation, height, width)
+        if int(mask_utils.area(rle)) == 0:
+            problem(ann.record, "segmentation", "the mask is empty (no pixel inside the image)")
+            continue
+        key = (pool_id, category, bytes(rle["counts"]))
+        if key in seen:
+            problem(ann.record, "segmentation", f"duplicate: same image, category and mask as {seen[key]}")
+            continue
+        seen[key] = ann.record
+        out.annotations.append(
+            {
+                "image_id": pool_id,
+                "category_id": category,
+                "segmentation": ann.segmentation,
+                "bbox": ann.bbox,
+                "iscrowd": ann.iscrowd,
+            }
+        )
+
+
+# ------------------------------------------------------------------------------------ one file
+
+
+def ingest_file(campaign: Campaign, uri: str, pool: Mapping[str, Any], index: PoolIndex | None = None) -> FileOutcome:
+    """Ingest or quarantine one incoming file (module docstring); returns what became of it."""
+    from taudis.labeling import read_labels
+
+    index = index or PoolIndex.of(pool)
+    data = storage.read_bytes(uri)
+    op_id = f"ingest:{hashlib.sha256(data).hexdigest()[:16]}"
+    ledger = read_ledger(campaign.ledger)
+    landed = ledger.part(op_id)
+    if landed is not None:  # ingested by an earlier attempt: only the move is left
+        return _finish(campaign, uri, data, "ingested", images=sorted(landed.images))
+    labels = read_labels(uri)
+    resolved = resolve(labels, index)
+    new, repeats, conflicts = _classify(campaign, ledger, resolved, index, labels.uri)
+    if resolved.problems or conflicts:
+        status = "conflict" if conflicts and not resolved.problems else "rejected"
+        return _quarantine(campaign, uri, data, status, [*map(str, resolved.problems), *conflicts])
+    if not new:
+        return _finish(campaign, uri, data, "repeat", repeats=repeats)
+    images = [index.by_id[i] for i in new]
+    annotations = [a for a in resolved.annotations if a["image_id"] in set(new)]
+    document = part_document(images, annotations, pool["categories"], op_id=op_id, source=posixpath.basename(uri))
+    try:
+        add_part(campaign, write_part(campaign, document, op_id=op_id, source=posixpath.basename(uri)))
+    except LedgerError as err:
+        if err.field != "pending":
+            raise
+        return ingest_file(campaign, uri, pool, index)  # another file labelled some of them meanwhile
+    return _finish(campaign, uri, data, "ingested", images=new, repeats=repeats, annotations=len(annotations))
+
+
+def _classify(
+    campaign: Campaign, ledger: Ledger, resolved: _Resolved, pool: PoolIndex, file: str
+) -> tuple[list[int], list[int], list[str]]:
+    """(new pending images, identical repeats, conflict messages); other states become problems."""
+    ids = sorted(set(resolved.images.values()))
+    labelled = [i for i in ids if i in ledger.labelled]
+    mine = annotations_by_image(
+        {
+            "images": [pool.by_id[i] for i in labelled],
+            "annotations": [a for a in resolved.annotations if a["image_id"] in set(labelled)],
+        }
+    )
+    before = labelled_annotations(campaign, ledger, labelled)
+    new, repeats, conflicts = [], [], []
+    for image_id in ids:
+        name = pool.by_id[image_id]["file_name"]
+        if image_id in ledger.pending:
+            new.append(image_id)
+        elif image_id in ledger.labelled:
+            if mine.get(image_id, []) == before.get(image_id, []):
+                repeats.append(image_id)
+            else:
+                conflicts.append(
+                    f"{file}: image {image_id} ({name!r}), field 'annotations': already labelled with "
+                    f"{len(before.get(image_id, []))} annotations, this file gives {len(mine.get(image_id, []))} "
+                    "different ones (a conflict: nothing was changed)"
+                )
+        else:
+            state = "not in the campaign's pool" if image_id not in ledger.pool else "never sent to annotators"
+            resolved.problems.append(
+                LabelProblem(
+                    file, f"image {image_id} ({name!r})", "file_name", f"this image is {state}: nothing to label"
+                )
+            )
+    return new, repeats, conflicts
+
+
+def _finish(campaign: Campaign, uri: str, data: bytes, status: str, **facts: Any) -> FileOutcome:
+    target = _free_name(campaign.done, uri, data)
+    storage.move(uri, target)
+    log.info("incoming %s: %s -> %s", posixpath.basename(uri), status, target)
+    return FileOutcome(posixpath.basename(uri), status, target, **facts)
+
+
+def _quarantine(campaign: Campaign, uri: str, data: bytes, status: str, problems: Sequence[str]) -> FileOutcome:
+    target = _free_name(campaign.rejected, uri, data)
+    report = {
+        "file": posixpath.basename(uri),
+        "status": status,
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "problems": list(problems),
+    }
+    storage.write_json(target + ".report.json", report)  # first: a file in rejected/ always has its report
+    storage.move(uri, target)
+    log.warning("incoming %s: %s (%d problems) -> %s", posixpath.basename(uri), status, len(problems), target)
+    return FileOutcome(posixpath.basename(uri), status, target, problems=list(problems))
+
+
+def _free_name(folder: str, uri: str, data: bytes) -> str:
+    """``folder/<name>``, or ``folder/<stem>.<sha8><ext>`` if another file of that name is there."""
+    name = posixpath.basename(uri)
+    target = storage.join(folder, name)
+    if not storage.exists(target) or storage.read_bytes(target) == data:
+        return target
+    stem, ext = posixpath.splitext(name)
+    return storage.join(folder, f"{stem}.{hashlib.sha256(data).hexdigest()[:8]}{ext}")
+
+
+# ---------------------------------------------------------------------------------- every file
+
+
+def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]) -> list[FileOutcome]:
+    """Ingest or quarantine every file waiting in ``<campaign>/incoming`` (sorted by name).
+
+    Args:
+        campaign_uri: the campaign's folder.
+        pool_annotations: the pool's COCO (a URI, or the parsed document).
+
+    Returns:
+        One outcome per file, in the order handled.
+    """
+    campaign = Campaign(campaign_uri)
+    pool = storage.read_json(pool_annotations) if isinstance(pool_annotations, str) else pool_annotations
+    index = PoolIndex.of(pool)
+    return [ingest_file(campaign, uri, pool, index) for uri in campaign.incoming_files()]
+
+
+def summarize(outcomes: Sequence[FileOutcome]) -> dict[str, list[Any]]:
+    """The round record's ``ingest`` facts: file names by status, and the labelled image count."""
+    summary: dict[str, list[Any]] = {"ingested": [], "repeat": [], "rejected": [], "conflict": []}
+    for outcome in outcomes:
+        summary[outcome.status].append(outcome.file)
+    return summary

@@ -1,0 +1,210 @@
+"""The campaign's labels: immutable label parts, the labelled dataset they make, and the oracle.
+
+A label part is one COCO file under ``<campaign>/labels/`` holding the annotations of a set of
+images, in pool ids and the campaign's category ids; the ledger lists the parts (LabelPart), and
+the union of their images is the labelled set. A part is written before the ledger update that
+lists it, and never changed, so the labels and the ledger cannot disagree: a part the ledger
+does not list (its update lost or never made) is ignored.
+
+Part layout::
+
+    {"info": {"taudis": {"op_id", "source"}}, "images": [pool image records],
+     "annotations": [{"id" (1..N), "image_id", "category_id", "segmentation" (polygons or RLE with
+                      counts as str), "area", "bbox", "iscrowd"}],
+     "categories": the campaign's categories}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pycocotools import mask as mask_utils
+
+from taudis import storage
+from taudis.campaign.layout import Campaign
+from taudis.data.labels import bbox_problem, rle_json, segmentation_problem, segmentation_rle
+from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger, update_ledger
+
+log = logging.getLogger(__name__)
+
+
+def part_document(
+    images: Sequence[Mapping[str, Any]],
+    annotations: Sequence[Mapping[str, Any]],
+    categories: Sequence[Mapping[str, Any]],
+    *,
+    op_id: str,
+    source: str,
+) -> dict[str, Any]:
+    """A label part's COCO document: annotations renumbered 1..N, each with area and bbox."""
+    by_id = {int(image["id"]): image for image in images}
+    out = []
+    for index, ann in enumerate(annotations, start=1):
+        image = by_id[int(ann["image_id"])]
+        rle = segmentation_rle(ann["segmentation"], int(image["height"]), int(image["width"]))
+        segmentation = ann["segmentation"] if isinstance(ann["segmentation"], list) else rle_json(rle)
+        out.append(
+            {
+                "id": index,
+                "image_id": int(ann["image_id"]),
+                "category_id": int(ann["category_id"]),
+                "segmentation": segmentation,
+                "area": float(mask_utils.area(rle)),
+                "bbox": [float(v) for v in (ann.get("bbox") or mask_utils.toBbox(rle).tolist())],
+                "iscrowd": int(ann.get("iscrowd", 0)),
+            }
+        )
+    return {
+        "info": {"taudis": {"op_id": op_id, "source": source}},
+        "images": [dict(by_id[k]) for k in sorted(by_id)],
+        "annotations": out,
+        "categories": [dict(c) for c in categories],
+    }
+
+
+def write_part(campaign: Campaign, document: Mapping[str, Any], *, op_id: str, source: str) -> LabelPart:
+    """Write a part document under labels/ (named by its content; written once) and return its LabelPart."""
+    data = storage.dumps_json(document)
+    kind = op_id.split(":", 1)[0]
+    name = f"labels/{kind}-{hashlib.sha256(data).hexdigest()[:16]}.json"
+    storage.write_once(campaign.file(name), data)
+    return LabelPart(
+        op_id=op_id, name=name, images=frozenset(int(im["id"]) for im in document["images"]), source=source
+    )
+
+
+def add_part(campaign: Campaign, part: LabelPart) -> Ledger:
+    """List a part in the ledger: its images move from pending to labelled (once per op id).
+
+    Raises:
+        LedgerError: an image of the part is not pending (labelled meanwhile, or never chosen).
+    """
+
+    def apply(ledger: Ledger) -> Ledger:
+        not_pending = sorted(part.images - ledger.pending)
+        if not_pending:
+            raise LedgerError(ledger.uri, f"images {not_pending[:10]} are not pending", field="pending")
+        return dataclasses.replace(ledger, pending=ledger.pending - part.images, parts=(*ledger.parts, part))
+
+    return update_ledger(campaign.ledger, part.op_id, apply, kind="add_label_part")
+
+
+def read_part(campaign: Campaign, part: LabelPart) -> dict[str, Any]:
+    """A part's COCO document.
+
+    Raises:
+        LedgerError: the part file is missing, or holds other images than the ledger says.
+    """
+    uri = campaign.file(part.name)
+    try:
+        document = json.loads(storage.read_bytes(uri))
+    except storage.NotFoundError as err:
+        raise LedgerError(campaign.ledger, f"label part {part.name} is missing", field="parts") from err
+    images = {int(im["id"]) for im in document.get("images", [])}
+    if images != set(part.images):
+        raise LedgerError(campaign.ledger, f"label part {part.name} holds other images than listed", field="parts")
+    return dict(document)
+
+
+def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[str, Any]:
+    """The labelled COCO dataset: every part the ledger lists, annotation ids renumbered 1..N.
+
+    Layout: {"info": {"description", "taudis": {"ledger_revision", "parts": [names]}}, "licenses": [],
+    "images", "annotations", "categories"} with images sorted by id.
+    """
+    ledger = ledger or read_ledger(campaign.ledger)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    categories: list[dict[str, Any]] = []
+    for part in ledger.parts:
+        document = read_part(campaign, part)
+        categories = categories or list(document.get("categories", []))
+        images += document["images"]
+        for ann in document["annotations"]:
+            annotations.append({**ann, "id": len(annotations) + 1})
+    images.sort(key=lambda im: int(im["id"]))
+    return {
+        "info": {
+            "description": "taudis labelled dataset",
+            "taudis": {"ledger_revision": ledger.revision, "parts": [p.name for p in ledger.parts]},
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def annotations_by_image(document: Mapping[str, Any]) -> dict[int, list[tuple[int, str]]]:
+    """Each image's annotations as sorted (category id, compressed RLE) pairs: what "identical" compares."""
+    images = {int(im["id"]): im for im in document["images"]}
+    out: dict[int, list[tuple[int, str]]] = {image_id: [] for image_id in images}
+    for ann in document["annotations"]:
+        image = images[int(ann["image_id"])]
+        rle = segmentation_rle(ann["segmentation"], int(image["height"]), int(image["width"]))
+        out[int(ann["image_id"])].append((int(ann["category_id"]), rle_json(rle)["counts"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def labelled_annotations(
+    campaign: Campaign, ledger: Ledger, image_ids: Iterable[int]
+) -> dict[int, list[tuple[int, str]]]:
+    """annotations_by_image of labelled images, read from the parts that hold them."""
+    wanted = set(image_ids)
+    out: dict[int, list[tuple[int, str]]] = {}
+    for part in ledger.parts:
+        if part.images & wanted:
+            found = annotations_by_image(read_part(campaign, part))
+            out.update({k: v for k, v in found.items() if k in wanted})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- oracle
+
+
+def reveal_oracle_labels(
+    campaign: Campaign, pool: Mapping[str, Any], image_ids: Iterable[int] | None = None
+) -> dict[str, Any]:
+    """Simulation: label pending images with their ground truth from the fully labelled pool.
+
+    Ground-truth annotations that no annotator could submit (a degenerate polygon, an empty mask)
+    are left out and counted, as an annotator's tool would have refused them.
+
+    Returns:
+        {"images", "annotations", "dropped"}: what was revealed (zeros when nothing was pending).
+    """
+    ledger = read_ledger(campaign.ledger)
+    wanted = sorted(ledger.pending if image_ids is None else set(image_ids) & ledger.pending)
+    if not wanted:
+        return {"images": 0, "annotations": 0, "dropped": 0}
+    keep = set(wanted)
+    images = [im for im in pool["images"] if int(im["id"]) in keep]
+    missing = keep - {int(im["id"]) for im in images}
+    if missing:
+        raise LedgerError(
+            campaign.ledger, f"pending images {sorted(missing)[:10]} are not in the pool file", field="pending"
+        )
+    sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in images}
+    annotations, dropped = [], 0
+    for ann in pool.get("annotations", []):
+        if int(ann["image_id"]) not in keep:
+            continue
+        height, width = sizes[int(ann["image_id"])]
+        bad = segmentation_problem(ann.get("segmentation"), height, width) or (
+            bbox_problem(ann["bbox"], height, width) if ann.get("bbox") is not None else None
+        )
+        if bad is None and mask_utils.area(segmentation_rle(ann["segmentation"], height, width)) > 0:
+            annotations.append(ann)
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("oracle: left out %d ground-truth annotations that an annotator could not submit", dropped)
+    op_id = f"oracle:{hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:16]}"
+    document = part_document(images, annotations, pool["categories"], op_id=op_id, source="oracle")
+    add_part(campaign, write_part(campaign, document, op_id=op_id, source="oracle"))
+    return {"images": len(wanted), "annotations": len(annotations), "dropped": dropped}

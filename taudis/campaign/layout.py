@@ -1,0 +1,84 @@
+"""Where a campaign's state lives: the one place that names its folders and files.
+
+A campaign lives under one URI (a local directory or gs://bucket/prefix)::
+
+    <campaign>/ledger.json, ledger/        the ledger: the one source of truth (taudis.storage.ledger)
+    <campaign>/labels/<op>.json            immutable label parts the ledger lists (COCO, pool ids)
+    <campaign>/labelled.json               the labelled COCO dataset: a view of the parts, rewritten
+                                           by every round's ingest step (read-only for people)
+    <campaign>/incoming/*.json|*.zip       annotators' exports waiting to be ingested
+    <campaign>/incoming/done/              files ingested (or repeating labels already there)
+    <campaign>/incoming/rejected/          files refused, each with <name>.report.json beside it
+    <campaign>/staging/round-<r>-<run>/    what a run produced for round r before the ledger said
+                                           it won the round (tasks, selection, reports)
+    <campaign>/rounds/round-<r>/           round r as published once recorded:
+        selection.json                     the chosen images and instances (taudis.select format)
+        tasks/                             labelling tasks (COCO pre-annotations, Label Studio,
+                                           CVAT archive, manifest.jsonl)
+        summary.md, report.html            the round's report
+        metrics.json                       mask and box AP of the round's model on the val split
+    <campaign>/learning_curve.png          mask AP against labelled images, every recorded round
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from taudis import storage
+
+INCOMING_SUFFIXES = (".json", ".zip")  # what annotators may drop into incoming/
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """The folder layout of one campaign (see the module docstring)."""
+
+    uri: str
+
+    @property
+    def ledger(self) -> str:
+        return storage.join(self.uri, "ledger.json")
+
+    @property
+    def labelled(self) -> str:
+        return storage.join(self.uri, "labelled.json")
+
+    @property
+    def incoming(self) -> str:
+        return storage.join(self.uri, "incoming")
+
+    @property
+    def done(self) -> str:
+        return storage.join(self.incoming, "done")
+
+    @property
+    def rejected(self) -> str:
+        return storage.join(self.incoming, "rejected")
+
+    @property
+    def learning_curve(self) -> str:
+        return storage.join(self.uri, "learning_curve.png")
+
+    def file(self, name: str) -> str:
+        """A file named relative to the campaign's folder (as the ledger names label parts)."""
+        return storage.join(self.uri, name)
+
+    def round_dir(self, round_index: int) -> str:
+        return storage.join(self.uri, "rounds", f"round-{round_index:03d}")
+
+    def staging_name(self, round_index: int, run: str) -> str:
+        """The staging folder of a run's round r, relative to the campaign (as the ledger records it)."""
+        return f"staging/round-{round_index:03d}-{safe_name(run)}"
+
+    def incoming_files(self) -> list[str]:
+        """The annotators' files waiting in ``incoming/`` itself (not its subfolders), sorted."""
+        folder = self.incoming.rstrip("/")
+        listed = storage.list_uris(folder + "/")
+        parent = folder if storage.is_gcs(folder) else str(storage.local_path(folder))
+        return [uri for uri in listed if uri.lower().endswith(INCOMING_SUFFIXES) and uri.rsplit("/", 1)[0] == parent]
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in an object name (run ids come from the orchestrator)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "run"

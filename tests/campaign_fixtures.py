@@ -1,0 +1,106 @@
+"""Small campaigns for tests of the round's state machine, ingest and faults (no model needed).
+
+A pool of tiny 16x16 images with one or two square masks each, COCO with RLE, written to any
+storage root; helpers to write annotators' files, a selection, and a tasks folder as the
+export step would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from taudis import storage
+
+SIZE = 16
+CATEGORIES = [{"id": 1, "name": "car"}, {"id": 2, "name": "tree"}]
+
+
+def square(x: int, y: int, side: int) -> dict[str, Any]:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[y : y + side, x : x + side] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [SIZE, SIZE], "counts": rle["counts"].decode("ascii")}
+
+
+def make_pool(num_images: int, first_id: int = 1) -> dict[str, Any]:
+    """A fully labelled pool: image i has a car (and every third image a tree), file images/<i>.png."""
+    images, annotations = [], []
+    for image_id in range(first_id, first_id + num_images):
+        images.append({"id": image_id, "file_name": f"img{image_id:04d}.png", "height": SIZE, "width": SIZE})
+        annotations.append(_annotation(len(annotations) + 1, image_id, 1, square(image_id % 8, 1, 4)))
+        if image_id % 3 == 0:
+            annotations.append(_annotation(len(annotations) + 1, image_id, 2, square(2, 8, 6)))
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def _annotation(ann_id: int, image_id: int, category_id: int, segmentation: dict[str, Any]) -> dict[str, Any]:
+    rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": segmentation,
+        "area": float(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": 0,
+    }
+
+
+def subset(pool: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
+    """The pool's ground truth for ``image_ids``: what a careful annotator returns."""
+    wanted = set(image_ids)
+    return {
+        "images": [im for im in pool["images"] if im["id"] in wanted],
+        "annotations": [a for a in pool["annotations"] if a["image_id"] in wanted],
+        "categories": pool["categories"],
+    }
+
+
+def write_dataset(root: str, pool_size: int = 40, seed_size: int = 4) -> dict[str, str]:
+    """Pool and seed files under ``root``: {"pool", "seed"} URIs (the seed's images are pool images)."""
+    pool = make_pool(pool_size)
+    uris = {"pool": storage.join(root, "pool.json"), "seed": storage.join(root, "seed.json")}
+    storage.write_json(uris["pool"], pool)
+    storage.write_json(uris["seed"], subset(pool, [im["id"] for im in pool["images"][:seed_size]]))
+    return uris
+
+
+def selection_doc(image_ids: list[int], strategy: str = "random") -> dict[str, Any]:
+    """A taudis.selection document choosing ``image_ids`` in that order."""
+    return {
+        "schema": "taudis.selection",
+        "version": 1,
+        "strategy": strategy,
+        "params": {"seed": 0},
+        "budget": len(image_ids),
+        "images": [
+            {"image_id": i, "rank": r + 1, "votes": 0, "uncertainty": 0.0, "filled": False, "reason": "test"}
+            for r, i in enumerate(image_ids)
+        ],
+        "instances": [],
+        "notes": [],
+        "stats": {},
+    }
+
+
+def write_round_outputs(folder: Path, image_ids: list[int]) -> dict[str, str]:
+    """The local files commit_round takes: selection, a tasks folder (manifest.jsonl), summary, report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "selection.json").write_text(json.dumps(selection_doc(image_ids)))
+    tasks = folder / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "manifest.jsonl").write_text("".join(json.dumps({"image_id": i}) + "\n" for i in image_ids))
+    (tasks / "preannotations.json").write_text(json.dumps({"images": [{"id": i} for i in image_ids]}))
+    (folder / "summary.md").write_text("## round\n")
+    (folder / "report.html").write_text("<html></html>")
+    return {
+        "selection": str(folder / "selection.json"),
+        "tasks": str(tasks),
+        "summary": str(folder / "summary.md"),
+        "report": str(folder / "report.html"),
+    }
