@@ -104,3 +104,47 @@ def write_round_outputs(folder: Path, image_ids: list[int]) -> dict[str, str]:
         "summary": str(folder / "summary.md"),
         "report": str(folder / "report.html"),
     }
+
+
+def write_images(root: str, pool: dict[str, Any]) -> str:
+    """A tiny PNG for every pool image under ``<root>/images``; returns that image root."""
+    import io
+
+    from PIL import Image
+
+    image_root = storage.join(root, "images")
+    for image in pool["images"]:
+        buffer = io.BytesIO()
+        shade = (image["id"] * 37) % 200
+        Image.new("RGB", (SIZE, SIZE), (shade, 120, 60)).save(buffer, format="PNG")
+        storage.write_bytes(storage.join(image_root, image["file_name"]), buffer.getvalue())
+    return image_root
+
+
+def write_predictions(shard_dir: Path, images: list[dict[str, Any]], class_names: list[str], seed: int = 0) -> Path:
+    """An instance-table shard of made-up predictions (two instances per image) for ``images``."""
+    from taudis.data.instances import write_shard
+
+    rng = np.random.default_rng(seed)
+    ids = np.asarray([im["id"] for im in images], np.int64)
+    n = 2 * ids.size
+    k = len(class_names)
+    probs = rng.dirichlet(np.ones(k + 1), n).astype(np.float32)
+    x0 = rng.uniform(0, SIZE / 2, n)
+    boxes = np.stack([x0, x0, x0 + SIZE / 3, x0 + SIZE / 3], axis=1).astype(np.float32)
+    emb = rng.standard_normal((n, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return write_shard(
+        shard_dir / "shard-0-of-1",
+        image_ids=ids,
+        image_sizes=np.full((ids.size, 2), SIZE, np.int32),
+        instance_image=np.repeat(ids, 2),
+        instance_index=np.tile(np.arange(2, dtype=np.int32), ids.size),
+        classes=np.argmax(probs[:, :k], axis=1).astype(np.int32),
+        class_probs=probs,
+        boxes=boxes,
+        mask_probs=rng.uniform(0, 1, (n, 28, 28)).astype(np.float16),
+        embeddings=emb,
+        class_names=class_names,
+        model_id="test-model",
+    )

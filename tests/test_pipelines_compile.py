@@ -58,14 +58,17 @@ def test_every_pipeline_compiles_with_the_stages_of_its_strategy(packages):
             "exec-select-max-k-cover",
             "exec-vote-images",
         }
+        baseline = "exec-select-coreset" if strategy == "coreset" else "exec-select-baseline"
         if strategy == "taudis":
             assert taudis_stages <= executors, package
-            assert "exec-select-baseline" not in executors
+            assert not {"exec-select-baseline", "exec-select-coreset"} & executors
         else:
             assert not taudis_stages & executors
-            assert "exec-select-baseline" in executors
+            assert baseline in executors
         labels = "exec-ingest-labels" if pipeline == "round" else "exec-reveal-oracle-labels"
-        assert {labels, "exec-export-for-labeling", "exec-check-parameters"} | GPU_EXECUTORS <= executors
+        round_steps = {"exec-claim-round", "exec-export-tasks", "exec-report-round", "exec-commit-round"}
+        assert {labels, "exec-check-parameters"} | round_steps | GPU_EXECUTORS <= executors
+        assert ("exec-close-round" in executors) == (pipeline == "campaign")
         assert spec["pipelineInfo"]["name"] == f"taudis-{pipeline}-{strategy}"
 
 
@@ -80,8 +83,10 @@ def test_campaign_unrolls_its_rounds_and_a_final_evaluation(packages):
     assert len(trains) == 3  # rounds 0 and 1 select, round 2 only trains and evaluates
     evaluations = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate-model")]
     assert len(evaluations) == 3
-    exports = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-export-for-labeling")]
-    assert len(exports) == 2
+    commits = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-commit-round")]
+    assert len(commits) == 2
+    closes = [t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-close-round")]
+    assert len(closes) == 1
 
 
 def test_gpu_steps_get_gpu_settings_and_cpu_steps_do_not(packages):
@@ -114,26 +119,40 @@ def test_vertex_target_has_no_kubernetes_platform_spec(packages):
 
 BUCKET_STATE_COMPONENTS = (
     "comp-check-parameters",
+    "comp-claim-round",
     "comp-ingest-labels",
     "comp-reveal-oracle-labels",
+    "comp-train-model",
     "comp-evaluate-model",
-    "comp-export-for-labeling",
+    "comp-infer-instances",
+    "comp-export-tasks",
+    "comp-report-round",
+    "comp-commit-round",
+    "comp-close-round",
 )
 
 
-def test_steps_that_touch_bucket_state_are_never_cached(packages):
-    spec = _documents(packages["round", "taudis", "kubernetes"])[0]
-    tasks = _all_tasks(spec)
-    for name in ("check-parameters", "ingest-labels", "evaluate-model", "export-for-labeling"):
-        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
-    assert tasks["train-model"]["cachingOptions"]["enableCache"] is True
+def test_steps_that_touch_bucket_state_are_never_cached_and_are_retried(packages):
     for key, package in packages.items():  # every round of every pipeline, whatever its task's name
         checked = 0
         for name, task in _all_tasks(_documents(package)[0]).items():
             if task["componentRef"]["name"].startswith(BUCKET_STATE_COMPONENTS):
                 assert task["cachingOptions"].get("enableCache", False) is False, (key, name)
+                assert task["retryPolicy"]["maxRetryCount"] == 3, (key, name)
+                assert task["retryPolicy"]["backoffDuration"] == "30s", (key, name)
                 checked += 1
-        assert checked == (4 if key[0] == "round" else 1 + 3 + 3 + 2), key  # check, labels, evaluate, export
+            elif task["componentRef"]["name"].startswith(("comp-score", "comp-oversample", "comp-select", "comp-vote")):
+                assert task["cachingOptions"]["enableCache"] is True  # pure functions of their inputs
+        rounds = 1 if key[0] == "round" else 3
+        assert checked >= 1 + rounds * 7, (key, checked)
+
+
+def test_steps_that_need_the_run_get_its_id(packages):
+    spec = _documents(packages["round", "taudis", "kubernetes"])[0]
+    tasks = _all_tasks(spec)
+    for name in ("claim-round", "ingest-labels", "evaluate-model", "commit-round"):
+        run_id = tasks[name]["inputs"]["parameters"]["run_id"]
+        assert run_id["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
 
 
 def test_components_install_nothing_at_run_time(packages):

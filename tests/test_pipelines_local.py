@@ -1,20 +1,25 @@
 """The compiled pipelines, loaded back from YAML, run end to end under kfp.local on a tiny synthetic pool.
 
 The round pipeline keeps its state in a bucket of the test's fake-gcs-server (images and
-annotations too); a second run ingests the annotators' labels and advances the round. The campaign
-pipeline runs with local state and oracle labels. The model trains for a few iterations only:
-these tests check the wiring and the state, not the model's quality.
+annotations too); a second run ingests the annotators' labels (and quarantines a broken file)
+and advances the round. Two runs started at once: one wins the round, the other stops cleanly.
+The campaign pipeline runs with local state and oracle labels. The model trains for a few
+iterations only: these tests check the wiring and the state, not the model's quality.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from taudis import storage
 from taudis.campaign import Campaign, learning_curve
+from taudis.campaign.invariants import check_campaign
 from taudis.data.instances import read_shard
 from taudis.storage.ledger import read_ledger
 from taudis_kfp.pipelines.cli import compile_pipeline, run_local, typed_arguments
@@ -38,20 +43,17 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def _arguments(package: Path, data: str, campaign_uri: str) -> dict:
-    return typed_arguments(
-        package,
-        {
-            "campaign_uri": campaign_uri,
-            "pool_annotations": storage.join(data, "annotations", "pool.json"),
-            "labelled_annotations": storage.join(data, "annotations", "train.json"),
-            "val_annotations": storage.join(data, "annotations", "val.json"),
-            "image_root": storage.join(data, "images"),
-            "config": "mask_rcnn_R18_slim_cpu.yaml",
-            "train_opts": TINY_TRAINING,
-            "budget": BUDGET,
-        },
-    )
+def _parameters(data: str, campaign_uri: str) -> dict:
+    return {
+        "campaign_uri": campaign_uri,
+        "pool_annotations": storage.join(data, "annotations", "pool.json"),
+        "labelled_annotations": storage.join(data, "annotations", "train.json"),
+        "val_annotations": storage.join(data, "annotations", "val.json"),
+        "image_root": storage.join(data, "images"),
+        "config": "mask_rcnn_R18_slim_cpu.yaml",
+        "train_opts": TINY_TRAINING,
+        "budget": BUDGET,
+    }
 
 
 def _shards_written(kfp_root: Path) -> list:
@@ -73,8 +75,8 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     data = storage.join(gcs_bucket, "data")
     storage.upload_tree(tiny_dataset, data)
     campaign = Campaign(storage.join(gcs_bucket, "campaigns", "c1"))
-    package = compile_pipeline(tmp_path / "round.yaml", "round", "taudis", num_shards=2, target="kubernetes")
-    arguments = _arguments(package, data, campaign.uri)
+    package = compile_pipeline(tmp_path / "round.yaml", "round", "taudis", num_shards=2, target="local")
+    arguments = typed_arguments(package, _parameters(data, campaign.uri))
     pool = storage.read_json(storage.join(data, "annotations", "pool.json"))
     seed_ids = {img["id"] for img in storage.read_json(storage.join(data, "annotations", "train.json"))["images"]}
 
@@ -87,7 +89,7 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     assert sum(shard.num_images for shard in shards) == len(pool["images"])
     ledger = read_ledger(campaign.ledger)
     (first,) = ledger.rounds
-    assert first["round"] == 0 and first["strategy"] == "taudis"
+    assert first["round"] == 0 and first["strategy"] == "taudis" and first["state"] == "exported"
     assert len(first["images"]) == BUDGET
     assert set(first["images"]) == set(ledger.pending)
     assert ledger.labelled == seed_ids
@@ -108,10 +110,13 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     metrics = storage.read_json(storage.join(round_dir, "metrics.json"))
     assert metrics["labelled_images"] == len(seed_ids)
     assert 0.0 <= metrics["mask_ap"] <= 100.0
+    assert check_campaign(campaign.uri) == []
 
-    # Annotators return the labels of round 0; the next scheduled run ingests them and selects anew.
+    # Annotators return the labels of round 0 (and someone drops a broken file); the next
+    # scheduled run ingests the good one, quarantines the other, and selects anew.
     returned = _annotators_return(pool, first["images"])
     storage.write_json(storage.join(campaign.incoming, "batch-000.json"), returned)
+    storage.write_bytes(storage.join(campaign.incoming, "oops.json"), b'{"images": [')
     run_local(package, arguments, tmp_path / "kfp-root")
 
     ledger = read_ledger(campaign.ledger)
@@ -121,25 +126,63 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     assert ledger.labelled == seed_ids | set(first["images"])
     assert not set(second) & (seed_ids | set(first["images"]))
     assert set(ledger.pending) == set(second)
+    intake = ledger.rounds[1]["ingest"]
+    assert intake == {"ingested": ["batch-000.json"], "repeat": [], "rejected": ["oops.json"], "conflict": []}
+    assert storage.exists(storage.join(campaign.rejected, "oops.json.report.json"))
+    assert "oops.json" in storage.read_text(storage.join(campaign.round_dir(1), "summary.md"))
     labelled = storage.read_json(campaign.labelled)
     assert {img["id"] for img in labelled["images"]} == ledger.labelled
     assert storage.read_json(storage.join(campaign.round_dir(1), "metrics.json"))["labelled_images"] == len(
         ledger.labelled
     )
     assert [p["round"] for p in learning_curve(campaign.uri)] == [0, 1]
+    assert check_campaign(campaign.uri) == []
+
+
+def test_two_runs_started_at_once_one_wins_the_other_stops_cleanly(tiny_dataset, gcs_bucket, tmp_path):
+    data = storage.join(gcs_bucket, "data")
+    storage.upload_tree(tiny_dataset, data)
+    campaign = Campaign(storage.join(gcs_bucket, "campaigns", "race"))
+    package = compile_pipeline(tmp_path / "round.yaml", "round", "random", num_shards=1, target="local")
+    params = [arg for k, v in _parameters(data, campaign.uri).items() for arg in ("-p", f"{k}={v}")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "taudis.cli", "pipeline", "run-local", str(package), *params,
+             "--pipeline-root", str(tmp_path / f"kfp-{i}")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    codes = [run.returncode for run in runs]
+    assert sorted(codes) == [0, 1], (codes, [o[-2000:] for o in outputs])
+    loser = outputs[codes.index(1)]
+    assert "RoundBusyError" in loser and "this run stops without changing anything" in loser
+    ledger = read_ledger(campaign.ledger)
+    (only,) = ledger.rounds
+    assert only["state"] == "exported" and len(only["images"]) == BUDGET
+    assert check_campaign(campaign.uri) == []
 
 
 def test_campaign_pipeline_runs_with_oracle_labels_and_local_state(tiny_dataset, tmp_path):
     campaign = Campaign(str(tmp_path / "campaign"))
     package = compile_pipeline(tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1, target="local")
-    run_local(package, _arguments(package, str(tiny_dataset), campaign.uri), tmp_path / "kfp-root")
+    arguments = typed_arguments(package, _parameters(str(tiny_dataset), campaign.uri))
+    run_local(package, arguments, tmp_path / "kfp-root")
 
     ledger = read_ledger(campaign.ledger)
-    (only,) = ledger.rounds
-    assert only["strategy"] == "random" and len(only["images"]) == BUDGET
+    selected, final = ledger.rounds
+    assert selected["strategy"] == "random" and len(selected["images"]) == BUDGET
+    assert [selected["state"], final["state"]] == ["exported", "closed"]
     assert not ledger.pending  # the oracle revealed the last round's labels before the final training
     seeds = json.loads((tiny_dataset / "annotations" / "train.json").read_text())["images"]
-    assert ledger.labelled == {img["id"] for img in seeds} | set(only["images"])
+    assert ledger.labelled == {img["id"] for img in seeds} | set(selected["images"])
     curve = learning_curve(campaign.uri)
     assert [p["labelled_images"] for p in curve] == [len(seeds), len(seeds) + BUDGET]
     assert all(p["strategy"] == "random" for p in curve)
+    from taudis.campaign.labels import annotations_by_image
+
+    truth = annotations_by_image(json.loads((tiny_dataset / "annotations" / "pool.json").read_text()))
+    truth |= annotations_by_image(json.loads((tiny_dataset / "annotations" / "train.json").read_text()))
+    assert check_campaign(campaign.uri, expected=truth) == []

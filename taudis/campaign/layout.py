@@ -9,8 +9,8 @@ A campaign lives under one URI (a local directory or gs://bucket/prefix)::
     <campaign>/incoming/*.json|*.zip       annotators' exports waiting to be ingested
     <campaign>/incoming/done/              files ingested (or repeating labels already there)
     <campaign>/incoming/rejected/          files refused, each with <name>.report.json beside it
-    <campaign>/staging/round-<r>-<run>/    what a run produced for round r before the ledger said
-                                           it won the round (tasks, selection, reports)
+    <campaign>/staging/round-<r>-<run>.zip what a run produced for round r before the ledger said
+                                           it won the round (tasks, selection, reports), one object
     <campaign>/rounds/round-<r>/           round r as published once recorded:
         selection.json                     the chosen images and instances (taudis.select format)
         tasks/                             labelling tasks (COCO pre-annotations, Label Studio,
@@ -68,8 +68,8 @@ class Campaign:
         return storage.join(self.uri, "rounds", f"round-{round_index:03d}")
 
     def staging_name(self, round_index: int, run: str) -> str:
-        """The staging folder of a run's round r, relative to the campaign (as the ledger records it)."""
-        return f"staging/round-{round_index:03d}-{safe_name(run)}"
+        """The staging archive of a run's round r, relative to the campaign (as the ledger records it)."""
+        return f"staging/round-{round_index:03d}-{safe_name(run)}.zip"
 
     def incoming_files(self) -> list[str]:
         """The annotators' files waiting in ``incoming/`` itself (not its subfolders), sorted."""

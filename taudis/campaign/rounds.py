@@ -15,13 +15,14 @@ idempotent, and the next run finishes or rolls back whatever a dead run left hal
   (TAUDIS_ROUND_LEASE seconds, default a day) the next run takes round r over, and X's late
   writes are refused (RoundLostError). Metrics of a run that does not own its round are never
   recorded, so the learning curve shows the winner's numbers only.
-- ``selected``: the ledger holds round r's images as pending, and names the staging folder where
-  X wrote the round's tasks, selection and reports *before* committing (a loser never writes
-  outside its own staging folder). Publishing copies that folder to rounds/round-r/ and marks
-  the round ``exported``; anyone may publish, any number of times, since the content is fixed.
+- ``selected``: the ledger holds round r's images as pending, and names the staging archive where
+  X wrote the round's tasks, selection and reports *before* committing (one object, so it exists
+  whole or not at all; a loser never writes outside its own staging archive). Publishing
+  unpacks it into rounds/round-r/ and marks the round ``exported``; anyone may publish, any
+  number of times, since the content is fixed.
 - ``exported``: tasks are where annotators find them. Images leave pending when their labels
   are ingested (taudis.campaign.ingest).
-- ``rolled_back``: a selected round whose staging folder is gone (deleted by hand) cannot be
+- ``rolled_back``: a selected round whose staging archive is gone (deleted by hand) cannot be
   published: its images go back to unlabelled, so none stays pending without tasks, and the
   next claim runs round r again.
 
@@ -35,10 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
+import io
 import logging
 import os
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,7 +52,6 @@ log = logging.getLogger(__name__)
 
 LEASE_ENV = "TAUDIS_ROUND_LEASE"
 DEFAULT_LEASE = 24 * 3600.0  # seconds a claim holds without news from its run
-STAGED = "STAGED.json"  # the staging folder's list of files, written last
 OPEN_STATES = ("claimed",)
 PUBLISHED_STATES = ("exported", "closed")
 
@@ -160,7 +161,7 @@ def claim_round(campaign: Campaign, run: str) -> int:
 
     claimed_ledger = update_ledger(campaign.ledger, f"claim:{run}:{uuid.uuid4().hex}", apply, kind="claim_round")
     log.info("run %s claimed round %d of %s", run, claimed["round"], campaign.uri)
-    clean_staging(campaign, claimed_ledger)  # a run taken over leaves its staging behind
+    clean_staging(campaign, claimed_ledger)  # a run taken over leaves its staging archive behind
     return claimed["round"]
 
 
@@ -226,20 +227,29 @@ def record_evaluation(
 
 
 def stage_files(campaign: Campaign, round_index: int, run: str, files: Mapping[str, bytes]) -> str:
-    """Write a run's outputs for round r into its staging folder; returns the folder's name.
+    """Write a run's outputs for round r as its staging archive; returns the archive's name.
 
     ``files`` maps names relative to the round folder (e.g. ``tasks/manifest.jsonl``) to bytes.
-    STAGED.json, written last, lists every file with its size and sha256: a folder without it
-    is incomplete and is never published.
+    One zip object: storage writes an object whole or not at all, so a staged round is complete
+    or absent, never half there.
     """
     name = campaign.staging_name(round_index, run)
-    folder = campaign.file(name)
-    listing = []
-    for relative, data in sorted(files.items()):
-        storage.write_bytes(storage.join(folder, relative), data)
-        listing.append({"name": relative, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    storage.write_json(storage.join(folder, STAGED), {"round": round_index, "run": run, "files": listing})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for relative, data in sorted(files.items()):
+            archive.writestr(relative, data)
+    storage.write_bytes(campaign.file(name), buffer.getvalue(), content_type="application/zip")
     return name
+
+
+def staged_files(campaign: Campaign, staging: str) -> dict[str, bytes] | None:
+    """A staging archive's files by name, or None if it is gone."""
+    try:
+        data = storage.read_bytes(campaign.file(staging))
+    except storage.NotFoundError:
+        return None
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
 
 
 def commit_selection(
@@ -288,11 +298,11 @@ def commit_selection(
 
 
 def publish_round(campaign: Campaign, round_index: int) -> bool:
-    """Copy a selected round's staging folder to rounds/round-r/ and mark it exported.
+    """Unpack a selected round's staging archive into rounds/round-r/ and mark it exported.
 
     Returns:
-        True if published (now or before); False if the staging folder is incomplete or gone
-        (the caller rolls the round back).
+        True if published (now or before); False if the staging archive is gone (the caller
+        rolls the round back).
     """
     ledger = read_ledger(campaign.ledger)
     record = ledger.round(round_index)
@@ -300,19 +310,14 @@ def publish_round(campaign: Campaign, round_index: int) -> bool:
         raise LedgerError(ledger.uri, f"round {round_index} is not selected", field="rounds.state")
     if record["state"] == "exported":
         return True
-    folder = campaign.file(record["staging"])
-    try:
-        listing = storage.read_json(storage.join(folder, STAGED))
-    except storage.NotFoundError:
-        return False
+    files = staged_files(campaign, record["staging"])
+    if files is None:
+        # Another run may have published the round and deleted its archive meanwhile.
+        return (read_ledger(campaign.ledger).round(round_index) or {}).get("state") == "exported"
     target = campaign.round_dir(round_index)
-    for item in listing["files"]:
-        try:
-            storage.copy(storage.join(folder, item["name"]), storage.join(target, item["name"]))
-        except storage.NotFoundError:
-            # Another run may have published the round and cleaned its staging meanwhile.
-            return (read_ledger(campaign.ledger).round(round_index) or {}).get("state") == "exported"
-    write_round_metrics(campaign, read_ledger(campaign.ledger), round_index)
+    for relative, data in sorted(files.items()):
+        storage.write_bytes(storage.join(target, relative), data)
+    write_round_metrics(campaign, ledger, round_index)
 
     def apply(current: Ledger) -> Ledger:
         now = current.round(round_index)
@@ -322,30 +327,22 @@ def publish_round(campaign: Campaign, round_index: int) -> bool:
 
     published = update_ledger(campaign.ledger, f"export:{round_index}", apply, kind="publish_round")
     write_learning_curve(campaign, published)
-    remove_staging(campaign, record["staging"])
+    storage.delete(campaign.file(record["staging"]))
     return True
 
 
-def remove_staging(campaign: Campaign, staging: str) -> None:
-    """Delete a staging folder (its STAGED.json first, so a half-deleted folder reads as incomplete)."""
-    folder = campaign.file(staging)
-    storage.delete(storage.join(folder, STAGED))
-    for uri in storage.list_uris(folder.rstrip("/") + "/"):
-        storage.delete(uri)
-
-
 def clean_staging(campaign: Campaign, ledger: Ledger) -> list[str]:
-    """Delete the staging folders no round needs: those of runs that lost or never committed their round.
+    """Delete the staging archives no round needs: those of runs that lost or never committed their round.
 
     Kept: the staging of every selected round (not yet published) and of every claimed round's owner.
     """
     keep = {r["staging"] for r in ledger.rounds if r["state"] == "selected"}
     keep |= {campaign.staging_name(r["round"], r["run"]) for r in ledger.rounds if r["state"] == "claimed"}
     prefix = campaign.file("staging").rstrip("/") + "/"
-    names = {uri[len(prefix) :].split("/", 1)[0] for uri in storage.list_uris(prefix)}
-    removed = sorted(f"staging/{name}" for name in names if f"staging/{name}" not in keep)
+    names = {f"staging/{uri[len(prefix) :]}" for uri in storage.list_uris(prefix)}
+    removed = sorted(names - keep)
     for staging in removed:
-        remove_staging(campaign, staging)
+        storage.delete(campaign.file(staging))
     return removed
 
 
@@ -376,7 +373,7 @@ def recover_rounds(campaign: Campaign) -> list[int]:
         if record["state"] != "selected":
             continue
         if not publish_round(campaign, record["round"]):
-            roll_back(campaign, record["round"], f"its staging folder {record['staging']} is incomplete or gone")
+            roll_back(campaign, record["round"], f"its staging archive {record['staging']} is gone")
         handled.append(record["round"])
     return handled
 

@@ -382,7 +382,7 @@ def commit_round(
 ) -> dict[str, Any]:
     """Stage the round's outputs, record its selection (images pending), and publish it.
 
-    The outputs go to this run's staging folder first; the ledger's compare-and-swap then decides
+    The outputs go to this run's staging archive first; the ledger's compare-and-swap then decides
     whether this run's selection is round r's; only then are they copied to rounds/round-r/.
 
     Returns:
@@ -405,7 +405,7 @@ def commit_round(
     staging = rounds.stage_files(campaign, round_index, run_id, files)
     rounds.commit_selection(campaign, round_index, run_id, selection, staging)
     if not rounds.publish_round(campaign, round_index):
-        raise storage.StorageError(f"{campaign.file(staging)}: staged outputs vanished before they were published")
+        raise storage.StorageError(f"{campaign.file(staging)}: the staged round vanished before it was published")
     return dict(read_ledger(campaign.ledger).round(round_index) or {})
 
 
