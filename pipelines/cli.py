@@ -1,20 +1,25 @@
 """`taudis pipeline`: compile the pipelines, run one locally, submit a run, create a recurring run.
 
-    taudis pipeline compile --pipeline round --strategy taudis --out round.yaml
+    taudis pipeline compile --pipeline round --strategy taudis --registry europe-docker.pkg.dev/p/r --out round.yaml
     taudis pipeline run-local round.yaml --pipeline-root runs/kfp -p campaign_uri=runs/c ...
     taudis pipeline submit round.yaml --host https://kfp.example --pipeline-root gs://b/kfp -p ...
     taudis pipeline schedule round.yaml --host ... --cron "0 0 6 * * 1" -p ...
+    taudis pipeline submit round.yaml --target vertex --project P --location europe-west4 \
+        --pipeline-root gs://b/kfp -p ...
 
-Run parameters (``-p NAME=VALUE``) are typed by the compiled pipeline's declared inputs and checked
-before anything is sent or run. A recurring run always has max_concurrency=1 (rounds of one
-campaign must not overlap: each reads the ledger the previous one wrote) and no catch-up (a missed
-week is one round later, not a burst of rounds).
+The registry of the steps' images is bound when compiling (--registry, else TAUDIS_IMAGE_REGISTRY;
+one of them is required for the kubernetes and vertex targets). Run parameters (``-p NAME=VALUE``)
+are typed by the compiled pipeline's declared inputs and checked before anything is sent or run.
+A recurring run always runs one round at a time (rounds of one campaign must not overlap: each
+reads the ledger the previous one wrote) and never catches up (a missed week is one round later,
+not a burst of rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,6 +31,9 @@ import yaml
 from taudis_kfp.pipelines.platform import TARGETS
 
 PIPELINES = ("round", "campaign")
+# Where submit and schedule send a package: a KFP endpoint (on Kubernetes) or Vertex AI Pipelines.
+SUBMIT_TARGETS = ("kubernetes", "vertex")
+RUNNERS = ("subprocess", "docker")
 # Compiled-pipeline parameter types -> Python converters.
 _CONVERTERS = {
     "NUMBER_INTEGER": int,
@@ -54,13 +62,29 @@ def build_pipeline(pipeline: str, strategy: str, *, rounds: int = 3, num_shards:
     raise ValueError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
 
 
-def compile_pipeline(out: str | Path, pipeline: str, strategy: str, **options: Any) -> Path:
-    """Compile to a KFP v2 YAML package; returns its path."""
+def compile_pipeline(
+    out: str | Path, pipeline: str, strategy: str, *, registry: str | None = None, **options: Any
+) -> Path:
+    """Compile to a KFP v2 YAML package whose steps run the images of ``registry``; returns its path.
+
+    Args:
+        registry: where the images live (see taudis_kfp.components.images.resolve_registry):
+            required, here or in TAUDIS_IMAGE_REGISTRY, for the kubernetes and vertex targets.
+        options: build_pipeline's (rounds, num_shards, target).
+
+    Raises:
+        ValueError: no registry for a cluster target, or a bad pipeline option.
+    """
     from kfp import compiler
 
+    from taudis_kfp.components.images import bind_images, resolve_registry
+
+    images = resolve_registry(registry, options.get("target", "kubernetes"))
+    func = build_pipeline(pipeline, strategy, **options)
+    bind_images(func.pipeline_spec.deployment_spec.fields["executors"].struct_value.fields, images)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(pipeline, strategy, **options), str(out))
+    compiler.Compiler().compile(func, str(out))
     return out
 
 
@@ -96,16 +120,39 @@ def typed_arguments(package: str | Path, params: Sequence[str] | Mapping[str, An
     return arguments
 
 
-def run_local(package: str | Path, arguments: Mapping[str, Any], pipeline_root: str | Path) -> Any:
-    """Run a compiled package on this machine with kfp.local (each step a subprocess of this Python)."""
+def run_local(
+    package: str | Path,
+    arguments: Mapping[str, Any],
+    pipeline_root: str | Path,
+    *,
+    runner: str = "subprocess",
+    container_args: Mapping[str, Any] | None = None,
+) -> Any:
+    """Run a compiled package on this machine with kfp.local.
+
+    Args:
+        runner: "subprocess" (each step a subprocess of this Python) or "docker" (each step in its
+            image, through the Docker API at DOCKER_HOST: Docker, or podman's compatible socket).
+        container_args: extra arguments of docker's ``containers.run`` for every step (docker
+            runner only). By default the steps run as the caller's uid and gid, so that the
+            pipeline root, which kfp bind-mounts at the same path, is writable and its files
+            stay the caller's.
+    """
     from kfp import components, local
 
-    # Locally every step runs in this Python environment by design, so kfp's warnings that the
-    # steps' container images and resource requests are not used say nothing new.
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r} is not one of {', '.join(RUNNERS)}")
+    # Locally the steps' resource requests are not used, and under the subprocess runner neither
+    # are their images: kfp's warnings about that say nothing new.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-    Path(pipeline_root).mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()))
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if runner == "docker":
+        settings = {"user": f"{os.getuid()}:{os.getgid()}", **(container_args or {})}
+        local.init(runner=local.DockerRunner(**settings), pipeline_root=str(root))
+    else:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     return components.load_component_from_file(str(package))(**arguments)
 
 
@@ -118,8 +165,15 @@ def submit_run(
     experiment: str,
     run_name: str | None = None,
     namespace: str | None = None,
+    service_account: str | None = None,
 ) -> str:
-    """Submit one run of a compiled package to a KFP endpoint; returns the run id."""
+    """Submit one run of a compiled package to a KFP endpoint; returns the run id.
+
+    Args:
+        service_account: the Kubernetes service account the run's pods use (e.g. taudis-runner
+            from manifests/, bound to a Google service account); None: KFP's default.
+    """
+    _check_target(package, "kubernetes")
     client = _client(host, namespace)
     result = client.create_run_from_pipeline_package(
         str(package),
@@ -128,6 +182,7 @@ def submit_run(
         experiment_name=experiment,
         pipeline_root=pipeline_root,
         namespace=namespace,
+        service_account=service_account,
     )
     return str(result.run_id)
 
@@ -142,8 +197,10 @@ def schedule_runs(
     experiment: str,
     name: str,
     namespace: str | None = None,
+    service_account: str | None = None,
 ) -> str:
     """Create a recurring run (cron, one run at a time, no catch-up); returns its id."""
+    _check_target(package, "kubernetes")
     client = _client(host, namespace)
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
     recurring = client.create_recurring_run(
@@ -156,8 +213,19 @@ def schedule_runs(
         pipeline_package_path=str(package),
         pipeline_root=pipeline_root,
         enabled=True,
+        service_account=service_account,
     )
     return str(recurring.recurring_run_id)
+
+
+def _check_target(package: str | Path, wanted: str) -> None:
+    """Refuse a package compiled for another platform (its GPU requests would not mean a GPU there)."""
+    from taudis_kfp.pipelines.platform import package_target
+
+    with open(package) as stream:
+        target = package_target(list(yaml.safe_load_all(stream)))
+    if target != wanted:
+        raise ValueError(f"{package} was compiled for target {target!r}; compile it with --target {wanted}")
 
 
 def _client(host: str, namespace: str | None):
@@ -213,12 +281,18 @@ def _parser() -> argparse.ArgumentParser:
         default="kubernetes",
         help="kubernetes (KFP on GKE etc.), vertex (Vertex AI Pipelines) or local",
     )
+    comp.add_argument(
+        "--registry",
+        default=None,
+        help="registry of the taudis-cpu and taudis-gpu images, e.g. europe-west4-docker.pkg.dev/PROJECT/taudis "
+        "(default: $TAUDIS_IMAGE_REGISTRY; required for kubernetes and vertex, localhost for local)",
+    )
     comp.add_argument("--out", required=True, help="YAML file to write")
 
     for action, help_ in (
         ("run-local", "run a compiled pipeline here with kfp.local"),
-        ("submit", "submit one run to a KFP endpoint"),
-        ("schedule", "create a recurring run on a KFP endpoint"),
+        ("submit", "submit one run to a KFP endpoint or to Vertex AI Pipelines"),
+        ("schedule", "create a recurring run on a KFP endpoint or a Vertex AI schedule"),
     ):
         p = sub.add_parser(action, help=help_)
         p.add_argument("package", help="compiled pipeline YAML")
@@ -228,10 +302,26 @@ def _parser() -> argparse.ArgumentParser:
             required=True,
             help="where KFP keeps artifacts: a local directory for run-local, gs://... on a cluster",
         )
-        if action != "run-local":
-            p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kfp.example.com")
-            p.add_argument("--experiment", default="taudis")
-            p.add_argument("--namespace", default=None)
+        if action == "run-local":
+            p.add_argument(
+                "--runner",
+                choices=RUNNERS,
+                default="subprocess",
+                help="subprocess (this Python) or docker (each step in its image, via DOCKER_HOST)",
+            )
+            continue
+        p.add_argument("--target", choices=SUBMIT_TARGETS, default="kubernetes", help="kubernetes (KFP) or vertex")
+        p.add_argument("--host", default=None, help="kubernetes: KFP API endpoint, e.g. https://kfp.example.com")
+        p.add_argument("--experiment", default="taudis", help="kubernetes: KFP experiment")
+        p.add_argument("--namespace", default=None, help="kubernetes: KFP namespace")
+        p.add_argument("--project", default=None, help="vertex: Google Cloud project")
+        p.add_argument("--location", default=None, help="vertex: region, e.g. europe-west4")
+        p.add_argument(
+            "--service-account",
+            default=None,
+            help="the runs' identity: a Kubernetes service account (e.g. taudis-runner) or, on vertex, "
+            "a Google service account email",
+        )
         if action == "submit":
             p.add_argument("--run-name", default=None)
         if action == "schedule":
@@ -240,42 +330,58 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _send(args: argparse.Namespace, arguments: dict[str, Any]) -> str:
+    """Submit or schedule on the chosen target; returns what to print."""
+    if args.target == "vertex":
+        from taudis_kfp.pipelines.vertex import schedule_vertex_runs, submit_vertex_run
+
+        if not (args.project and args.location):
+            raise ValueError("--target vertex needs --project and --location")
+        where = {"project": args.project, "location": args.location, "pipeline_root": args.pipeline_root}
+        if args.action == "submit":
+            job = submit_vertex_run(
+                args.package, arguments, **where, service_account=args.service_account, run_name=args.run_name
+            )
+            return f"submitted Vertex AI pipeline job {job}"
+        schedule = schedule_vertex_runs(
+            args.package, arguments, **where, cron=args.cron, name=args.name, service_account=args.service_account
+        )
+        return f"created Vertex AI schedule {schedule} ({args.cron}, one run at a time, nothing queued)"
+    if not args.host:
+        raise ValueError("--target kubernetes needs --host (the KFP API endpoint)")
+    common = {
+        "pipeline_root": args.pipeline_root,
+        "experiment": args.experiment,
+        "namespace": args.namespace,
+        "service_account": args.service_account,
+    }
+    if args.action == "submit":
+        return f"submitted run {submit_run(args.host, args.package, arguments, run_name=args.run_name, **common)}"
+    job = schedule_runs(args.host, args.package, arguments, cron=args.cron, name=args.name, **common)
+    return f"created recurring run {job} ({args.cron}, max_concurrency=1, no catch-up)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.action == "compile":
             out = compile_pipeline(
-                args.out, args.pipeline, args.strategy, rounds=args.rounds, num_shards=args.shards, target=args.target
+                args.out,
+                args.pipeline,
+                args.strategy,
+                registry=args.registry,
+                rounds=args.rounds,
+                num_shards=args.shards,
+                target=args.target,
             )
             print(f"compiled {args.pipeline} pipeline ({args.strategy}, target {args.target}) to {out}")
             return 0
         arguments = typed_arguments(args.package, args.param)
         if args.action == "run-local":
-            run_local(args.package, arguments, args.pipeline_root)
+            run_local(args.package, arguments, args.pipeline_root, runner=args.runner)
             print(f"local run finished; artifacts under {args.pipeline_root}")
-        elif args.action == "submit":
-            run_id = submit_run(
-                args.host,
-                args.package,
-                arguments,
-                pipeline_root=args.pipeline_root,
-                experiment=args.experiment,
-                run_name=args.run_name,
-                namespace=args.namespace,
-            )
-            print(f"submitted run {run_id}")
         else:
-            job = schedule_runs(
-                args.host,
-                args.package,
-                arguments,
-                cron=args.cron,
-                pipeline_root=args.pipeline_root,
-                experiment=args.experiment,
-                name=args.name,
-                namespace=args.namespace,
-            )
-            print(f"created recurring run {job} ({args.cron}, max_concurrency=1, no catch-up)")
+            print(_send(args, arguments))
     except (ValueError, FileNotFoundError) as err:
         print(f"taudis pipeline: {err}", file=sys.stderr)
         return 2

@@ -5,11 +5,16 @@ The pipelines call `on_gpu(task, target)` for the GPU steps and nothing else: wi
 (PyTorch data loaders need more shared memory than a pod's 64 MiB default) through kfp-kubernetes;
 with target "vertex" only the portable accelerator request, so the same pipeline compiles for
 Vertex AI Pipelines; with target "local" nothing (kfp.local runs on this machine's devices).
+
+:func:`package_target` reads back which of these a compiled package was made for, so that a
+package is never sent to a platform it was not compiled for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
@@ -49,3 +54,26 @@ def on_gpu(task: PipelineTask, target: str, settings: GpuSettings = GpuSettings(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
     )
     return task
+
+
+def package_target(documents: Sequence[dict[str, Any]]) -> str:
+    """The target a compiled package was made for: "kubernetes", "vertex" or "local".
+
+    Args:
+        documents: the package's YAML documents (the pipeline spec, then the platform spec if any).
+
+    Kubernetes packages carry a Kubernetes platform spec or a Kubernetes resource name as
+    accelerator (``nvidia.com/gpu``); Vertex packages a Vertex accelerator type (``NVIDIA_L4``,
+    no slash); local packages no accelerator at all.
+    """
+    spec, platforms = documents[0], documents[1:]
+    if any("kubernetes" in (doc.get("platforms") or {}) for doc in platforms):
+        return "kubernetes"
+    accelerators = {
+        executor["container"]["resources"]["accelerator"].get("resourceType", "")
+        for executor in spec.get("deploymentSpec", {}).get("executors", {}).values()
+        if "accelerator" in executor.get("container", {}).get("resources", {})
+    }
+    if not accelerators:
+        return "local"
+    return "kubernetes" if any("/" in kind for kind in accelerators) else "vertex"
