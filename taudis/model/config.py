@@ -1,7 +1,14 @@
 """detectron2 configuration: taudis's own keys (the TAUDIS node) and the one place configs are read.
 
-The YAML files live in ``configs/`` at the repository root and use detectron2's ``_BASE_``
-inheritance; ``opts`` overrides any key, detectron2 style (``["SOLVER.BASE_LR", "0.01"]``).
+The YAML files live in ``configs/`` at the repository root and install as package data
+(``taudis.configs``, see setup.py), so an installed taudis finds them wherever it lives;
+``TAUDIS_CONFIG_DIR`` points elsewhere. They use detectron2's ``_BASE_`` inheritance; ``opts``
+overrides any key, detectron2 style (``["SOLVER.BASE_LR", "0.01"]``).
+
+``DATALOADER.NUM_WORKERS`` is capped to 0 where ``/dev/shm`` is small (see
+:func:`loader_workers`): worker processes hand batches over through shared memory, and a
+container's default 64 MiB of it (Docker, a pod without a memory-backed /dev/shm, Vertex AI)
+makes them die with a bus error.
 
 TAUDIS keys (defaults below):
 
@@ -9,6 +16,8 @@ TAUDIS keys (defaults below):
   schedule grows with the labelled set, ``SOLVER.MAX_ITER = clamp(round(ITERS_PER_IMAGE *
   num_images), MIN_ITERS, MAX_ITERS)`` (a fixed schedule flattens the learning curve: more images
   at equal iterations scored lower). Disabled, ``SOLVER.MAX_ITER`` is used as is.
+- ``TAUDIS.SCHEDULE.FINETUNE_SCALE``: when a round starts from the previous round's model instead
+  of from scratch, it trains this fraction of the schedule's iterations.
 - ``TAUDIS.DEVICE``: "auto" (CUDA when present, else CPU), or any torch device; sets MODEL.DEVICE.
 - ``TAUDIS.NUM_THREADS``: torch CPU threads; 0 leaves torch's default.
 - ``TAUDIS.LOG_PERIOD``: iterations between progress lines.
@@ -20,7 +29,10 @@ TAUDIS keys (defaults below):
 
 from __future__ import annotations
 
+import importlib.resources
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +40,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
 
-CONFIG_DIR = Path(os.environ.get("TAUDIS_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(os.environ.get("TAUDIS_CONFIG_DIR") or str(importlib.resources.files("taudis.configs")))
 CPU_CONFIG = str(CONFIG_DIR / "mask_rcnn_R18_slim_cpu.yaml")
 GPU_CONFIG = str(CONFIG_DIR / "mask_rcnn_R50_FPN_gpu.yaml")
+# Below this much shared memory, data loader workers are not used (see loader_workers).
+MIN_SHM_BYTES = 1 << 30
 
 
 def add_taudis_config(cfg: CfgNode) -> CfgNode:
@@ -43,6 +59,7 @@ def add_taudis_config(cfg: CfgNode) -> CfgNode:
     cfg.TAUDIS.SCHEDULE.ITERS_PER_IMAGE = 4.0
     cfg.TAUDIS.SCHEDULE.MIN_ITERS = 100
     cfg.TAUDIS.SCHEDULE.MAX_ITERS = 400
+    cfg.TAUDIS.SCHEDULE.FINETUNE_SCALE = 0.5
     cfg.TAUDIS.DEVICE = "auto"
     cfg.TAUDIS.NUM_THREADS = 0
     cfg.TAUDIS.LOG_PERIOD = 20
@@ -86,6 +103,7 @@ def load_config(config: str | os.PathLike[str] = CPU_CONFIG, opts: Sequence[str]
         raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = resolve_device(cfg.TAUDIS.DEVICE)
+    cfg.DATALOADER.NUM_WORKERS = loader_workers(int(cfg.DATALOADER.NUM_WORKERS), shm_bytes())
     return cfg
 
 
@@ -98,13 +116,43 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def scheduled_iterations(cfg: CfgNode, num_images: int) -> int:
-    """Training iterations for a labelled set of ``num_images``: the TAUDIS schedule or SOLVER.MAX_ITER."""
+def shm_bytes(path: str = "/dev/shm") -> int | None:
+    """The size of the shared-memory filesystem at ``path``, or None where there is none."""
+    try:
+        return shutil.disk_usage(path).total
+    except OSError:
+        return None
+
+
+def loader_workers(requested: int, shm: int | None) -> int:
+    """Data loader workers to use: ``requested``, or 0 when ``shm`` bytes of /dev/shm cannot carry their batches.
+
+    None (no /dev/shm, e.g. macOS, where torch shares memory differently) keeps ``requested``.
+    """
+    if requested > 0 and shm is not None and shm < MIN_SHM_BYTES:
+        log.warning(
+            "/dev/shm has %d MiB (< %d MiB): loading data in the main process instead of %d workers",
+            shm >> 20,
+            MIN_SHM_BYTES >> 20,
+            requested,
+        )
+        return 0
+    return requested
+
+
+def scheduled_iterations(cfg: CfgNode, num_images: int, *, finetune: bool = False) -> int:
+    """Training iterations for a labelled set of ``num_images``: the TAUDIS schedule or SOLVER.MAX_ITER.
+
+    ``finetune``: the run starts from the previous round's model, and trains
+    ``TAUDIS.SCHEDULE.FINETUNE_SCALE`` of the iterations (at least one).
+    """
     schedule = cfg.TAUDIS.SCHEDULE
     if not schedule.ENABLED:
-        return int(cfg.SOLVER.MAX_ITER)
-    wanted = round(float(schedule.ITERS_PER_IMAGE) * num_images)
-    return int(min(max(wanted, int(schedule.MIN_ITERS)), int(schedule.MAX_ITERS)))
+        iterations = int(cfg.SOLVER.MAX_ITER)
+    else:
+        wanted = round(float(schedule.ITERS_PER_IMAGE) * num_images)
+        iterations = int(min(max(wanted, int(schedule.MIN_ITERS)), int(schedule.MAX_ITERS)))
+    return max(1, round(iterations * float(schedule.FINETUNE_SCALE))) if finetune else iterations
 
 
 def model_config(model_dir: str | os.PathLike[str], opts: Sequence[str] = ()) -> CfgNode:
