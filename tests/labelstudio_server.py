@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import tool_venv
-from gcs_server import free_port
+from tests import tool_venv
+from tests.gcs_server import free_port
 
 VERSION = "1.23.2"
 VENV_NAME = "label-studio-1.23"
@@ -46,6 +48,29 @@ def ensure_installed() -> Path:
         tool_venv.InstallError: it could not be installed.
     """
     return tool_venv.ensure_venv(VENV_NAME, REQUIREMENTS)
+
+
+def seed_data_dir(venv: Path, dest: Path) -> Path:
+    """Fill ``dest`` with a copy of an empty, migrated data folder (the user and token made).
+
+    A fresh data folder costs the first start about a minute of database migrations; the
+    template made once (by starting and stopping a server on it) is cached beside the venv, so
+    later sessions start in seconds.
+    """
+    template = tool_venv.cache_dir() / f"{VENV_NAME}.data"
+    with tool_venv.locked(template.parent / f"{template.name}.lock"):
+        if not (template / tool_venv.READY_MARK).is_file():
+            staging = Path(tempfile.mkdtemp(prefix=f"{template.name}.", suffix=".tmp", dir=template.parent))
+            try:
+                LabelStudioServer(venv, staging, staging).start().stop()
+                (staging / "server.log").unlink(missing_ok=True)
+                (staging / tool_venv.READY_MARK).write_text(VERSION + "\n")
+                shutil.rmtree(template, ignore_errors=True)
+                staging.rename(template)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(template, dest, dirs_exist_ok=True)
+    return dest
 
 
 class LabelStudioServer:

@@ -368,80 +368,11 @@ def test_every_export_reads_back_as_the_predictions(inputs: dict[str, Any]) -> N
             assert isinstance(ann.segmentation, dict) and ann.segmentation["size"] == list(SIZES[image_id])
 
 
-# ----------------------------------------------------------------- the round's last step (no KFP)
-
-
-def _finish(inputs: dict[str, Any], campaign_uri: str, tmp_path: Path, attempt: str) -> dict[str, Any]:
-    """taudis.campaign.finish_round as the export component calls it (KFP output paths are local)."""
-    from taudis.campaign import finish_round
-
-    out = tmp_path / attempt
-    out.mkdir()
-    (out / "selection.json").write_bytes(storage.read_bytes(inputs["selection"]))
-    return finish_round(
-        str(out / "selection.json"),
-        str(tmp_path / "instances"),  # the fixture's local shards
-        campaign_uri=campaign_uri,
-        pool_annotations=inputs["pool"],
-        image_root=inputs["image_root"],
-        round_index=0,
-        model_uri="gs://models/r0",
-        tasks_out=str(out / "tasks"),
-        summary_out=str(out / "summary.md"),
-        report_out=str(out / "report.html"),
-    )
-
-
-@pytest.fixture
-def campaign_uri(storage_root: str) -> str:
-    """A campaign whose round 0 was evaluated: the pool of ``inputs``, image 13 labelled."""
-    from taudis.campaign import Campaign
-    from taudis.storage.ledger import create_ledger
-
-    campaign = Campaign(storage.join(storage_root, "campaign"))
-    create_ledger(campaign.ledger, SIZES, labelled_ids=[13])
-    metrics = {"round": 0, "labelled_images": 1, "mask_ap": 12.5, "box_ap": 20.0, "per_class": {}}
-    storage.write_json(storage.join(campaign.round_dir(0), "metrics.json"), metrics)
-    return campaign.uri
-
-
-def test_finish_round_records_the_round_once_and_writes_its_folder(
-    inputs: dict[str, Any], campaign_uri: str, tmp_path: Path
-) -> None:
-    from taudis.campaign import Campaign
-    from taudis.storage.ledger import read_ledger
-
-    campaign = Campaign(campaign_uri)
-    record = _finish(inputs, campaign_uri, tmp_path, "first")
-    assert record["round"] == 0 and record["images"] == inputs["order"] and record["model_uri"] == "gs://models/r0"
-    assert record["metrics"] == {"mask_ap": 12.5, "box_ap": 20.0}
-    ledger = read_ledger(campaign.ledger)
-    assert ledger.pending == set(inputs["order"])
-    round_dir = campaign.round_dir(0)
-    for name in ("selection.json", "tasks/manifest.jsonl", "tasks/cvat/coco_1.0.zip", "summary.md", "report.html"):
-        assert storage.exists(storage.join(round_dir, name)), name
-    assert "mask AP <b>12.5" in storage.read_text(storage.join(round_dir, "report.html"))
-    # KFP retries the step: the same record comes back and the ledger is not updated again.
-    assert _finish(inputs, campaign_uri, tmp_path, "retry") == record
-    assert read_ledger(campaign.ledger).revision == ledger.revision
-
-
-def test_finish_round_that_lost_the_round_leaves_its_folder_alone(
-    inputs: dict[str, Any], campaign_uri: str, tmp_path: Path
-) -> None:
-    from taudis.campaign import Campaign
-    from taudis.storage.ledger import LedgerError, record_round
-
-    campaign = Campaign(campaign_uri)
-    record_round(campaign.ledger, 0, "random", {}, [10], op_id="another-run")  # a concurrent run won round 0
-    with pytest.raises(LedgerError, match="round 0 is already recorded"):
-        _finish(inputs, campaign_uri, tmp_path, "loser")
-    round_dir = campaign.round_dir(0)
-    assert storage.list_uris(round_dir + "/") == [storage.join(round_dir, "metrics.json")]
+# ----------------------------------------------------------------- the selection stages' input
 
 
 def test_gather_shards_links_every_shard_and_refuses_two_of_one_name(tmp_path: Path) -> None:
-    from taudis.campaign import gather_shards
+    from taudis.campaign.steps import gather_shards
     from taudis.data.instances import InstanceTableError
 
     _write_shards(tmp_path / "a")  # shard-000, shard-001

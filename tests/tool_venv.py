@@ -10,13 +10,14 @@ A file lock serialises installs of parallel test workers.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 READY_MARK = ".taudis-ready"
@@ -49,11 +50,18 @@ def ensure_venv(name: str, requirements: Sequence[str]) -> Path:
     """
     target = cache_dir() / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be installing it right now
+    with locked(target.parent / f"{name}.lock"):  # another worker may be installing it right now
         if not is_installed(name, requirements):
             _install(target, list(requirements), target.parent / f"{name}.install.log")
     return target
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if need be) for the block."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _install(target: Path, requirements: list[str], log: Path) -> None:

@@ -244,22 +244,27 @@ def push(
 
 
 def _import_missing(client: Client, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Import what is missing, batch by batch; after a failed batch, look again before retrying."""
-    imported, already = 0, None
+    """Import what is missing, batch by batch; after a failed batch, look again before retrying.
+
+    Returns:
+        (imported, already): how many of ``tasks`` this call added, and how many were there before.
+    """
+    ours = {task_key(t) for t in tasks}
+    before = ours & {task_key(t) for t in client.tasks(project_id)}
+    known = before
     for attempt in range(client.attempts):
-        known = {task_key(t) for t in client.tasks(project_id)}
         missing = [t for t in tasks if task_key(t) not in known]
-        if already is None:
-            already = len(tasks) - len(missing)
         try:
             for start in range(0, len(missing), IMPORT_BATCH):
-                imported += client.import_tasks(project_id, missing[start : start + IMPORT_BATCH])
-            return imported, already
+                client.import_tasks(project_id, missing[start : start + IMPORT_BATCH])
+            break
         except TransientError:
             if attempt == client.attempts - 1:
                 raise
             time.sleep(client.backoff * 2**attempt)
-    raise AssertionError("unreachable")
+            known = {task_key(t) for t in client.tasks(project_id)}  # what landed despite the failure
+    after = ours & {task_key(t) for t in client.tasks(project_id)}
+    return len(after - before), len(before)
 
 
 # -------------------------------------------------------------------------------------- pull

@@ -1,0 +1,476 @@
+"""read_labels on real exports captured from the tools (tests/data/labeling), and on malformed input.
+
+The captured files come from tests/test_labelstudio.py and tests/test_cvat_datumaro.py run with
+TAUDIS_CAPTURE_FIXTURES=tests/data/labeling (Label Studio 1.23.2; datumaro 1.13.12 exporting as
+CVAT does): one round of 8 tasks (synthetic instance table, seed 0) of which the annotators
+accepted the predictions of 5 images (one of them with its last instance deleted), submitted one
+image empty (tile 001), skipped one (tile 008) and left one alone (tile 005). ``sent-*.json``
+holds what each finished image's instances must decode to.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from pycocotools import mask as mask_utils
+
+from taudis import storage
+from taudis.data.labels import LabelValidationError
+from taudis.data.masks import decode_rle, encode_rle
+from taudis.labeling import ToolLabels, read_labels
+from taudis.labeling.cvat import read_cvat_archive
+from taudis.labeling.labelstudio import (
+    BrushRLEError,
+    decode_brush_rle,
+    encode_brush_rle,
+    normalise_ref,
+    prediction_results,
+)
+from taudis.labeling.predictions import Prediction
+from taudis.labeling.read import read_document
+
+DATA = Path(__file__).parent / "data" / "labeling"
+FINISHED = [0, 2, 3, 1, 4, 6]  # task order; tile 001 was submitted empty, tile 006 lost its last instance
+POOL_PATH = "pool/images/"
+
+
+def _sent(name: str) -> dict[int, list[tuple[str, np.ndarray]]]:
+    doc = json.loads((DATA / name).read_text())
+    return {int(k): [(c, decode_rle(rle)) for c, rle in v] for k, v in doc.items()}
+
+
+def _masks(labels: ToolLabels, position: int) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for ann in labels.annotations:
+        if ann.image == position:
+            seg: Any = ann.segmentation
+            if isinstance(seg, list):
+                image = labels.images[position]
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, image.height, image.width))
+                seg = {"size": rle["size"], "counts": rle["counts"].decode()}
+            out.append((ann.category, decode_rle(seg)))
+    return out
+
+
+def _tile(ref: str) -> int:
+    return int(ref.rsplit("tile ", 1)[1][:3])
+
+
+# ------------------------------------------------------------------------------- Label Studio JSON
+
+
+@pytest.mark.parametrize(
+    ("name", "sent"), [("ls-brush.json", "sent-brush.json"), ("ls-polygons.json", "sent-polygons.json")]
+)
+def test_label_studio_json_export_gives_the_finished_images_and_their_instances(name: str, sent: str) -> None:
+    labels = read_labels(str(DATA / name))
+    truth = _sent(sent)
+    assert labels.format == "labelstudio-json" and labels.problems == ()
+    assert [image.pool_id for image in labels.images] == FINISHED  # not the skipped, not the untouched
+    assert [image.ref for image in labels.images] == [f"{POOL_PATH}tiles/tile {i:03d}.png" for i in FINISHED]
+    assert [image.index for image in labels.images] == [0, 2, 3, 4, 5, 6]  # positions in the file: task 1 skipped
+    assert all(not image.ids_are_pool_ids and image.record == f"task {image.tool_id}" for image in labels.images)
+    # The empty submission has no region, so no size: the pool knows it.
+    assert [(image.height, image.width) for image in labels.images if image.pool_id == 1] == [(None, None)]
+    for position, image in enumerate(labels.images):
+        got = _masks(labels, position)
+        assert len(got) == len(truth[image.pool_id])  # one instance per instance, parts grouped
+        for (category, mask), (want_category, want) in zip(got, truth[image.pool_id], strict=True):
+            assert category == want_category and np.array_equal(mask, want)
+    assert all(a.bbox is None and a.iscrowd == 0 for a in labels.annotations)
+
+
+def _task(task_id: int, results: list[Any], **annotation: Any) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "data": {"image": f"/data/local-files/?d=img/{task_id}.png", "image_id": task_id},
+        "annotations": [{"id": 100 + task_id, "result": results, "was_cancelled": False, **annotation}],
+    }
+
+
+def _brush(rid: str, mask: np.ndarray, label: str = "house", **value: Any) -> dict[str, Any]:
+    height, width = mask.shape
+    return {
+        "id": rid, "type": "brushlabels", "from_name": "label", "to_name": "image",
+        "original_height": height, "original_width": width, "image_rotation": 0,
+        "value": {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": [label], **value},
+    }  # fmt: skip
+
+
+def _polygon(rid: str, points: list[list[float]], label: str = "house", size: int = 10) -> dict[str, Any]:
+    return {
+        "id": rid, "type": "polygonlabels", "original_height": size, "original_width": size,
+        "value": {"points": points, "polygonlabels": [label], "closed": True},
+    }  # fmt: skip
+
+
+SQUARE = [[10, 10], [50, 10], [50, 50], [10, 50]]
+
+
+def test_label_studio_json_rules_for_annotations() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    doc = [
+        {**_task(1, [_brush("a", mask)]), "drafts": [{"result": [_brush("d", mask)]}]},  # a draft is not read
+        _task(2, [_brush("b", mask)], was_cancelled=True),  # skipped: no image
+        {"id": 3, "data": {"image": "x.png"}, "annotations": []},  # not labelled yet: no image
+        {  # several annotators: the ground truth one counts
+            **_task(4, []),
+            "annotations": [
+                {"id": 1, "result": [_brush("e", mask, "car")], "ground_truth": False},
+                {"id": 2, "result": [_brush("f", mask, "boat")], "ground_truth": True},
+                {"id": 3, "result": [], "was_cancelled": True},
+            ],
+        },
+        _task(
+            5,
+            [
+                _polygon("taudis-0-0", SQUARE),
+                _polygon("taudis-0-1", [[60, 60], [90, 60], [90, 90]]),
+                _polygon("other", SQUARE),
+                _polygon("taudis-1-0", SQUARE, "car"),
+                {"id": "c", "type": "choices", "value": {"choices": ["sunny"]}},
+            ],
+        ),
+    ]
+    labels = read_document(doc, "mem.json")
+    assert labels.problems == ()
+    assert [image.tool_id for image in labels.images] == [1, 4, 5]
+    assert [image.ref for image in labels.images] == ["img/1.png", "img/4.png", "img/5.png"]
+    assert [(a.image, a.category) for a in labels.annotations] == [
+        (0, "house"),
+        (1, "boat"),
+        (2, "house"),
+        (2, "house"),
+        (2, "car"),
+    ]
+    grouped = labels.annotations[2].segmentation
+    assert isinstance(grouped, list) and len(grouped) == 2  # the two parts of exported instance 0
+    assert grouped[0] == [1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0]  # percent -> pixels
+    assert np.array_equal(decode_rle(labels.annotations[0].segmentation), mask)  # type: ignore[arg-type]
+
+
+def test_label_studio_json_lists_every_problem() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    bad_rle = _brush("r2", mask)
+    bad_rle["value"]["rle"] = bad_rle["value"]["rle"][:9]
+    doc = [
+        "not a task",
+        {"id": 2, "annotations": []},
+        {"id": 3, "data": {}, "annotations": "nope"},
+        {**_task(4, []), "annotations": [{"id": 1, "result": []}, {"id": 2, "result": []}]},
+        {"id": 5, "data": {"image_id": "five"}, "annotations": [{"id": 9, "result": []}]},
+        _task(6, [_brush("r1", mask), _brush("r1b", np.zeros((12, 10), bool))]),
+        _task(7, [
+            bad_rle,
+            _brush("r3", np.zeros((10, 10), bool)),
+            _brush("r4", mask, format="png"),
+            {**_brush("r5", mask), "value": {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": []}},
+            {**_brush("r6", mask), "image_rotation": 90},
+            {"id": "r7", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 5, "height": 5}},
+            {**_brush("r8", mask), "value": 7},
+            "not a result",
+        ]),
+        _task(8, [
+            _polygon("p1", [[1, 1], [2, 2]]),
+            _polygon("p2", [[1, 1], [200, 2], [3, 4]]),
+            _polygon("p3", [[1, "a"], [2, 2], [3, 4]]),
+            {**_polygon("p4", SQUARE), "value": {"points": SQUARE, "polygonlabels": ["house"], "closed": False}},
+            _polygon("taudis-3-0", SQUARE), _polygon("taudis-3-1", SQUARE, "car"),
+        ]),
+        {**_task(9, []), "annotations": [{"id": 1, "result": {"a": 1}}]},
+    ]  # fmt: skip
+    doc[5]["annotations"][0]["result"][0]["original_height"] = None  # type: ignore[index]
+    labels = read_document(doc, "tasks.json")
+    found = [(p.record, p.field) for p in labels.problems]
+    assert found == [
+        ("task index 0", "data"),
+        ("task 2", "data"),
+        ("task 3", "annotations"),
+        ("task 4", "annotations"),
+        ("task 5", "data.image"),
+        ("task 5", "data.image_id"),
+        ("task 6, annotation 106, result 'r1' (index 0)", "original_height"),
+        ("task 7, annotation 107, result 'r2' (index 0)", "value.rle"),
+        ("task 7, annotation 107, result 'r3' (index 1)", "value.rle"),
+        ("task 7, annotation 107, result 'r4' (index 2)", "value.format"),
+        ("task 7, annotation 107, result 'r5' (index 3)", "value.brushlabels"),
+        ("task 7, annotation 107, result 'r6' (index 4)", "image_rotation"),
+        ("task 7, annotation 107, result 'r7' (index 5)", "type"),
+        ("task 7, annotation 107, result 'r8' (index 6)", "value"),
+        ("task 7, annotation 107, result None (index 7)", "result"),
+        ("task 8, annotation 108, result 'p1' (index 0)", "value.points"),
+        ("task 8, annotation 108, result 'p2' (index 1)", "value.points"),
+        ("task 8, annotation 108, result 'p3' (index 2)", "value.points"),
+        ("task 8, annotation 108, result 'p4' (index 3)", "value.closed"),
+        ("task 8, annotation 108, result 'taudis-3-1' (index 5)", "value.polygonlabels"),
+        ("task 9, annotation 1", "result"),
+    ]
+    assert all(p.file == "tasks.json" and p.message for p in labels.problems)
+    messages = {p.record.rsplit("'", 2)[-2] if "'" in p.record else p.record: p.message for p in labels.problems}
+    assert "mark one as ground truth" in messages["task 4"]
+    assert "decodes to" in messages["r2"] or "ends" in messages["r2"]
+    assert "empty" in messages["r3"] and "has no mask" in messages["r7"]
+    with pytest.raises(LabelValidationError, match="21 problem"):
+        labels.raise_for_problems()
+
+
+def test_a_task_whose_results_disagree_on_the_size_is_refused() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[1, 1] = True
+    labels = read_document([_task(1, [_brush("a", mask), _brush("b", np.pad(mask, 1))])], "t.json")
+    assert [(p.record, p.field) for p in labels.problems] == [("task 1, annotation 101", "original_height")]
+    assert labels.images == ()
+
+
+# ------------------------------------------------------------------------------ Label Studio COCO
+
+
+def test_label_studio_coco_export_is_read_by_file_and_category_name() -> None:
+    labels = read_labels(str(DATA / "ls-polygons-coco.zip"))
+    truth = _sent("sent-polygons.json")
+    assert labels.format == "labelstudio-coco" and labels.problems == ()
+    # renumbered: images 0..N-1 in its own order, so neither id is the pool's
+    assert [image.tool_id for image in labels.images] == list(range(6))
+    assert all(not image.ids_are_pool_ids and image.pool_id is None for image in labels.images)
+    assert sorted(_tile(image.ref) for image in labels.images) == sorted(FINISHED)
+    assert all(image.ref.endswith(f"{POOL_PATH}tiles/tile {_tile(image.ref):03d}.png") for image in labels.images)
+    for position, image in enumerate(labels.images):
+        # one annotation per polygon: the parts of an instance come apart, but cover the same pixels
+        got = _masks(labels, position)
+        assert sorted({c for c, _ in got}) == sorted({c for c, _ in truth[_tile(image.ref)]})
+        union = np.logical_or.reduce([m for _, m in got]) if got else np.zeros((256, 256), bool)
+        want = np.logical_or.reduce([m for _, m in truth[_tile(image.ref)]]) if truth[_tile(image.ref)] else union
+        assert np.array_equal(union, want)
+    assert len(labels.annotations) == 31 and sum(len(v) for v in truth.values()) == 29
+
+
+def test_label_studio_coco_exports_that_lose_regions_are_refused() -> None:
+    brush = read_labels(str(DATA / "ls-brush-coco.zip"))  # a brush project: Label Studio drops every region
+    assert [(p.field, "brush regions" in p.message) for p in brush.problems] == [("annotations", True)]
+    converted = read_labels(str(DATA / "ls-brush-to-coco.zip"))  # BRUSH_TO_COCO: polygons, holes filled
+    assert converted.format == "labelstudio-coco" and converted.images == ()
+    assert ["BRUSH_TO_COCO" in p.message for p in converted.problems] == [True]
+
+
+# ------------------------------------------------------------------------------------------- CVAT
+
+
+def _check_cvat(labels: ToolLabels) -> None:
+    truth = _sent("sent-cvat.json")
+    assert labels.format == "cvat-coco" and labels.problems == ()
+    assert sorted(_tile(image.ref) for image in labels.images) == sorted(truth)
+    assert all(image.ref == f"tiles/tile {_tile(image.ref):03d}.png" for image in labels.images)
+    assert all(not image.ids_are_pool_ids for image in labels.images)
+    for position, image in enumerate(labels.images):
+        got = sorted((c, m.tobytes()) for c, m in _masks(labels, position))
+        assert got == sorted((c, m.tobytes()) for c, m in truth[_tile(image.ref)])
+    assert {a.iscrowd for a in labels.annotations} == {0}  # CVAT's masks are iscrowd 1 RLE: instances
+
+
+def test_cvat_export_archive_and_bare_json(tmp_path: Path) -> None:
+    _check_cvat(read_labels(str(DATA / "cvat-coco.zip")))
+    bare = tmp_path / "instances_default.json"
+    bare.write_bytes(zipfile.ZipFile(DATA / "cvat-coco.zip").read("annotations/instances_default.json"))
+    _check_cvat(read_labels(str(bare)))
+
+
+def test_cvat_archive_with_two_subsets_and_a_broken_member() -> None:
+    doc = json.loads(zipfile.ZipFile(DATA / "cvat-coco.zip").read("annotations/instances_default.json"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("annotations/instances_train.json", json.dumps(doc))
+        archive.writestr("annotations/instances_default.json", json.dumps(doc))
+        archive.writestr("annotations/instances_val.json", "{not json")
+    labels = read_cvat_archive(buffer.getvalue(), "archive.zip")
+    assert len(labels.images) == 16 and len(labels.annotations) == 72
+    assert labels.images[8].record.startswith("annotations/instances_train.json: ")
+    assert max(a.image for a in labels.annotations) == 15  # the second subset's images are shifted
+    assert [p.record for p in labels.problems] == ["document"] and "instances_val.json" in labels.problems[0].message
+
+
+# ------------------------------------------------------------------------------------ plain COCO
+
+
+COCO: dict[str, Any] = {
+    "images": [
+        {"id": 5, "file_name": "a.png", "height": 10, "width": 12},
+        {"id": 6, "file_name": "b.png", "height": 10, "width": 12},
+    ],
+    "categories": [{"id": 1, "name": "house"}, {"id": 2, "name": "car"}],
+    "annotations": [
+        {"id": 1, "image_id": 5, "category_id": 2, "segmentation": [[1, 1, 6, 1, 6, 6]], "bbox": [1, 1, 5, 5]},
+        {"id": 2, "image_id": 6, "category_id": 1, "iscrowd": 1,
+         "segmentation": {"size": [10, 12], "counts": [30, 5, 85]}},
+    ],
+}  # fmt: skip
+
+
+def test_plain_coco_ids_are_the_pools_and_rle_comes_back_compressed() -> None:
+    labels = read_document(copy.deepcopy(COCO), "labels.json")
+    assert labels.format == "coco" and labels.problems == ()
+    assert [(i.tool_id, i.ref, i.ids_are_pool_ids, i.pool_id, i.height, i.width) for i in labels.images] == [
+        (5, "a.png", True, None, 10, 12),
+        (6, "b.png", True, None, 10, 12),
+    ]
+    first, second = labels.annotations
+    assert (first.image, first.category, first.bbox, first.iscrowd) == (0, "car", [1.0, 1.0, 5.0, 5.0], 0)
+    assert (second.image, second.category, second.bbox, second.iscrowd) == (1, "house", None, 1)
+    assert isinstance(second.segmentation, dict) and isinstance(second.segmentation["counts"], str)
+    assert decode_rle(second.segmentation).sum() == 5
+
+
+def test_coco_lists_every_problem() -> None:
+    doc = copy.deepcopy(COCO)
+    doc["categories"] += [{"id": 1, "name": "tree"}, {"id": 3, "name": "car"}, {"id": 4, "name": ""}, "x"]
+    doc["images"] += [
+        {"id": 5, "file_name": "c.png", "height": 10, "width": 12},
+        {"id": 7, "height": 0, "width": 12},
+        {"id": "8", "file_name": "d.png"},
+    ]
+    doc["annotations"] += [
+        {"id": 3, "image_id": 99, "category_id": 1, "segmentation": [[1, 1, 2, 2, 3, 1]]},
+        {"id": 4, "image_id": 6, "category_id": 9, "segmentation": [[1, 1, 2, 2, 3, 1]], "iscrowd": 2},
+        {"id": 5, "image_id": 6, "category_id": 1, "segmentation": {"size": [9, 12], "counts": "PP"}},
+        {"id": 6, "image_id": 6, "category_id": 1, "segmentation": [], "bbox": [1, 1, 3, 3]},
+        {"id": 7, "image_id": 6, "category_id": 1, "segmentation": [[1, 1, 2, 2]], "bbox": [1, 1, 300, 3]},
+        "x",
+    ]
+    labels = read_document(doc, "bad.json")
+    assert [(p.record, p.field) for p in labels.problems] == [
+        ("category id 1 (index 2)", "id"),
+        ("category id 3 (index 3)", "name"),
+        ("category id 4 (index 4)", "name"),
+        ("category id ? (index 5)", "id"),
+        ("image id 5 (index 2)", "id"),
+        ("image id 7 (index 3)", "file_name"),
+        ("image id 7 (index 3)", "height"),
+        ("image id 8 (index 4)", "id"),
+        ("annotation id 1 (index 0)", "image_id"),  # image 5 is listed twice: it names no image for sure
+        ("annotation id 3 (index 2)", "image_id"),
+        ("annotation id 4 (index 3)", "category_id"),
+        ("annotation id 4 (index 3)", "iscrowd"),
+        ("annotation id 5 (index 4)", "segmentation.size"),
+        ("annotation id 6 (index 5)", "segmentation"),
+        ("annotation id 7 (index 6)", "segmentation[0]"),
+        ("annotation id 7 (index 6)", "bbox"),
+        ("annotation id ? (index 7)", "annotation"),
+    ]
+    assert [a.record for a in labels.annotations] == ["annotation id 2 (index 1)"]
+    missing = read_document({"images": []}, "half.json")
+    assert [(p.record, p.field) for p in missing.problems] == [("document", "annotations"), ("document", "categories")]
+
+
+# --------------------------------------------------------------------------------- files, dispatch
+
+
+def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
+    cases = {
+        "text.json": b"{nope",
+        "binary.json": b"\xff\xfe\x00",
+        "empty.zip": _zip({}),
+        "lscoco.zip": _zip({"result.json": b"{broken"}),
+        "other.zip": _zip({"readme.txt": b"hello"}),
+        "badzip.zip": b"PK\x03\x04 not really",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        labels = read_labels(str(tmp_path / name))
+        assert len(labels.problems) == 1 and labels.images == () and labels.problems[0].record == "document", name
+    minimal = [{"id": 1, "image": "/data/local-files/?d=a.png", "label": [], "annotation_id": 3}]
+    assert "JSON_MIN" in read_document(minimal, "min.json").problems[0].message
+    assert read_document([], "empty.json").format == "labelstudio-json"
+    with pytest.raises(storage.NotFoundError):
+        read_labels(str(tmp_path / "missing.json"))
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_read_labels_through_gcs(gcs_bucket: str) -> None:
+    uri = f"{gcs_bucket}/campaign/incoming/tasks.json"
+    storage.write_bytes(uri, (DATA / "ls-brush.json").read_bytes())
+    labels = read_labels(uri)
+    assert labels.uri == uri and len(labels.images) == 6 and labels.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("ref", "normal"),
+    [
+        ("/data/local-files/?d=pool/images/tiles/tile%20000.png", "pool/images/tiles/tile 000.png"),
+        ("http://ls:8080/data/local-files/?d=a/b%2Bc.png", "a/b+c.png"),
+        ("/data/upload/3/1a2b3c4d-t%201.png", "t 1.png"),
+        ("upload/3/1a2b3c4d-t1.png", "t1.png"),
+        ("/storage-data/uploaded/?filepath=upload/3/1a2b3c4d-t1.png", "t1.png"),
+        ("images/0a1b2c3d__t1.png", "t1.png"),
+        ("gs://bucket/pool/x%20y.png", "gs://bucket/pool/x y.png"),
+        ("https://img.example/pool/t%201.png", "https://img.example/pool/t 1.png"),
+        ("../srv/pool/images/tiles/t.png", "../srv/pool/images/tiles/t.png"),
+        ("tiles/1a2b3c4d-t.png", "tiles/1a2b3c4d-t.png"),  # not an upload folder: kept
+    ],
+)
+def test_normalise_ref(ref: str, normal: str) -> None:
+    assert normalise_ref(ref) == normal
+
+
+# -------------------------------------------------------------------------------------- brush RLE
+
+
+def test_brush_rle_bytes_are_label_studio_sdks() -> None:
+    """Captured from label_studio_sdk.converter.brush (Label Studio 1.23.2's own library)."""
+    for name, case in json.loads((DATA / "sdk-brush-rle.json").read_text()).items():
+        mask = decode_rle(case["mask"])
+        assert encode_brush_rle(mask) == case["rle"], name
+        assert np.array_equal(decode_brush_rle(case["rle"], *case["shape"]), mask), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40))))
+def test_brush_rle_round_trip(mask: np.ndarray) -> None:
+    assert np.array_equal(decode_brush_rle(encode_brush_rle(mask), *mask.shape), mask)
+
+
+def test_brush_rle_malformed() -> None:
+    rle = encode_brush_rle(np.eye(6, dtype=bool))
+    for bad, match in (
+        ([*rle[:-3]], "ends"),
+        ([300, *rle[1:]], "0..255"),
+        ("abc", "list of integers"),
+        ([1, 2], "header"),
+    ):
+        with pytest.raises(BrushRLEError, match=match):
+            decode_brush_rle(bad, 6, 6)  # type: ignore[arg-type]
+    with pytest.raises(BrushRLEError, match="RGBA has 100"):
+        decode_brush_rle(rle, 5, 5)
+
+
+def test_one_brush_region_per_instance_keeps_parts_and_holes() -> None:
+    donut = np.zeros((20, 30), bool)
+    donut[2:14, 2:14] = True
+    donut[5:9, 5:9] = False  # a hole
+    donut[15:19, 20:28] = True  # a second part
+    prediction = Prediction(7, 3, 0, 5, "house", 0.75, (2, 2, 28, 19), encode_rle(donut), int(donut.sum()))
+    (brush,) = prediction_results(prediction, 20, 30)
+    assert brush["id"] == "taudis-3" and brush["score"] == 0.75
+    assert np.array_equal(decode_brush_rle(brush["value"]["rle"], 20, 30), donut)
+    polygons = prediction_results(prediction, 20, 30, regions="polygons")
+    assert [p["id"] for p in polygons] == ["taudis-3-0", "taudis-3-1"]  # grouped parts; the hole is filled
+    labels = read_document([_task(1, polygons)], "t.json")
+    (instance,) = labels.annotations
+    assert isinstance(instance.segmentation, list) and len(instance.segmentation) == 2

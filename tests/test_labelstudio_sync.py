@@ -1,0 +1,132 @@
+"""`taudis labelstudio push/pull` against a fake Label Studio API with faults (the real one: test_labelstudio.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taudis import storage
+from taudis.labeling.labelstudio import label_config
+from taudis.labeling.labelstudio_sync import Client, LabelStudioError, TransientError, main, pull, push
+from tests.fake_labelstudio import TOKEN, FakeLabelStudio
+
+CONFIG = label_config(["house", "car"])
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLabelStudio]:
+    server = FakeLabelStudio().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(fake: FakeLabelStudio) -> Client:
+    return Client(fake.url, TOKEN, backoff=0.01)
+
+
+def _tasks_folder(root: str, ids: list[int]) -> str:
+    folder = storage.join(root, "rounds", "round-000", "tasks", "labelstudio")
+    tasks = [{"data": {"image": f"gs://b/pool/{i}.png", "image_id": i}, "predictions": [{"result": []}]} for i in ids]
+    storage.write_json(storage.join(folder, "tasks.json"), tasks)
+    storage.write_text(storage.join(folder, "label_config.xml"), CONFIG)
+    return folder
+
+
+def test_push_creates_the_project_and_never_doubles_a_task(
+    fake: FakeLabelStudio, client: Client, storage_root: str
+) -> None:
+    folder = _tasks_folder(storage_root, [3, 1, 2])
+    first = push(client, folder, title="round 0", create=True)
+    assert first == {"project": 1, "created": True, "tasks": 3, "imported": 3, "already": 0}
+    assert fake.projects[1]["label_config"] == CONFIG
+    assert push(client, folder, title="round 0") == {
+        "project": 1,
+        "created": False,
+        "tasks": 3,
+        "imported": 0,
+        "already": 3,
+    }
+    bigger = _tasks_folder(storage_root, [3, 1, 2, 4])
+    assert push(client, bigger, project_id=1)["imported"] == 1
+    assert sorted(t["data"]["image_id"] for t in fake.tasks.values()) == [1, 2, 3, 4]
+
+
+def test_push_retries_transient_failures_and_an_import_whose_answer_was_lost(
+    fake: FakeLabelStudio, client: Client, tmp_path: Path
+) -> None:
+    folder = _tasks_folder(str(tmp_path), [1, 2])
+    fake.fail("GET", "/api/projects", 503, 502)
+    fake.fail("GET", "/api/tasks", 429)
+    fake.lose_import_answers = 1  # the import lands, its answer does not
+    summary = push(client, folder, title="t", create=True)
+    assert summary["imported"] == 2 and len(fake.tasks) == 2
+    fake.fail("GET", "/api/tasks", *[503] * 6)
+    with pytest.raises(TransientError, match="HTTP 503"):
+        push(client, folder, project_id=1)
+
+
+def test_push_refuses_what_does_not_fit(fake: FakeLabelStudio, client: Client, tmp_path: Path) -> None:
+    folder = _tasks_folder(str(tmp_path), [1])
+    with pytest.raises(LabelStudioError, match="no project is titled 'x'"):
+        push(client, folder, title="x")
+    fake.projects[1] = {"id": 1, "title": "x", "label_config": "<View><Image name='image' value='$image'/></View>"}
+    with pytest.raises(LabelStudioError, match="lacks \\[\\('BrushLabels', 'label'\\)"):
+        push(client, folder, title="x")
+    assert push(client, folder, title="x", update_config=True)["imported"] == 1
+    assert fake.projects[1]["label_config"] == CONFIG
+    fake.projects[2] = {"id": 2, "title": "x", "label_config": CONFIG}
+    fake.projects[3] = {"id": 3, "title": "x 2", "label_config": CONFIG}  # a substring match is not the project
+    with pytest.raises(LabelStudioError, match="2 projects are titled 'x'"):
+        push(client, folder, title="x")
+    with pytest.raises(LabelStudioError, match="HTTP 404"):
+        push(client, folder, project_id=9)
+    with pytest.raises(LabelStudioError, match="HTTP 401"):
+        Client(fake.url, "wrong").project(1)
+
+
+def _annotate(fake: FakeLabelStudio, task_id: int, **annotation: Any) -> None:
+    fake.answer("POST", f"/api/tasks/{task_id}/annotations", f"Token {TOKEN}", {"result": [], **annotation})
+
+
+def test_pull_writes_each_finished_annotation_once(fake: FakeLabelStudio, client: Client, storage_root: str) -> None:
+    push(client, _tasks_folder(storage_root, [1, 2, 3]), title="t", create=True)
+    incoming = storage.join(storage_root, "campaign", "incoming")
+    assert pull(client, 1, incoming) == {"project": 1, "exported": 0, "new": 0, "written": None}
+    _annotate(fake, 1)
+    _annotate(fake, 2, was_cancelled=True)  # skipped: not a label
+    first = pull(client, 1, incoming)
+    assert first["new"] == 1 and first["written"].startswith(storage.join(incoming, "labelstudio-1-"))
+    written = storage.read_json(first["written"])
+    assert [t["id"] for t in written] == [1] and "predictions" not in written[0]
+    assert pull(client, 1, incoming)["written"] is None  # twice: nothing new
+    # ingest moved it to done/: still pulled
+    storage.write_bytes(storage.join(incoming, "done", "x.json"), storage.read_bytes(first["written"]))
+    storage.delete(first["written"])
+    storage.write_text(storage.join(incoming, "done", "x.report.json"), "{}")
+    storage.write_text(storage.join(incoming, "notes.json"), "{not json")
+    _annotate(fake, 3)
+    second = pull(client, 1, incoming, name="batch-2")
+    assert second["written"] == storage.join(incoming, "batch-2.json") and second["new"] == 1
+    assert [t["id"] for t in storage.read_json(second["written"])] == [3]
+    # an annotation edited after it was pulled comes again (ingest reports it as a conflict)
+    fake.tasks[1]["annotations"][0]["updated_at"] = "t1"
+    assert [t["id"] for t in storage.read_json(pull(client, 1, incoming)["written"])] == [1]
+
+
+def test_cli(fake: FakeLabelStudio, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _tasks_folder(str(tmp_path), [1, 2])
+    env = {"LABEL_STUDIO_URL": fake.url, "LABEL_STUDIO_API_KEY": TOKEN}
+    assert main(["push", folder, "--title", "round 0", "--create"], env) == 0
+    assert json.loads(capsys.readouterr().out)["imported"] == 2
+    _annotate(fake, 2)
+    assert main(["pull", "--title", "round 0", "--out", str(tmp_path / "incoming")], env) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == 1
+    assert main(["pull", "--project", "1", "--out", str(tmp_path / "incoming")], {}) == 1
+    assert "LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+    assert main(["push", str(tmp_path / "nowhere"), "--project", "1"], env) == 1
+    assert "taudis labelstudio push:" in capsys.readouterr().err
