@@ -20,7 +20,8 @@ from taudis.data.instances import write_shard
 from taudis.data.masks import binary_mask, decode_rle
 from taudis.labeling import ExportError, export_for_labeling, mask_polygons
 from taudis.labeling.cli import main
-from taudis.labeling.labelstudio import decode_brush_rle, image_url
+from taudis.labeling.labelstudio import image_url
+from taudis.labeling.labelstudio_rle import decode_brush_rle
 
 CLASSES = ["house", "pool"]
 CATEGORIES = [{"id": 5, "name": "house"}, {"id": 7, "name": "pool"}]  # ids differ from class indices on purpose

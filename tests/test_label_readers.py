@@ -29,13 +29,8 @@ from taudis.data.labels import LabelValidationError
 from taudis.data.masks import decode_rle, encode_rle
 from taudis.labeling import ToolLabels, read_labels
 from taudis.labeling.cvat import read_cvat_archive
-from taudis.labeling.labelstudio import (
-    BrushRLEError,
-    decode_brush_rle,
-    encode_brush_rle,
-    normalise_ref,
-    prediction_results,
-)
+from taudis.labeling.labelstudio import normalise_ref, prediction_results
+from taudis.labeling.labelstudio_rle import BrushRLEError, decode_brush_rle, encode_brush_rle
 from taudis.labeling.predictions import Prediction
 from taudis.labeling.read import read_document
 

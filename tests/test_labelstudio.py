@@ -333,7 +333,7 @@ def test_brush_rle_is_label_studio_sdks_own(server: labelstudio_server.LabelStud
     """Label Studio's own library (label_studio_sdk.converter.brush, in its venv) writes the same bytes."""
     import subprocess
 
-    from taudis.labeling.labelstudio import decode_brush_rle, encode_brush_rle
+    from taudis.labeling.labelstudio_rle import decode_brush_rle, encode_brush_rle
 
     rng = np.random.default_rng(5)
     masks = {"empty": np.zeros((7, 9), bool), "full": np.ones((5, 4), bool), "noise": rng.random((31, 17)) < 0.3}

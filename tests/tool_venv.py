@@ -49,10 +49,13 @@ def ensure_venv(name: str, requirements: Sequence[str]) -> Path:
         InstallError: with the tail of pip's output (the whole log is ``<cache>/<name>.install.log``).
     """
     target = cache_dir() / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with locked(target.parent / f"{name}.lock"):  # another worker may be installing it right now
-        if not is_installed(name, requirements):
-            _install(target, list(requirements), target.parent / f"{name}.install.log")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with locked(target.parent / f"{name}.lock"):  # another worker may be installing it right now
+            if not is_installed(name, requirements):
+                _install(target, list(requirements), target.parent / f"{name}.install.log")
+    except OSError as err:
+        raise InstallError(f"cannot use the cache folder {target.parent}: {err}") from err
     return target
 
 
