@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from taudis import storage
 from taudis.data.instances import iter_shards
 from taudis.data.masks import binary_mask
 from taudis.data.synthetic_instances import IMAGE_SIZE, PoolSpec, write_pool
@@ -58,8 +59,13 @@ def make_round(
     regions: str = "brush",
     url_prefix: str | None = f"/data/local-files/?d={IMAGES_PATH}/",
     out_name: str = "tasks",
+    image_uri_root: str | None = None,
 ) -> Round:
-    """Write the pool, images and selection under ``root`` and export round 0's tasks (see the module docstring)."""
+    """Write the pool, images and selection under ``root`` and export round 0's tasks (see the module docstring).
+
+    With ``image_uri_root`` (e.g. ``gs://bucket/pool/images``) the images are also copied there,
+    and the export names them by those URIs.
+    """
     shards = root / "instances"
     if not shards.exists():
         write_pool(shards, SPEC)
@@ -76,6 +82,8 @@ def make_round(
         buffer = io.BytesIO()
         Image.fromarray(np.full((IMAGE_SIZE, IMAGE_SIZE, 3), image["id"] * 17 % 256, np.uint8)).save(buffer, "PNG")
         path.write_bytes(buffer.getvalue())
+        if image_uri_root:
+            storage.write_bytes(storage.join(image_uri_root, image["file_name"]), buffer.getvalue())
     selection = {
         "schema": "taudis.selection", "version": 1, "strategy": "taudis", "params": {}, "budget": len(CHOSEN),
         "images": [
@@ -87,7 +95,8 @@ def make_round(
     (root / "selection.json").write_text(json.dumps(selection))
     campaign = root / "campaign"
     written = export_for_labeling(
-        root / "selection.json", shards, pool_uri, str(image_root), campaign / "rounds" / "round-000" / out_name,
+        root / "selection.json", shards, pool_uri, image_uri_root or str(image_root),
+        campaign / "rounds" / "round-000" / out_name,
         labelstudio_url_prefix=url_prefix, labelstudio_regions=regions,
     )  # fmt: skip
     sent: dict[int, list[tuple[str, np.ndarray]]] = {i: [] for i in CHOSEN}

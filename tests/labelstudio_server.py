@@ -103,6 +103,11 @@ class LabelStudioServer:
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "DJANGO_DB": "sqlite",
+            # Nothing leaves the machine: no error reports, no version check, no analytics.
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
             "OMP_WAIT_POLICY": "PASSIVE",
         }
         env.pop("VIRTUAL_ENV", None)

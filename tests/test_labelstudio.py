@@ -49,8 +49,8 @@ def _required() -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[labelstudio_server.LabelStudioServer]:
-    """A Label Studio serving local files from a fresh document root."""
+def server(tmp_path_factory: pytest.TempPathFactory, gcs_server: Any) -> Iterator[labelstudio_server.LabelStudioServer]:
+    """A Label Studio serving local files from a fresh document root, its GCS client on the fake server."""
     if os.environ.get("TAUDIS_LABEL_STUDIO") == "skip" and not _required():
         pytest.skip("TAUDIS_LABEL_STUDIO=skip: the Label Studio tier was skipped on purpose")
     started = time.monotonic()
@@ -355,3 +355,27 @@ def test_brush_rle_is_label_studio_sdks_own(server: labelstudio_server.LabelStud
         assert np.array_equal(decode_brush_rle(sdk[name]["rle"], *mask.shape), mask), name
     captured = {n: {"shape": list(m.shape), "rle": sdk[n]["rle"], "mask": encode_rle(m)} for n, m in masks.items()}
     _capture("sdk-brush-rle.json", json.dumps(captured).encode())
+
+
+def test_gs_task_urls_are_resolved_by_a_connected_gcs_storage(
+    server: labelstudio_server.LabelStudioServer, client: Client, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """The default form: tasks name gs:// URIs; a GCS source storage of the bucket resolves them.
+
+    Label Studio talks to the fake GCS server when it connects the storage (STORAGE_EMULATOR_HOST),
+    but fetches the bytes from storage.googleapis.com itself, which no test may reach: so this checks
+    that every task's URL becomes Label Studio's resolver URL for exactly that object, not the bytes.
+    """
+    import base64
+
+    round_ = make_round(tmp_path, tmp_path / "documents", url_prefix=None, image_uri_root=f"{gcs_bucket}/pool/images")
+    project = push(client, round_.labelstudio_tasks, title="taudis round 0 gcs", create=True)["project"]
+    bucket = gcs_bucket.removeprefix("gs://")
+    body = {"project": project, "bucket": bucket, "prefix": "pool/images", "presign": False, "title": "pool"}
+    client.request("POST", "/api/storages/gcs", json=body, retry=False)
+    for task in client.tasks(project):
+        url = task["data"]["image"]
+        assert url.startswith(f"/tasks/{task['id']}/resolve/?fileuri="), url
+        uri = base64.urlsafe_b64decode(url.split("fileuri=", 1)[1]).decode()
+        assert uri == f"{gcs_bucket}/pool/images/{round_.file_name(task['data']['image_id'])}"
+        assert storage.exists(uri)
