@@ -176,6 +176,7 @@ def test_label_studio_json_lists_every_problem() -> None:
             {"id": "r7", "type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 5, "height": 5}},
             {**_brush("r8", mask), "value": 7},
             "not a result",
+            {**_brush("r9", mask), "type": "brush"},
         ]),
         _task(8, [
             _polygon("p1", [[1, 1], [2, 2]]),
@@ -205,6 +206,7 @@ def test_label_studio_json_lists_every_problem() -> None:
         ("task 7, annotation 107, result 'r7' (index 5)", "type"),
         ("task 7, annotation 107, result 'r8' (index 6)", "value"),
         ("task 7, annotation 107, result None (index 7)", "result"),
+        ("task 7, annotation 107, result 'r9' (index 8)", "type"),
         ("task 8, annotation 108, result 'p1' (index 0)", "value.points"),
         ("task 8, annotation 108, result 'p2' (index 1)", "value.points"),
         ("task 8, annotation 108, result 'p3' (index 2)", "value.points"),
@@ -217,7 +219,7 @@ def test_label_studio_json_lists_every_problem() -> None:
     assert "mark one as ground truth" in messages["task 4"]
     assert "decodes to" in messages["r2"] or "ends" in messages["r2"]
     assert "empty" in messages["r3"] and "has no mask" in messages["r7"]
-    with pytest.raises(LabelValidationError, match="21 problem"):
+    with pytest.raises(LabelValidationError, match="22 problem"):
         labels.raise_for_problems()
 
 

@@ -257,15 +257,16 @@ def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problem
 def _image_ref(data: Mapping[str, Any], results: Sequence[Any]) -> str | None:
     if isinstance(data.get(TO_NAME), str):
         return str(data[TO_NAME])
-    names = {r.get("to_name") for r in results if isinstance(r, dict)}
+    names = dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict))  # in result order
     for name in names:
         if isinstance(name, str) and isinstance(data.get(name), str):
             return str(data[name])
     return None
 
 
-MASK_TYPES = {"brushlabels": "brushlabels", "polygonlabels": "polygonlabels"}
+MASK_TYPES = ("brushlabels", "polygonlabels")
 UNMASKED_REGION_TYPES = {"rectanglelabels", "ellipselabels", "keypointlabels", "rectangle", "ellipse", "keypoint"}
+UNLABELLED_REGION_TYPES = {"brush", "polygon"}  # a Brush or Polygon tag without labels: no category
 
 
 def _image_size(results: Sequence[Any], record: str, problems: Problems) -> tuple[int, int] | None:
@@ -346,6 +347,9 @@ def _task_annotations(
         if kind in UNMASKED_REGION_TYPES:
             problems.add(where, "type", f"a {kind} region has no mask: draw instances with the brush or polygons")
             continue
+        if kind in UNLABELLED_REGION_TYPES:
+            problems.add(where, "type", f"a {kind} region has no category: use BrushLabels or PolygonLabels")
+            continue
         if kind not in MASK_TYPES or size is None:
             continue  # image-level answers (choices, text) and relations are not instances
         value = result.get("value")
@@ -383,7 +387,8 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
     an annotation with no region is an image labelled with no instance. Every brush region is one
     instance; every polygon is one, except the parts of an instance this module exported
     (ids ``taudis-<instance>-<part>``), which stay one instance. Rectangles, ellipses and key
-    points are problems (no mask); choices, text answers and relations are ignored.
+    points are problems (no mask), and so are brush or polygon regions without a label; choices,
+    text answers and relations are ignored (they describe no instance).
     """
     problems = Problems(uri)
     if not isinstance(doc, list):
