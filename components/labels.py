@@ -14,6 +14,7 @@ def check_parameters(
     sigma: float,
     metric: str,
     aggregation: str,
+    universe: str,
     pool_annotations: str,
     labelled_annotations: str,
     val_annotations: str,
@@ -29,6 +30,7 @@ def check_parameters(
         sigma=sigma,
         metric=metric,
         aggregation=aggregation,
+        universe=universe,
         uris=[pool_annotations, labelled_annotations, val_annotations],
     )
 

@@ -29,9 +29,13 @@ def select_max_k_cover(
     budget: int,
     beta: float,
     sigma: float,
+    universe: str,
     cover: Output[Dataset],
 ):
-    """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages."""
+    """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages.
+
+    universe: what the cover must cover, "candidates" or every "pool" instance.
+    """
     from taudis.campaign.steps import gather_shards
     from taudis.select.stages import select_max_k_cover as max_k_cover
 
@@ -42,6 +46,7 @@ def select_max_k_cover(
         budget=budget,
         beta=beta,
         sigma=sigma,
+        universe=universe,
     )
 
 
@@ -66,6 +71,7 @@ def select_baseline(
     metric: str,
     aggregation: str,
     seed: int,
+    universe: str,
     selection: Output[Dataset],
 ):
     """A baseline strategy (random, uncertainty, diversity) with the run's parameters; the selection JSON."""
@@ -82,6 +88,7 @@ def select_baseline(
         metric=metric,
         aggregation=aggregation,
         seed=seed,
+        universe=universe,
     ).save(selection.path)
 
 

@@ -23,9 +23,14 @@ from taudis_kfp.pipelines.common import (
 def build_campaign_pipeline(
     strategy: str = "taudis", *, rounds: int = 3, num_shards: int = 1, target: str = "kubernetes"
 ):
-    """The campaign pipeline: ``rounds`` selections with ``strategy``, then a final evaluation."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    """The campaign pipeline: ``rounds`` selections with ``strategy``, then a final evaluation.
+
+    A campaign whose ledger already holds rounds goes on from its next round, so a campaign cut
+    short is finished by running the pipeline with the rounds it still lacks (0: the final
+    evaluation only).
+    """
+    if rounds < 0:
+        raise ValueError(f"rounds must be at least 0, got {rounds}")
 
     @dsl.pipeline(
         name=f"taudis-campaign-{strategy}",
@@ -47,6 +52,7 @@ def build_campaign_pipeline(
         sigma: float = 0.8,
         metric: str = "seg_entropy",
         aggregation: str = "mean",
+        universe: str = "candidates",
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

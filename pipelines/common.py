@@ -59,6 +59,7 @@ class RunInputs:
     sigma: Any
     metric: Any
     aggregation: Any
+    universe: Any
     seed: Any
     labelstudio_url_prefix: Any
 
@@ -89,6 +90,7 @@ def check(run: RunInputs, strategy: str, target: str) -> dsl.PipelineTask:
             sigma=run.sigma,
             metric=run.metric,
             aggregation=run.aggregation,
+            universe=run.universe,
             pool_annotations=run.pool_annotations,
             labelled_annotations=run.labelled_annotations,
             val_annotations=run.val_annotations,
@@ -284,6 +286,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
                 metric=run.metric,
                 aggregation=run.aggregation,
                 seed=run.seed,
+                universe=run.universe,
             )
             .set_display_name(f"{label}select ({strategy})")
             .outputs["selection"]
@@ -298,6 +301,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
         budget=run.budget,
         beta=run.beta,
         sigma=run.sigma,
+        universe=run.universe,
     ).set_display_name(f"{label}max k-cover")
     vote = vote_images(
         scores=scores.outputs["scores"],

@@ -36,6 +36,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         sigma: float = 0.8,
         metric: str = "seg_entropy",
         aggregation: str = "mean",
+        universe: str = "candidates",
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

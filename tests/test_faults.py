@@ -204,7 +204,7 @@ def check(env: Env, files: dict[str, set[str]]) -> list[str]:
 
 
 @pytest.fixture
-def make_env(gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Env]:
+def make_env(gcs_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Env]:
     """A campaign in a fresh bucket folder after one clean round, with the transport armed for faults."""
     import taudis.report
     from taudis.model import evaluate
@@ -219,7 +219,8 @@ def make_env(gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     counter = iter(range(10_000))
 
     def make() -> Env:
-        root = f"{gcs_bucket}/c{next(counter)}"
+        # A bucket per campaign: the server's listings cost grows with the bucket's objects.
+        root = gcs_server.create_bucket(f"faults-{os.getpid()}-{next(counter)}")
         pool = make_pool(24)
         uris = {
             "pool": storage.join(root, "pool.json"),
@@ -297,8 +298,11 @@ def test_every_fault_at_every_write_of_every_step_is_survived(make_env: Callable
         new_run(env).run_all()  # the campaign goes on
         after_next = check(env, files)
         rounds_done = [r["state"] for r in read_ledger(env.campaign.ledger).rounds]
-        if after_recovery or after_next or rounds_done != ["exported"] * 3:
+        # Three rounds at least; four when the dead run's commit had landed (the next run published
+        # that round, then ran its own).
+        if after_recovery or after_next or len(rounds_done) < 3 or set(rounds_done) != {"exported"}:
             failures.append((step, k, mode, variant, after_recovery + after_next, rounds_done))
+            print(f"NOT SURVIVED: {failures[-1]}", flush=True)
         else:
             survived += 1
     print(f"\n{survived} of {len(faults)} injected faults survived (write requests per step: {counts})")

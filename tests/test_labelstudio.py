@@ -203,12 +203,6 @@ def test_brush_round_trip_push_images_annotate_pull_read_ingest(
 BY_HAND: dict[str, Any] = {}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="taudis/campaign/ingest.py resolve() keys images by ToolImage.index (the position in the file) "
-    "but ToolAnnotation.image is the position in labels.images: with a skipped task before others, "
-    "annotations land on the wrong images (a conflict here); enumerate(labels.images) fixes it",
-)
 def test_a_label_studio_export_downloaded_by_hand_ingests_the_same(tmp_path: Path) -> None:
     if not BY_HAND:
         pytest.skip("needs the brush round trip above")

@@ -114,7 +114,7 @@ def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
 
 @dataclass
 class _Resolved:
-    images: dict[int, int] = field(default_factory=dict)  # ToolImage index -> pool id
+    images: dict[int, int] = field(default_factory=dict)  # position in ToolLabels.images -> pool id
     annotations: list[dict[str, Any]] = field(default_factory=list)  # COCO, pool ids, campaign category ids
     problems: list[LabelProblem] = field(default_factory=list)
 
@@ -127,7 +127,7 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
     def problem(record: str, field_name: str, message: str) -> None:
         out.problems.append(LabelProblem(labels.uri, record, field_name, message))
 
-    for image in labels.images:
+    for position, image in enumerate(labels.images):  # annotations name images by position in this list
         pool_id, why = match_image(image.ref, pool)
         if pool_id is None:
             problem(image.record, "file_name", why)
@@ -149,7 +149,7 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
         if pool_id in claimed:
             problem(image.record, "file_name", f"pool image {pool_id} is labelled twice (also {claimed[pool_id]})")
         claimed[pool_id] = image.record
-        out.images[image.index] = pool_id
+        out.images[position] = pool_id
     _resolve_annotations(labels, pool, out, problem)
     return out
 

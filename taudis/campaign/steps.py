@@ -78,6 +78,7 @@ def validate_round_parameters(
     sigma: float,
     metric: str,
     aggregation: str,
+    universe: str = "candidates",
     uris: Sequence[str] = (),
 ) -> None:
     """Reject bad parameters before any training or inference starts.
@@ -87,8 +88,10 @@ def validate_round_parameters(
         FileNotFoundError: a URI that must exist does not.
     """
     from taudis.select.pool import check_params
+    from taudis.select.strategies import check_cover_options
 
     check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
+    check_cover_options(universe, 1)
     for uri in uris:
         if uri and not storage.exists(uri):
             raise FileNotFoundError(f"{uri} does not exist")
@@ -392,6 +395,11 @@ def commit_round(
         taudis.campaign.rounds.RoundLostError: another run took the round over (nothing published).
     """
     campaign = Campaign(campaign_uri)
+    record = read_ledger(campaign.ledger).round(round_index) or {}
+    if record.get("run") == run_id and record["state"] in ("selected", "exported"):
+        # A retry whose first attempt committed: publishing is all that may be left.
+        rounds.publish_round(campaign, round_index)
+        return dict(read_ledger(campaign.ledger).round(round_index) or {})
     rounds.renew_claim(campaign, round_index, run_id)  # fail early, before staging, if the round was lost
     selection = json.loads(Path(selection_path).read_text())
     files = {

@@ -1,0 +1,169 @@
+"""The active-learning benchmark: TAUDIS against every baseline, over seeds, on datasets like a user's.
+
+    python -m bench.al_benchmark run --dataset synthetic --dataset cells      # the campaigns
+    python -m bench.al_benchmark ablation --dataset synthetic                  # one-round variants
+    python -m bench.al_benchmark report                                       # tables and figures
+
+``run`` runs a campaign of ``--rounds`` rounds for each strategy (taudis, uncertainty, random,
+coreset, diversity) and seed through the campaign pipeline (kfp.local), as many side by side as
+``--jobs`` (default: one per core, one torch thread each, or one per GPU); ``ablation`` scores
+one batch per variant (taudis.select's parameters, every metric and aggregation; see
+ablation.py). Both resume where they stopped: finished work is never redone, a campaign cut
+short goes on from its last round. ``--dataset`` takes ``synthetic`` (built in), ``cells`` (the
+second generated dataset) or a COCO folder with annotations/{train,pool,val}.json and images/.
+Results go to ``--results`` as CSV (curves, diagnostics, ablation), then ``report`` writes
+tables (Markdown) and figures (PNG) beside them. Work files (models, shards, campaign state)
+stay under ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, ablation_variants, main_variants, prepare_dataset
+from bench.al_benchmark.results import collect, write_csvs
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEDULE_OPTS = ""  # the config's own schedule (taudis/model/config.py); --train-opts overrides
+
+
+def _gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
+    jobs = []
+    variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
+    if args.variants:
+        variants = [v for v in variants if v.name in args.variants]
+    for seed in args.seeds:  # seed-major: results of every strategy arrive together
+        for name in args.dataset:
+            for variant in variants:
+                spec = Spec(
+                    name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
+                    dict(DEFAULT_PARAMS),
+                )  # fmt: skip
+                jobs.append(
+                    {"kind": kind, "spec": spec.to_json(), "dataset": name, "work": str(args.work),
+                     "initial": args.initial, "images": args.images, "base_extra": args.base_extra}
+                )  # fmt: skip
+    return jobs
+
+
+def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Run the jobs as worker processes, ``--jobs`` at a time, niced; collect results after each."""
+    gpus = _gpus()
+    parallel = args.jobs or (gpus or os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    queue_dir = args.work / "jobs"
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    pending = list(jobs)
+    running: list[tuple[subprocess.Popen[bytes], dict[str, Any]]] = []
+    started = time.monotonic()
+    print(f"{len(pending)} jobs, {parallel} at a time, {threads} thread(s) each, {gpus} GPU(s)", flush=True)
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0) | {"threads": threads}
+            path = queue_dir / f"{job['kind']}-{job['dataset']}-{Spec.from_json(job['spec']).key}.json"
+            path.write_text(json.dumps(job))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(len(running) % gpus)
+            log = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 (closed with the process)
+            command = ["nice", "-n", str(args.nice), sys.executable, "-m", "bench.al_benchmark", "worker", str(path)]
+            running.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log), job))
+        time.sleep(5)
+        for process, job in list(running):
+            if process.poll() is None:
+                continue
+            running.remove((process, job))
+            spec = Spec.from_json(job["spec"])
+            state = "done" if process.returncode == 0 else f"FAILED ({process.returncode}, see {queue_dir})"
+            print(
+                f"[{time.monotonic() - started:7.0f} s] {job['kind']} {job['dataset']} {spec.key}: {state}", flush=True
+            )
+            write_csvs(collect(args.work), args.results)
+
+
+def worker(path: Path) -> int:
+    job = json.loads(path.read_text())
+    spec = Spec.from_json(job["spec"])
+    work = Path(job["work"])
+    dataset = prepare_dataset(job["dataset"], work, initial=job["initial"], images=job["images"])
+    if job["kind"] == "campaign":
+        from bench.al_benchmark.campaign import run_campaign
+
+        run_campaign(spec, dataset, work, int(job["threads"]))
+        return 0
+    from bench.al_benchmark.ablation import run_variant
+
+    out = work / "ablation-results" / dataset.name / f"{spec.key}.json"
+    if not out.is_file():
+        row = run_variant(spec, dataset, work, int(job["threads"]), int(job["base_extra"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row) + "\n")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.al_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "ablation"):
+        p = commands.add_parser(name)
+        p.add_argument("--dataset", action="append", default=None, help="synthetic, cells or a COCO folder")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--rounds", type=int, default=4, help="selection rounds per campaign")
+        p.add_argument("--budget", type=int, default=20, help="images labelled per round")
+        p.add_argument("--initial", type=int, default=10, help="initial labelled images (drawn per seed)")
+        p.add_argument("--images", type=int, default=500, help="size of a generated dataset")
+        p.add_argument("--base-extra", type=int, default=20, help="ablation: random images added to the initial set")
+        p.add_argument("--config", default="mask_rcnn_R18_slim_cpu.yaml")
+        p.add_argument("--train-opts", default=SCHEDULE_OPTS, help="detectron2 overrides for every training")
+        p.add_argument("--finetune", action="store_true", help="each round starts from the previous round's model")
+        p.add_argument("--variants", nargs="+", default=None, help="only these variants (by name)")
+        p.add_argument("--jobs", type=int, default=0, help="campaigns side by side (default: cores, or GPUs)")
+        p.add_argument("--nice", type=int, default=10)
+        p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "al")
+        p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "al")
+    report = commands.add_parser("report")
+    report.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "al")
+    report.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "al")
+    commands.add_parser("worker").add_argument("job", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "worker":
+        return worker(args.job)
+    if args.command == "report":
+        from bench.al_benchmark.report import write_report
+
+        if args.work.is_dir():
+            write_csvs(collect(args.work), args.results)
+        write_report(args.results)
+        return 0
+    args.dataset = args.dataset or ["synthetic"]
+    for name in args.dataset:  # made once, before workers race to make them
+        prepare_dataset(name, args.work, initial=args.initial, images=args.images)
+    schedule(jobs_for(args, "campaign" if args.command == "run" else "ablation"), args)
+    write_csvs(collect(args.work), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

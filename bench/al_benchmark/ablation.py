@@ -1,0 +1,147 @@
+"""The ablation: every variant chooses one batch from the same model's predictions; each batch is then scored.
+
+Whole campaigns per variant would cost hours each; a one-round ablation isolates what the
+selection itself contributes. Per dataset and seed: the initial labelled set plus ``base_extra``
+images drawn at random is the base set; a model trained on it predicts the rest of the pool
+(once). Every variant selects ``budget`` images from those predictions; the base set plus the
+batch is trained from scratch with the campaign's schedule and evaluated on the val split. Two
+variants that choose the same images share one training. The functions are the ones the
+pipeline's components call (taudis.select.select, train_model, infer_instances, evaluate_model).
+
+Layout under ``<work>/ablation/<dataset>/s<seed>/``::
+
+    base.json, base-model/, shards/     the base set, its model and the pool's predictions
+    batches/<hash>/                     labelled.json, model/, metrics.json of one chosen set
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.al_benchmark.diagnostics import cover_diagnostics
+from bench.al_benchmark.plan import Dataset, Spec
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by the benchmark's worker processes (one builds, the others wait)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _subset(pool: dict[str, Any], ids: set[int]) -> dict[str, Any]:
+    return {
+        "images": [im for im in pool["images"] if im["id"] in ids],
+        "annotations": [a for a in pool["annotations"] if a["image_id"] in ids],
+        "categories": pool["categories"],
+    }
+
+
+def _train(labelled: Path, dataset: Dataset, out: Path, spec: Spec, threads: int) -> dict[str, Any]:
+    """Train on ``labelled`` and evaluate on val, once (later calls read the result)."""
+    from taudis.model.evaluate import evaluate_model
+    from taudis.model.train import train_model
+
+    result = out / "metrics.json"
+    with locked(out):
+        if result.is_file():
+            return dict(json.loads(result.read_text()))
+        opts = [*spec.train_opts.split(), "TAUDIS.NUM_THREADS", str(threads)]
+        train = train_model(
+            str(labelled), str(dataset.image_root), str(out / "model"), config=spec.config, opts=opts, seed=spec.seed
+        )
+        report = evaluate_model(str(out / "model"), str(dataset.val), str(dataset.image_root))
+        metrics = {
+            "labelled_images": len(json.loads(labelled.read_text())["images"]),
+            "mask_ap": float(report["segm"]["AP"] or 0.0),
+            "mask_ap50": float(report["segm"]["AP50"] or 0.0),
+            "box_ap": float(report["bbox"]["AP"] or 0.0),
+            "iterations": train["iterations"],
+            "train_seconds": train["seconds"],
+        }
+        result.write_text(json.dumps(metrics))
+        return metrics
+
+
+def base_state(dataset: Dataset, spec: Spec, base_extra: int, threads: int) -> tuple[Path, Path, dict[str, Any]]:
+    """(base set, the pool's predictions by the base model, the base model's metrics) for the spec's seed."""
+    from taudis.model.infer import infer_instances
+
+    folder = dataset.root.parent.parent / "ablation" / dataset.name / f"s{spec.seed}"
+    base, shards = folder / "base.json", folder / "shards"
+    pool = json.loads(dataset.pool.read_text())
+    with locked(folder / "base"):
+        if not base.is_file():
+            initial = {im["id"] for im in json.loads(dataset.initial(spec.seed).read_text())["images"]}
+            rest = sorted({im["id"] for im in pool["images"]} - initial)
+            extra = np.random.default_rng([spec.seed, 23]).choice(rest, size=base_extra, replace=False).tolist()
+            base.write_text(json.dumps(_subset(pool, initial | set(extra))))
+    metrics = _train(base, dataset, folder / "base-model", spec, threads)
+    with locked(shards):
+        if not (shards / "done").is_file():
+            labelled = {im["id"] for im in json.loads(base.read_text())["images"]}
+            unlabelled = folder / "unlabelled.json"
+            unlabelled.write_text(
+                json.dumps(
+                    {**_subset(pool, set()), "images": [im for im in pool["images"] if im["id"] not in labelled]}
+                )
+            )
+            infer_instances(str(folder / "base-model" / "model"), str(unlabelled), str(dataset.image_root), str(shards))
+            (shards / "done").write_text("")
+    return base, shards, metrics
+
+
+def run_variant(spec: Spec, dataset: Dataset, work: Path, threads: int, base_extra: int) -> dict[str, Any]:
+    """One variant's batch from the shared predictions, scored by training on base + batch."""
+    from taudis.select import select
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    base, shards, base_metrics = base_state(dataset, spec, base_extra, threads)
+    params = spec.params
+    selection = select(
+        shards, spec.budget, spec.variant.strategy, seed=spec.seed,
+        **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe")},
+    )  # fmt: skip
+    chosen = sorted(selection.image_ids)
+    key = hashlib.sha256(json.dumps([spec.seed, chosen]).encode()).hexdigest()[:12]
+    batch = base.parent / "batches" / key
+    labelled = batch / "labelled.json"
+    pool = json.loads(dataset.pool.read_text())
+    with locked(batch / "set"):
+        if not labelled.is_file():
+            have = {im["id"] for im in json.loads(base.read_text())["images"]}
+            labelled.parent.mkdir(parents=True, exist_ok=True)
+            labelled.write_text(json.dumps(_subset(pool, have | set(chosen))))
+    metrics = _train(labelled, dataset, batch, spec, threads)
+    strata = {im["id"]: str(im.get("stratum", "easy")) for im in pool["images"]}
+    unc = select(shards, spec.budget, "uncertainty", metric=params["metric"], aggregation=params["aggregation"])
+    row = {
+        "dataset": dataset.name,
+        "variant": spec.variant.name,
+        "strategy": spec.variant.strategy,
+        "seed": spec.seed,
+        "batch": key,
+        "base_mask_ap": base_metrics["mask_ap"],
+        **metrics,
+        "hard_share": sum(strata[i] not in ("easy", "sparse") for i in chosen) / len(chosen),
+        "overlap_with_uncertainty": len(set(unc.image_ids) & set(chosen)) / len(chosen),
+        "filled": selection.stats["filled"],
+        "coverage": selection.stats["coverage"],
+    }
+    if spec.variant.strategy == "taudis":
+        row.update(cover_diagnostics(shards, spec.budget, params))
+    return row

@@ -1,0 +1,226 @@
+"""The benchmark's tables and figures, from its CSV files.
+
+Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
+``curves-<dataset>.png`` (mask AP against labelled images, mean and min-max over seeds).
+
+- Learning curves: mean and standard deviation of mask AP over seeds, per strategy and round.
+- Labelling efficiency against random: for a strategy's point (n labels, AP a) of seed s, the
+  labels random needs to reach a on seed s's random curve (linear interpolation between its
+  rounds), divided by n; "> x" when random never reaches a within its rounds (a lower bound).
+- TAUDIS against the best baseline at every round (mean over seeds).
+- Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
+  to uncertainty-only, and the selection diagnostics.
+- Campaign diagnostics and costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.al_benchmark.results import read_csv
+
+MAIN = ("taudis", "uncertainty", "random", "coreset", "diversity")
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if not v:
+        return math.nan, math.nan, 0
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _fmt(mean: float, std: float) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def curve_table(curves: list[dict[str, Any]], dataset: str) -> tuple[list[str], dict[str, dict[int, tuple]]]:
+    rows = [r for r in curves if r["dataset"] == dataset and r["variant"] in MAIN]
+    counts = sorted({int(r["labelled_images"]) for r in rows if r["labelled_images"] is not None})
+    stats: dict[str, dict[int, tuple]] = {}
+    for strategy in MAIN:
+        stats[strategy] = {
+            n: _mean_std(r["mask_ap"] for r in rows if r["variant"] == strategy and r["labelled_images"] == n)
+            for n in counts
+        }
+    header = ["strategy", *[f"{n} labelled" for n in counts]]
+    body = [
+        [s, *[_fmt(*stats[s][n][:2]) + f" ({stats[s][n][2]})" for n in counts]]
+        for s in MAIN
+        if any(stats[s][n][2] for n in counts)
+    ]
+    return _table(header, body), stats
+
+
+def labels_to_reach(random_points: list[tuple[int, float]], target: float) -> float | None:
+    """Labels random needs to reach ``target`` AP (linear between its rounds), None if it never does."""
+    points = sorted(random_points)
+    if not points:
+        return None
+    if points[0][1] >= target:
+        return float(points[0][0])
+    for (n0, a0), (n1, a1) in itertools.pairwise(points):
+        if a0 < target <= a1:
+            return n0 + (target - a0) / (a1 - a0) * (n1 - n0)
+    return None
+
+
+def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+    rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
+    seeds = sorted({r["seed"] for r in rows if r["variant"] == "random"})
+    counts = sorted({int(r["labelled_images"]) for r in rows})[1:]  # the first round is shared
+    body = []
+    for strategy in (s for s in MAIN if s != "random"):
+        cells = []
+        for n in counts:
+            ratios, censored = [], 0
+            for seed in seeds:
+                mine = [r for r in rows if r["variant"] == strategy and r["seed"] == seed and r["labelled_images"] == n]
+                rand = [
+                    (int(r["labelled_images"]), float(r["mask_ap"]))
+                    for r in rows
+                    if r["variant"] == "random" and r["seed"] == seed
+                ]
+                if not mine:
+                    continue
+                needed = labels_to_reach(rand, float(mine[0]["mask_ap"]))
+                if needed is None:
+                    censored += 1
+                    needed = max(p[0] for p in rand)
+                ratios.append(needed / n)
+            mean, std, k = _mean_std(ratios)
+            cell = "-" if k == 0 else f"{'≥ ' if censored else ''}{mean:.2f} ± {std:.2f}"
+            cells.append(cell + (f" ({censored} of {k} beyond random's last round)" if censored else ""))
+        body.append([strategy, *cells])
+    return _table(["strategy", *[f"at {n} labels" for n in counts]], body)
+
+
+def versus_table(stats: dict[str, dict[int, tuple]]) -> list[str]:
+    counts = sorted(stats.get("taudis", {}))
+    body = []
+    for n in counts:
+        taudis = stats["taudis"][n][0]
+        others = {s: stats[s][n][0] for s in MAIN if s != "taudis" and not math.isnan(stats[s][n][0])}
+        if math.isnan(taudis) or not others:
+            continue
+        best = max(others, key=lambda s: others[s])
+        body.append([str(n), f"{taudis:.1f}", f"{best} {others[best]:.1f}", f"{taudis - others[best]:+.1f}"])
+    return _table(["labelled", "taudis", "best baseline", "taudis - best"], body)
+
+
+def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    rows = [r for r in rows if r["dataset"] == dataset]
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (not v.startswith("taudis"), v))
+    ref = {name: _mean_std(r["mask_ap"] for r in rows if r["variant"] == name)[0] for name in ("taudis", "uncertainty")}
+    body = []
+    for name in variants:
+        mine = [r for r in rows if r["variant"] == name]
+        mean, std, k = _mean_std(r["mask_ap"] for r in mine)
+
+        def avg(key: str, mine: list[dict[str, Any]] = mine) -> str:
+            m = _mean_std(r.get(key) for r in mine)[0]
+            return "-" if math.isnan(m) else f"{m:.2f}"
+
+        body.append(
+            [name, f"{_fmt(mean, std)} ({k})", f"{mean - ref['taudis']:+.1f}", f"{mean - ref['uncertainty']:+.1f}",
+             avg("hard_share"), avg("overlap_with_uncertainty"), avg("density_raw_0.8"), avg("density_centred_0.8"),
+             avg("cover_saturated_at"), avg("coverage")]
+        )  # fmt: skip
+    header = ["variant", "mask AP (seeds)", "vs taudis", "vs uncertainty", "hard share", "overlap with unc.",
+              "density raw@0.8", "density centred@0.8", "cover saturated at pick", "coverage"]  # fmt: skip
+    return _table(header, body)
+
+
+def diagnostics_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    rows = [r for r in rows if r["dataset"] == dataset]
+    body = []
+    for strategy in MAIN:
+        mine = [r for r in rows if r["variant"] == strategy]
+        if not mine:
+            continue
+        cells = []
+        for key in ("hard_share", "overlap_with_uncertainty", "filled", "density_raw_0.8", "density_centred_0.8",
+                    "median_cosine", "cover_saturated_at", "cover_k"):  # fmt: skip
+            m = _mean_std(r.get(key) for r in mine)[0]
+            cells.append("-" if math.isnan(m) else f"{m:.2f}")
+        body.append([strategy, *cells])
+    header = ["strategy", "hard share", "overlap with unc.", "filled", "density raw@0.8", "density centred@0.8",
+              "median cos", "saturated at pick", "cover k"]  # fmt: skip
+    return _table(header, body)
+
+
+def curves_png(stats: dict[str, dict[int, tuple]], curves: list[dict[str, Any]], dataset: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for strategy in MAIN:
+        counts = sorted(n for n in stats[strategy] if stats[strategy][n][2])
+        if not counts:
+            continue
+        mean = [stats[strategy][n][0] for n in counts]
+        per_seed = [
+            [
+                float(r["mask_ap"])
+                for r in curves
+                if r["dataset"] == dataset and r["variant"] == strategy and r["labelled_images"] == n
+            ]
+            for n in counts
+        ]
+        ax.plot(counts, mean, marker="o", label=strategy, linewidth=2 if strategy == "taudis" else 1.3)
+        ax.fill_between(counts, [min(v) for v in per_seed], [max(v) for v in per_seed], alpha=0.12)
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("mask AP (val)")
+    ax.set_title(f"{dataset}: mean over seeds, min-max shaded")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_report(results: Path) -> Path:
+    curves = read_csv(results / "curves.csv")
+    diagnostics = read_csv(results / "diagnostics.csv")
+    ablation = read_csv(results / "ablation.csv")
+    campaigns = read_csv(results / "campaigns.csv")
+    lines = ["# Active-learning benchmark results", "", "Written by `python -m bench.al_benchmark report`.", ""]
+    for dataset in sorted({r["dataset"] for r in curves + ablation}):
+        lines += [f"## {dataset}", ""]
+        if any(r["dataset"] == dataset for r in curves):
+            table, stats = curve_table(curves, dataset)
+            curves_png(stats, curves, dataset, results / f"curves-{dataset}.png")
+            lines += ["### Mask AP by labelled images (mean ± sd over seeds, seeds in brackets)", "", *table, ""]
+            lines += [f"![learning curves](curves-{dataset}.png)", ""]
+            lines += ["### Labelling efficiency against random (labels random needs / labels used)", ""]
+            lines += [*efficiency_table(curves, dataset), ""]
+            lines += ["### TAUDIS against the best baseline (mean mask AP)", "", *versus_table(stats), ""]
+            lines += [
+                "### Selection diagnostics (mean over rounds and seeds)",
+                "",
+                *diagnostics_table(diagnostics, dataset),
+                "",
+            ]
+            mine = [r for r in campaigns if r["dataset"] == dataset]
+            if mine:
+                total = sum(float(r["seconds"] or 0) for r in mine)
+                lines += [f"Campaigns: {len(mine)}, {total / 3600:.1f} h of campaign wall time in all.", ""]
+        if any(r["dataset"] == dataset for r in ablation):
+            lines += ["### Ablation: one batch per variant from the same model (base + batch, mask AP)", ""]
+            lines += [*ablation_table(ablation, dataset), ""]
+    path = results / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
