@@ -30,11 +30,13 @@ def select_max_k_cover(
     beta: float,
     sigma: float,
     universe: str,
+    centre: bool,
     cover: Output[Dataset],
 ):
     """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages.
 
-    universe: what the cover must cover, "candidates" or every "pool" instance.
+    universe: what the cover must cover, "candidates" or every "pool" instance. centre: centre the
+    embeddings on their mean before the cosine graph.
     """
     from taudis.campaign.steps import gather_shards
     from taudis.select.stages import select_max_k_cover as max_k_cover
@@ -47,6 +49,7 @@ def select_max_k_cover(
         beta=beta,
         sigma=sigma,
         universe=universe,
+        centre=centre,
     )
 
 
@@ -72,6 +75,7 @@ def select_baseline(
     aggregation: str,
     seed: int,
     universe: str,
+    centre: bool,
     selection: Output[Dataset],
 ):
     """A baseline strategy (random, uncertainty, diversity) with the run's parameters; the selection JSON."""
@@ -89,6 +93,7 @@ def select_baseline(
         aggregation=aggregation,
         seed=seed,
         universe=universe,
+        centre=centre,
     ).save(selection.path)
 
 

@@ -53,6 +53,7 @@ def build_campaign_pipeline(
         metric: str = "seg_entropy",
         aggregation: str = "mean",
         universe: str = "candidates",
+        centre: bool = False,
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

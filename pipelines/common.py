@@ -60,6 +60,7 @@ class RunInputs:
     metric: Any
     aggregation: Any
     universe: Any
+    centre: Any
     seed: Any
     labelstudio_url_prefix: Any
 
@@ -287,6 +288,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
                 aggregation=run.aggregation,
                 seed=run.seed,
                 universe=run.universe,
+                centre=run.centre,
             )
             .set_display_name(f"{label}select ({strategy})")
             .outputs["selection"]
@@ -302,6 +304,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
         beta=run.beta,
         sigma=run.sigma,
         universe=run.universe,
+        centre=run.centre,
     ).set_display_name(f"{label}max k-cover")
     vote = vote_images(
         scores=scores.outputs["scores"],

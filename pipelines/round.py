@@ -37,6 +37,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         metric: str = "seg_entropy",
         aggregation: str = "mean",
         universe: str = "candidates",
+        centre: bool = False,
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

@@ -206,7 +206,7 @@ def test_every_strategy_is_deterministic_and_valid(pool: Path, strategy: str, tm
     assert Selection.load(a.save(tmp_path / "s.json")).to_json() == a.to_json()
     data = json.loads(a.to_json())
     assert set(data) == {"schema", "version", "strategy", "params", "budget", "images", "instances", "notes", "stats"}
-    assert set(data["params"]) == {"alpha", "beta", "sigma", "metric", "aggregation", "seed"}
+    assert set(data["params"]) == {"alpha", "beta", "sigma", "metric", "aggregation", "seed", "universe", "centre"}
     assert set(data["stats"]) == {
         "pool_images",
         "pool_instances",
@@ -371,3 +371,18 @@ def test_taudis_cli_dispatches_select(pool: Path, tmp_path: Path, capsys: pytest
     )
     assert "random: selected 4 of" in capsys.readouterr().out
     assert Selection.load(out).image_ids == select(pool, 4, "random").image_ids
+
+
+def test_centred_embeddings_thin_a_graph_of_post_relu_embeddings(tmp_path: Path) -> None:
+    """Embeddings with no negative entry (as the mask head's) link most pairs raw; centred, far fewer."""
+    from taudis.select.cover import cover_embeddings
+    from taudis.select.strategies import cover_step
+
+    rng = np.random.default_rng(0)
+    emb = np.maximum(rng.standard_normal((200, 16)) + 1.5, 0).astype(np.float32)
+    u = rng.random(200)
+    raw = cover_step(emb, u, 20, 1.5, 0.8)
+    centred = cover_step(emb, u, 20, 1.5, 0.8, centre=True)
+    assert raw.coverage > 0.9 > centred.coverage  # the raw graph is nearly complete
+    direct = cover_embeddings(emb - emb.mean(axis=0, keepdims=True), u, 30, 0.8)
+    assert centred.chosen.tolist() == direct.chosen.tolist()

@@ -114,7 +114,7 @@ def run_variant(spec: Spec, dataset: Dataset, work: Path, threads: int, base_ext
     params = spec.params
     selection = select(
         shards, spec.budget, spec.variant.strategy, seed=spec.seed,
-        **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe")},
+        **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe", "centre")},
     )  # fmt: skip
     chosen = sorted(selection.image_ids)
     key = hashlib.sha256(json.dumps([spec.seed, chosen]).encode()).hexdigest()[:12]

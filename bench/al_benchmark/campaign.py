@@ -78,7 +78,7 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
                 "finetune": spec.finetune,
                 "budget": spec.budget,
                 "seed": spec.seed,
-                **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe")},
+                **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe", "centre")},
             },
         )
         with open(folder / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -24,6 +24,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "metric": "seg_entropy",
     "aggregation": "mean",
     "universe": "candidates",
+    "centre": False,
 }
 
 
@@ -54,6 +55,8 @@ def ablation_variants() -> list[Variant]:
     for sigma in (0.5, 0.9, 0.95, 0.98):
         variants.append(Variant(f"taudis sigma={sigma:g}", "taudis", {"sigma": sigma}))
     variants.append(Variant("taudis universe=pool", "taudis", {"universe": "pool"}))
+    for sigma in (0.0, 0.3, 0.5):
+        variants.append(Variant(f"taudis centre sigma={sigma:g}", "taudis", {"centre": True, "sigma": sigma}))
     for metric in ("margin", "entropy", "mean_rank", "product_minmax"):
         variants.append(Variant(f"taudis metric={metric}", "taudis", {"metric": metric}))
         variants.append(Variant(f"uncertainty metric={metric}", "uncertainty", {"metric": metric}))

@@ -31,6 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--exclude", type=Path, default=None, help="file of image ids to leave out of the pool (one per line)"
     )
+    parser.add_argument("--centre", action="store_true", help="centre the embeddings before the cover's graph")
     parser.add_argument(
         "--labelled", type=Path, default=None, help="coreset: instance shards of the labelled images (first centers)"
     )
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exclude=exclude,
             universe=args.universe,
             partitions=args.partitions,
+            centre=args.centre,
             labelled=args.labelled,
         )
     except (InstanceTableError, ValueError, OSError) as err:

@@ -207,16 +207,18 @@ def select_max_k_cover(
     universe: str = "candidates",
     partitions: int = 1,
     seed: int = 0,
+    centre: bool = False,
 ) -> Path:
     """Greedy max k-cover of ceil(beta * B) candidates on the graph cos >= sigma.
 
-    ``partitions`` > 1 covers by GreeDi over that many random parts (``seed``).
+    ``partitions`` > 1 covers by GreeDi over that many random parts (``seed``); ``centre``
+    centres the embeddings first (taudis.select.strategies.cover_step).
 
     Reads only the candidates' embeddings from the shards (with ``universe="pool"``, every
     pool instance's). Layout of ``out_dir``::
 
         cover.json    {"schema": "taudis.cover", "version": 1, "budget", "alpha", "beta", "sigma",
-                       "metric", "universe", "num_candidates", "k", "covered", "universe_size",
+                       "metric", "universe", "centre", "num_candidates", "k", "covered", "universe_size",
                        "coverage", "shards", "partitions",
                        "notes" (the oversampling's notes, then the cover's)}
         chosen.npy    int64 (k,)  global instance indices in choice order
@@ -255,6 +257,7 @@ def select_max_k_cover(
         candidate_pool_rows=pool_rows,
         partitions=partitions,
         seed=seed,
+        centre=centre,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,6 +274,7 @@ def select_max_k_cover(
             "sigma": float(sigma),
             "metric": header["metric"],
             "universe": universe,
+            "centre": bool(centre),
             "num_candidates": int(candidates.size),
             "k": int(result.chosen.size),
             "covered": result.covered,
@@ -319,7 +323,16 @@ def vote_images(
     metric = header["metric"]
     scores = read_scores(scores_dir, [metric])
     pool = make_pool(scores.image_ids, scores.instance_image, np.load(cdir / "excluded.npy").tolist())
-    params = make_params(header["alpha"], header["beta"], header["sigma"], metric, aggregation, seed)
+    params = make_params(
+        header["alpha"],
+        header["beta"],
+        header["sigma"],
+        metric,
+        aggregation,
+        seed,
+        universe=header.get("universe", "candidates"),
+        centre=bool(header.get("centre", False)),
+    )
     selection: Selection = vote_step(
         strategy="taudis",
         params=params,

@@ -47,8 +47,18 @@ from taudis.select.uncertainty import DEFAULT_METRIC, PoolScores, score_pool
 from taudis.select.vote import vote
 
 
-def make_params(alpha: float, beta: float, sigma: float, metric: str, aggregation: str, seed: int) -> dict[str, Any]:
-    """The ``params`` object of a Selection."""
+def make_params(
+    alpha: float,
+    beta: float,
+    sigma: float,
+    metric: str,
+    aggregation: str,
+    seed: int,
+    *,
+    universe: str = "candidates",
+    centre: bool = False,
+) -> dict[str, Any]:
+    """The ``params`` object of a Selection: every parameter the strategy was run with."""
     return {
         "alpha": float(alpha),
         "beta": float(beta),
@@ -56,6 +66,8 @@ def make_params(alpha: float, beta: float, sigma: float, metric: str, aggregatio
         "metric": metric,
         "aggregation": aggregation,
         "seed": int(seed),
+        "universe": universe,
+        "centre": bool(centre),
     }
 
 
@@ -95,16 +107,25 @@ def cover_step(
     candidate_pool_rows: np.ndarray | None = None,
     partitions: int = 1,
     seed: int = 0,
+    centre: bool = False,
 ) -> CoverResult:
     """Greedy max k-cover of k = ceil(beta * budget) candidates (indices into the candidates).
 
     With ``universe="pool"``, ``pool_embeddings`` are every pool instance's embeddings and
     ``candidate_pool_rows`` each candidate's row among them. With ``partitions`` > 1 the cover is
     GreeDi over that many random parts (``seed``), for candidate sets whose graph does not fit
-    one worker (taudis.select.cover.cover_embeddings).
+    one worker (taudis.select.cover.cover_embeddings). With ``centre``, the embeddings are
+    centred on the mean of the universe's embeddings before the cosine graph is built: mask-head
+    embeddings are post-ReLU (no negative entry), so raw cosines crowd near 1 and a fixed sigma
+    links most pairs; centred, a cosine measures how alike two instances are relative to the rest.
     """
     check_cover_options(universe, partitions)
     k = scaled_budget(beta, budget)
+    if centre:
+        whole = pool_embeddings if universe == "pool" and pool_embeddings is not None else candidate_embeddings
+        mean = whole.mean(axis=0, keepdims=True)
+        candidate_embeddings = candidate_embeddings - mean
+        pool_embeddings = None if pool_embeddings is None else pool_embeddings - mean
     if universe == "candidates":
         return cover_embeddings(candidate_embeddings, candidate_uncertainty, k, sigma, partitions=partitions, seed=seed)
     if pool_embeddings is None or candidate_pool_rows is None:
@@ -203,6 +224,7 @@ def select(
     exclude: Collection[int] = (),
     universe: str = "candidates",
     partitions: int = 1,
+    centre: bool = False,
     labelled: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Choose ``budget`` images to label next from the instance shards under ``instances``.
@@ -228,6 +250,7 @@ def select(
             (taudis.select.cover).
         partitions: 1 (default) for the exact single-worker greedy; more for GreeDi over that
             many random parts (seeded by ``seed``), for candidate sets too big for one graph.
+        centre: centre the embeddings on their mean before the cover's cosine graph (cover_step).
         labelled: coreset only: instance shards of the labelled images, whose embeddings are
             the first centers (without them, the first center is a random pool image).
 
@@ -237,7 +260,7 @@ def select(
     """
     check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
     check_cover_options(universe, partitions)
-    params = make_params(alpha, beta, sigma, metric, aggregation, seed)
+    params = make_params(alpha, beta, sigma, metric, aggregation, seed, universe=universe, centre=centre)
     scores = score_pool(instances, [metric])
     pool = make_pool(scores.image_ids, scores.instance_image, exclude)
     notes = budget_notes(budget, pool)
@@ -303,6 +326,7 @@ def _cover_and_vote(
         candidate_pool_rows=pool_rows,
         partitions=partitions,
         seed=params["seed"],
+        centre=params["centre"],
     )
     notes = notes + cover_notes(result, cands.indices.size, universe, partitions)
     return vote_step(
