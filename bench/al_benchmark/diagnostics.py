@@ -83,9 +83,10 @@ def cover_diagnostics(shards: Path, budget: int, params: dict[str, Any]) -> dict
         out[f"density_raw_{sigma:g}"] = _density(emb, sigma)
         out[f"density_centred_{sigma:g}"] = _density(_centred(emb), sigma)
     if emb.shape[0] >= 2:
-        pairs = emb @ emb.T
+        unit = _centred(emb) if params.get("centre") else emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        pairs = unit @ unit.T
         out["median_cosine"] = float(np.median(pairs[np.triu_indices(emb.shape[0], 1)]))
-        graph = similarity_graph(emb, params["sigma"])
+        graph = similarity_graph(unit, params["sigma"])  # the graph the cover was run on
         k = scaled_budget(params["beta"], b)
         result = greedy_cover(graph, candidates.uncertainty, k)
         counts = [coverage_count(graph, result.chosen[: i + 1]) for i in range(result.chosen.size)]
