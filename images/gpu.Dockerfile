@@ -36,28 +36,28 @@ ENV VIRTUAL_ENV=/opt/taudis \
 
 COPY build-env.sh /usr/local/lib/taudis/build-env.sh
 COPY requirements/tools.txt /opt/taudis-build/tools.txt
-RUN --mount=type=secret,id=pipconf,target=/run/taudis-build/pip.conf \
-  --mount=type=secret,id=cacert,target=/run/taudis-build/ca.crt \
+RUN --mount=type=secret,id=pipconf \
+  --mount=type=secret,id=cacert \
   . /usr/local/lib/taudis/build-env.sh \
   && python3 -m venv /opt/taudis \
   && pip install --no-cache-dir --requirement /opt/taudis-build/tools.txt
 
 # torch and torchvision first: the largest layer, and the one that changes least often.
 COPY requirements/model.txt /opt/taudis-build/model.txt
-RUN --mount=type=secret,id=pipconf,target=/run/taudis-build/pip.conf \
-  --mount=type=secret,id=cacert,target=/run/taudis-build/ca.crt \
+RUN --mount=type=secret,id=pipconf \
+  --mount=type=secret,id=cacert \
   . /usr/local/lib/taudis/build-env.sh \
   && pip install --no-cache-dir --requirement /opt/taudis-build/model.txt
 
 COPY detectron2/ /opt/taudis-build/detectron2/
-RUN --mount=type=secret,id=pipconf,target=/run/taudis-build/pip.conf \
-  --mount=type=secret,id=cacert,target=/run/taudis-build/ca.crt \
+RUN --mount=type=secret,id=pipconf \
+  --mount=type=secret,id=cacert \
   . /usr/local/lib/taudis/build-env.sh \
   && bash /opt/taudis-build/detectron2/install-detectron2.sh /opt/taudis/bin/python
 
 COPY requirements/runtime.txt /opt/taudis-build/runtime.txt
-RUN --mount=type=secret,id=pipconf,target=/run/taudis-build/pip.conf \
-  --mount=type=secret,id=cacert,target=/run/taudis-build/ca.crt \
+RUN --mount=type=secret,id=pipconf \
+  --mount=type=secret,id=cacert \
   . /usr/local/lib/taudis/build-env.sh \
   && pip install --no-cache-dir --requirement /opt/taudis-build/runtime.txt
 

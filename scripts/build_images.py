@@ -18,8 +18,8 @@ unusual network (this project's CI):
   uses; the tarball is cached under ~/.cache/taudis/base, keyed by what makes it) instead of
   pulling the Dockerfiles' pinned python:3.11-slim-bookworm.
 - ``--host-pip``: let pip inside the build use this machine's pip settings (index, find-links,
-  constraints, CA bundle). They are passed for the RUN steps only, as secrets and read-only
-  mounts; nothing of them ends up in an image.
+  constraints, CA bundle). They reach the RUN steps only, as build secrets and through a
+  loopback HTTP server for local folders; nothing of them ends up in an image.
 - ``--podman-conf``: run podman with images/podman/containers.conf and a storage of its own under
   ~/.cache/taudis/containers (see that file for why), not the system's.
 """
@@ -27,6 +27,7 @@ unusual network (this project's CI):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shlex
@@ -34,10 +35,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout: import the package from it
@@ -52,8 +55,6 @@ SOURCE_URL = "https://github.com/taudis/taudis"
 BUILD_TOOLS = ("pip==26.3",)
 # The package sources that go into the wheel (setup.py maps components/, pipelines/, configs/).
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "taudis", "components", "pipelines", "configs")
-# Inside a build, host paths that pip settings name are mounted read-only below this folder.
-BUILD_HOST_ROOT = "/run/taudis-build/host"
 LOCAL_BASE_SUITE = "bookworm"
 LOCAL_BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 
@@ -153,67 +154,85 @@ def _write_if_changed(path: Path, text: str) -> None:
 # pip settings of this machine, passed to a build without entering an image
 
 
-@dataclass
-class BuildSecrets:
-    """What a build needs to use this machine's pip settings: secrets and read-only mounts."""
+class HostPip:
+    """This machine's pip settings, for the RUN steps of a build only.
 
-    secrets: dict[str, Path] = field(default_factory=dict)  # secret id -> file
-    mounts: dict[Path, str] = field(default_factory=dict)  # host path -> path inside the build
-
-    def arguments(self, engine: str) -> list[str]:
-        args = [f"--secret=id={name},src={path}" for name, path in self.secrets.items()]
-        if self.mounts and engine != "podman":
-            raise SystemExit(
-                f"build_images: pip here reads local folders ({', '.join(map(str, self.mounts))}); "
-                "only podman can mount them into a build (docker build cannot): use --engine podman"
-            )
-        return args + [f"--volume={host}:{inside}:ro" for host, inside in self.mounts.items()]
-
-
-def host_pip_secrets(workdir: Path, python: str = sys.executable) -> BuildSecrets:
-    """This machine's effective pip settings, rewritten for use inside a build.
-
-    ``pip config list`` gives the merged settings (config files and PIP_* variables). Local paths
-    in them (a CA bundle, find-links folders, file:// indexes, constraint files) become read-only
-    mounts under BUILD_HOST_ROOT; a file:// index is mounted with its parent folder, which is
-    where such indexes keep the files their pages link to. The CA bundle travels as the secret
-    ``cacert``, the rewritten pip.conf as ``pipconf`` (images/build-env.sh picks both up).
+    ``pip config list`` gives the merged settings (config files and PIP_* variables). The CA
+    bundle travels as the secret ``cacert`` and the rewritten settings as the secret ``pipconf``
+    (images/build-env.sh picks both up from /run/secrets). Local paths in the settings (find-links
+    folders, file:// indexes, constraint files) are served read-only over HTTP on this machine's
+    loopback while the build runs, and the build shares the host network to reach them: nothing
+    is mounted into the build, so no trace of these paths is left in a layer. A file:// index is
+    served with its parent folder, which is where such indexes keep the files their pages link to.
+    Use as a context manager: the server stops at exit.
     """
-    listed = subprocess.run([python, "-m", "pip", "config", "list"], check=True, capture_output=True, text=True).stdout
-    result = BuildSecrets()
-    settings: dict[str, dict[str, str]] = {}
-    for line in listed.splitlines():
-        key, _, value = line.partition("=")
-        section, _, option = key.rpartition(".")
-        section = "global" if section in (":env:", "") else section
-        value = value.strip().strip("'\"")
-        if option == "cert":
-            result.secrets["cacert"] = Path(value)
-            continue
-        settings.setdefault(section, {})[option] = " ".join(_inside(token, result.mounts) for token in value.split())
-    conf = workdir / "pip.conf"
-    conf.write_text(
-        "".join(
-            f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items()) for section, opts in settings.items()
-        )
-    )
-    result.secrets["pipconf"] = conf
-    return result
+
+    def __init__(self, workdir: Path, python: str = sys.executable):
+        self.secrets: dict[str, Path] = {}
+        self.served: dict[str, Path] = {}  # URL path prefix -> local folder
+        listed = subprocess.run(
+            [python, "-m", "pip", "config", "list"], check=True, capture_output=True, text=True
+        ).stdout
+        settings: dict[str, dict[str, str]] = {}
+        for line in listed.splitlines():
+            key, _, value = line.partition("=")
+            section, _, option = key.rpartition(".")
+            settings.setdefault("global" if section in (":env:", "") else section, {})[option] = value.strip("'\"")
+        cert = settings.get("global", {}).pop("cert", None)
+        if cert:
+            self.secrets["cacert"] = Path(cert)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        for options in settings.values():
+            for option, value in options.items():
+                options[option] = " ".join(self._served(token, base) for token in value.split())
+        conf = workdir / "pip.conf"
+        conf.write_text("".join(_ini_section(section, options) for section, options in settings.items()))
+        self.secrets["pipconf"] = conf
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def arguments(self) -> list[str]:
+        """The build command's options: the secrets, and the host network when something is served."""
+        args = [f"--secret=id={name},src={path}" for name, path in self.secrets.items()]
+        return [*args, "--network=host"] if self.served else args
+
+    def _served(self, token: str, base: str) -> str:
+        """``token`` as the build sees it: a local path or file:// URL becomes a URL of the loopback server."""
+        scheme = "file://" if token.startswith("file://") else ""
+        path = Path(token[len(scheme) :])
+        if not path.is_absolute() or not path.exists():
+            return token
+        folder = path.parent if path.is_file() or (scheme and path.name == "simple") else path
+        prefix = str(len(self.served))
+        self.served[prefix] = folder
+        return f"{base}/{prefix}/{path.relative_to(folder)}".rstrip("/.") + ("/" if path.is_dir() else "")
+
+    def _handler(self) -> type[SimpleHTTPRequestHandler]:
+        served = self.served
+
+        class Files(SimpleHTTPRequestHandler):
+            def translate_path(self, path: str) -> str:
+                prefix, _, rest = urlsplit(path).path.lstrip("/").partition("/")
+                if prefix not in served:
+                    return "/nonexistent"
+                target = (served[prefix] / unquote(rest)).resolve()
+                return str(target) if target.is_relative_to(served[prefix].resolve()) else "/nonexistent"
+
+            def log_message(self, *args: object) -> None:  # pip's requests are not news
+                pass
+
+        return Files
+
+    def __enter__(self) -> HostPip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _ini_section(name: str, options: Mapping[str, str]) -> str:
     return f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in options.items())
-
-
-def _inside(token: str, mounts: dict[Path, str]) -> str:
-    """``token`` as seen inside the build: local paths and file:// URLs move under BUILD_HOST_ROOT."""
-    scheme = "file://" if token.startswith("file://") else ""
-    path = Path(token[len(scheme) :])
-    if not path.is_absolute() or not path.exists():
-        return token
-    mounted = path.parent if scheme and path.name == "simple" else path
-    mounts[mounted] = BUILD_HOST_ROOT + str(mounted)
-    return scheme + BUILD_HOST_ROOT + str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +318,7 @@ def build_command(
     context: Path,
     *,
     base_image: str | None,
-    secrets: BuildSecrets | None,
+    host_pip: HostPip | None,
     source_url: str,
 ) -> list[str]:
     """The engine's build command line for one image."""
@@ -310,8 +329,8 @@ def build_command(
         if engine == "podman" and base_image.startswith(f"{LOCAL_REGISTRY}/"):
             command.append("--pull=never")  # a local base must never be looked up in a registry
     command += [f"--build-arg={name}={value}" for name, value in build_args.items()]
-    if secrets:
-        command += secrets.arguments(engine)
+    if host_pip:
+        command += host_pip.arguments()
     return [*command, str(context)]
 
 
@@ -352,11 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = args.only or list(KINDS)
     refs = {kind: image_ref(kind, registry) for kind in kinds}
     base = local_base(engine, env, args.dry_run) if args.local_base else args.base_image
-    with tempfile.TemporaryDirectory(prefix="taudis-build-") as tmp:
-        secrets = host_pip_secrets(Path(tmp)) if args.host_pip else None
+    with tempfile.TemporaryDirectory(prefix="taudis-build-") as tmp, contextlib.ExitStack() as stack:
+        host_pip = stack.enter_context(HostPip(Path(tmp))) if args.host_pip else None
         context = args.context if args.dry_run else stage_context(args.context)
         commands = [
-            build_command(engine, kind, ref, context, base_image=base, secrets=secrets, source_url=args.source_url)
+            build_command(engine, kind, ref, context, base_image=base, host_pip=host_pip, source_url=args.source_url)
             for kind, ref in refs.items()
         ]
         commands += [[engine, "push", ref] for ref in refs.values()] if args.push else []
