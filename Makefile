@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Two busy processes with spinning OpenMP threads slow torch down 3x-25x on small machines.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: env demo test lint bench
+.PHONY: env demo test lint bench images
 env:
 	bash scripts/bootstrap.sh
 
@@ -12,6 +12,7 @@ demo: env
 	$(PY) -m taudis.cli demo $(ARGS)
 
 test: env
+	bash scripts/install-test-tools.sh
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
@@ -21,6 +22,11 @@ lint: env
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 	$(PY) -m mypy
+
+# The taudis-cpu and taudis-gpu images (podman or docker), pushed with PUSH=1:
+#   make images REGISTRY=europe-west4-docker.pkg.dev/PROJECT/taudis PUSH=1
+images: env
+	$(PY) scripts/build_images.py $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(PUSH),--push) $(IMAGE_ARGS)
 
 bench: env
 	$(PY) bench/selection.py
