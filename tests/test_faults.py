@@ -12,7 +12,8 @@ after the k-th write request of one step, for every k of every step that writes,
 
 Then one more clean round runs. After the recovery and after the next round, one checker asserts
 the campaign's invariants (taudis.campaign.invariants) and that every incoming file is in exactly
-one of done/ and rejected/. The model is not trained here: evaluation returns fixed numbers,
+one of done/ and rejected/. Each step is a test of its own, which prints "N of N injected faults
+survived" (``pytest -s tests/test_faults.py``). The model is not trained here: evaluation returns fixed numbers,
 predictions are made up, and the report's pictures are stand-ins (their files are still written),
 since the campaign's state is what is under test; the steps are the real ones.
 """
@@ -20,6 +21,7 @@ since the campaign's state is what is under test; the steps are the real ones.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from taudis.storage.ledger import read_ledger
 pytestmark = pytest.mark.gcs
 
 BUDGET = 4
+_buckets = itertools.count()
 STEPS = ("claim", "ingest", "evaluate", "export", "report", "commit")
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -216,11 +219,10 @@ def make_env(gcs_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     transport = Transport(http)
     monkeypatch.setattr(http, "request", transport)
     monkeypatch.setenv(rounds.LEASE_ENV, "0")  # a dead run's claim may be taken over at once
-    counter = iter(range(10_000))
 
     def make() -> Env:
         # A bucket per campaign: the server's listings cost grows with the bucket's objects.
-        root = gcs_server.create_bucket(f"faults-{os.getpid()}-{next(counter)}")
+        root = gcs_server.create_bucket(f"faults-{os.getpid()}-{next(_buckets)}")
         pool = make_pool(24)
         uris = {
             "pool": storage.join(root, "pool.json"),
@@ -269,24 +271,17 @@ def _write_counts(make_env: Callable[[], Env]) -> dict[str, int]:
     return counts
 
 
-def test_write_counts(make_env: Callable[[], Env]) -> None:
-    import time
-
-    t = time.time()
-    print(_write_counts(make_env), time.time() - t)
-
-
-def test_every_fault_at_every_write_of_every_step_is_survived(make_env: Callable[[], Env]) -> None:
+@pytest.mark.parametrize("step", STEPS)
+def test_every_fault_at_every_write_of_the_step_is_survived(make_env: Callable[[], Env], step: str) -> None:
     counts = _write_counts(make_env)
     assert counts["claim"] > 0 and counts["ingest"] > 0 and counts["commit"] > 0
     faults = [
-        (step, k, mode, variant)
-        for step in STEPS
+        (k, mode, variant)
         for k in range(1, counts[step] + 1)
         for mode, variant in (("kill", "retry"), ("kill", "next run"), ("drop", "retry"))
     ]
     survived, failures = 0, []
-    for step, k, mode, variant in faults:
+    for k, mode, variant in faults:
         env = make_env()
         files = annotators_return(env)
         run = new_run(env)
@@ -301,9 +296,8 @@ def test_every_fault_at_every_write_of_every_step_is_survived(make_env: Callable
         # Three rounds at least; four when the dead run's commit had landed (the next run published
         # that round, then ran its own).
         if after_recovery or after_next or len(rounds_done) < 3 or set(rounds_done) != {"exported"}:
-            failures.append((step, k, mode, variant, after_recovery + after_next, rounds_done))
-            print(f"NOT SURVIVED: {failures[-1]}", flush=True)
+            failures.append((k, mode, variant, after_recovery + after_next, rounds_done))
         else:
             survived += 1
-    print(f"\n{survived} of {len(faults)} injected faults survived (write requests per step: {counts})")
+    print(f"\n{step}: {survived} of {len(faults)} injected faults survived ({counts[step]} write requests)")
     assert not failures, failures[:5]
