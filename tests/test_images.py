@@ -417,3 +417,27 @@ def test_a_round_with_every_step_in_its_image_equals_the_round_in_this_python(
         assert ours.keys() == theirs.keys()
         for column in ours:
             np.testing.assert_array_equal(ours[column], theirs[column], err_msg=column)
+
+
+def _fails_inside():
+    """Exit with status 3 (no parameters: this module's annotations are strings, which kfp takes for types)."""
+    import sys
+
+    sys.exit(3)
+
+
+@pytest.mark.container
+def test_a_failing_step_in_its_image_fails_the_run(images, docker_host, tmp_path, monkeypatch):
+    """With the workaround, a step's real exit code decides its status (kfp alone may report SUCCESS)."""
+    import kfp.local.docker_task_handler
+    from kfp import dsl, local
+
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    monkeypatch.setattr(kfp.local.docker_task_handler, KFP_FUNCTION, run_docker_container)
+    root = tmp_path / "kfp"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)
+    local.init(runner=local.DockerRunner(user="1000:1000"), pipeline_root=str(root))
+    step = dsl.component(_fails_inside, base_image=images["cpu"], install_kfp_package=False)
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        step()
