@@ -53,6 +53,7 @@ KINDS = ("cpu", "gpu")
 SOURCE_URL = "https://github.com/taudis/taudis"
 # Build tools inside the images, pinned so that both bases (python:3.11-slim, Debian's python3) agree.
 BUILD_TOOLS = ("pip==26.3",)
+WHEEL_EPOCH = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 # The package sources that go into the wheel (setup.py maps components/, pipelines/, configs/).
 WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "taudis", "components", "pipelines", "configs")
 LOCAL_BASE_SUITE = "bookworm"
@@ -138,7 +139,9 @@ def build_wheel(out: Path) -> Path:
             else:
                 shutil.copy2(source, Path(tmp) / name)
         command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), tmp]
-        subprocess.run(command, check=True)
+        # A fixed zip timestamp: the wheel's bytes then change only with its sources, and so does the
+        # image layer that copies it (engines cache COPY by content).
+        subprocess.run(command, check=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(WHEEL_EPOCH)})
     (wheel,) = out.glob("taudis-*.whl")
     return wheel
 
