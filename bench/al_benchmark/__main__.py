@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, ablation_variants, main_variants, prepare_dataset
+from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants, main_variants, prepare_dataset
 from bench.al_benchmark.results import collect, write_csvs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,8 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
     if args.variants:
         variants = [v for v in variants if v.name in args.variants]
+    if args.finetune:  # told apart from the same variant trained from scratch in every table
+        variants = [Variant(f"{v.name} finetune", v.strategy, v.params) for v in variants]
     for seed in args.seeds:  # seed-major: results of every strategy arrive together
         for name in args.dataset:
             for variant in variants:
