@@ -16,7 +16,8 @@ test: env
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(ARGS)
+	# One worker per core; a test file stays on one worker (the tool tiers share a server per module).
+	$(PY) -m pytest -n auto --dist loadfile $(ARGS)
 
 lint: env
 	$(PY) -m ruff check --fix .
