@@ -6,7 +6,7 @@ a ``PipelineJobSchedule`` for recurring runs. What is always sent:
 - the pipeline root is an explicit ``gs://`` URI (Vertex keeps every artifact there);
 - the job-level caching flag is left unset, so each task keeps its compiled caching option: the
   steps that read or write the campaign's bucket state are never served from the cache, while
-  training is (a job-level ``enable_caching=True`` would cache them all);
+  the pure selection steps may be (a job-level ``enable_caching=True`` would cache them all);
 - a schedule runs one round at a time (``max_concurrent_run_count=1``) and never queues a run
   that falls due while one is still running (``allow_queueing=False``): rounds of a campaign must
   not overlap, and a missed week is one round later, not a burst of rounds.

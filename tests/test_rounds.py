@@ -160,3 +160,26 @@ def test_commit_refuses_images_that_are_not_choosable(data: dict[str, str], tmp_
         _commit(data, 0, "run-a", [1], tmp_path)  # image 1 is in the seed
     with pytest.raises(Exception, match="not in the pool"):
         _commit(data, 0, "run-a", [999], tmp_path)
+
+
+def test_images_added_to_the_pool_file_are_chosen_from_the_next_round(data: dict[str, str], tmp_path: Path) -> None:
+    from campaign_fixtures import make_pool
+
+    campaign = Campaign(data["campaign"])
+    _claim(data, "run-a")
+    rounds.record_evaluation(campaign, 0, "run-a", METRICS)
+    _commit(data, 0, "run-a", [5, 6], tmp_path)
+    pool = storage.read_json(data["pool"])
+    extra = make_pool(100, first_id=500)
+    storage.write_json(data["pool"], {**pool, "images": pool["images"] + extra["images"]})
+    assert _claim(data, "run-b") == 1
+    ingest_labels(
+        data["campaign"], data["pool"], 1, "run-b", str(tmp_path / "l.json"), str(tmp_path / "u.json"), oracle=True
+    )
+    unlabelled = {im["id"] for im in storage.read_json(str(tmp_path / "u.json"))["images"]}
+    assert set(range(500, 600)) <= unlabelled  # the round's inference and selection see them
+    assert read_ledger(campaign.ledger).round(1)["pool"] == {"added": 100, "removed": 0, "pool": 140}
+    rounds.record_evaluation(campaign, 1, "run-b", METRICS)
+    _commit(data, 1, "run-b", [512, 587], tmp_path)  # new images can be chosen and committed
+    assert {512, 587} <= read_ledger(campaign.ledger).pending
+    assert check_campaign(campaign.uri) == []
