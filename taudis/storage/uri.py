@@ -198,7 +198,15 @@ def _gcs_errors(uri: str) -> Iterator[None]:
 # ------------------------------------------------------------------------------------- local IO
 
 
-def _atomic_write_local(path: Path, data: bytes) -> None:
+def _atomic_write_local(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a complete temp file beside ``path``, then rename it over ``path``.
+
+    ``exclusive``: hard-link it to ``path`` instead, which fails if ``path`` exists (create only,
+    atomically, without a lock).
+
+    Raises:
+        PreconditionFailedError: ``exclusive`` and ``path`` exists.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
@@ -206,11 +214,17 @@ def _atomic_write_local(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise PreconditionFailedError(f"{path}: exists") from None
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def _content_generation(data: bytes) -> int:
@@ -485,29 +499,10 @@ def write_once(uri: str | os.PathLike[str], data: bytes, *, content_type: str = 
         if is_gcs(uri):
             write_if_generation(uri, data, 0, content_type=content_type)
         else:
-            _create_local(local_path(uri), data)
+            _atomic_write_local(local_path(uri), data, exclusive=True)
     except PreconditionFailedError:
         if read_bytes(uri) != data:
             raise StorageError(f"{uri}: exists with other content; an immutable object is never overwritten") from None
-
-
-def _create_local(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` only if it does not exist: a hard link of a complete temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, path)  # atomic, and fails if the name exists: no lock needed
-        except FileExistsError:
-            raise PreconditionFailedError(f"{path}: exists") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def move(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
