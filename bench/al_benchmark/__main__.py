@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         p = commands.add_parser(name)
         p.add_argument("--dataset", action="append", default=None, help="synthetic, cells or a COCO folder")
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-        p.add_argument("--rounds", type=int, default=4, help="selection rounds per campaign")
+        p.add_argument("--rounds", type=int, default=3, help="selection rounds per campaign")
         p.add_argument("--budget", type=int, default=20, help="images labelled per round")
         p.add_argument("--initial", type=int, default=10, help="initial labelled images (drawn per seed)")
         p.add_argument("--images", type=int, default=500, help="size of a generated dataset")

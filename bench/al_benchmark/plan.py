@@ -173,9 +173,14 @@ class Spec:
 
     @property
     def key(self) -> str:
-        """A folder name that changes whenever anything that shapes the campaign changes."""
+        """A folder name that changes whenever anything that shapes the campaign changes (the config's content too)."""
+        from taudis.model.config import resolve_config_path
+
+        path = resolve_config_path(self.config)
+        # The config and every config beside it (its _BASE_ chain lives there too).
+        config = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.parent.glob("*.yaml")))).hexdigest()
         text = json.dumps(
-            [self.variant.strategy, self.params, self.rounds, self.budget, self.config, self.train_opts, self.finetune],
+            [self.variant.strategy, self.params, self.rounds, self.budget, config, self.train_opts, self.finetune],
             sort_keys=True,
         )
         slug = self.variant.name.replace(" ", "_").replace("=", "-")
