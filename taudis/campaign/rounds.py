@@ -109,7 +109,7 @@ def claim_round(campaign: Campaign, run: str) -> int:
 
     The next round is the last one if it is ``claimed`` by ``run`` (a retry), ``claimed`` by a
     run whose lease expired, or ``rolled_back``; else a new round after the last one. Staging
-    folders no round needs any more (of runs taken over) are deleted after the claim.
+    archives no round needs any more (of runs taken over) are deleted after the claim.
 
     Raises:
         RoundBusyError: the last round is claimed by another run whose lease has not expired.
