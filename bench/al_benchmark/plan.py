@@ -153,6 +153,17 @@ def coco_folder(name: str, data: Path, root: Path, initial: int) -> Dataset:
     return Dataset(name, root, merged, data / "annotations" / "val.json", data / "images", initial)
 
 
+# The parameters each strategy's choice depends on: a campaign's key holds only these, so that
+# changing TAUDIS's defaults reruns TAUDIS, not the baselines that never read them.
+USED_PARAMS = {
+    "random": (),
+    "uncertainty": ("metric", "aggregation"),
+    "coreset": (),
+    "diversity": ("beta", "sigma", "metric", "aggregation", "universe", "centre"),
+    "taudis": tuple(DEFAULT_PARAMS),
+}
+
+
 @dataclass(frozen=True)
 class Spec:
     """One campaign of the benchmark."""
@@ -179,8 +190,9 @@ class Spec:
         path = resolve_config_path(self.config)
         # The config and every config beside it (its _BASE_ chain lives there too).
         config = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.parent.glob("*.yaml")))).hexdigest()
+        used = {k: self.params[k] for k in USED_PARAMS[self.variant.strategy]}
         text = json.dumps(
-            [self.variant.strategy, self.params, self.rounds, self.budget, config, self.train_opts, self.finetune],
+            [self.variant.strategy, used, self.rounds, self.budget, config, self.train_opts, self.finetune],
             sort_keys=True,
         )
         slug = self.variant.name.replace(" ", "_").replace("=", "-")
