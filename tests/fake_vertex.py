@@ -12,20 +12,11 @@ bucket is created and no other Google API is asked.
 
 from __future__ import annotations
 
-import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
+from tests.fake_rest import Request, serve
 
 
 @dataclass
@@ -52,28 +43,5 @@ def _respond(request: Request) -> tuple[int, dict[str, Any]]:
 
 def start_fake_vertex() -> tuple[FakeVertex, ThreadingHTTPServer]:
     fake = FakeVertex(endpoint="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self) -> None:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            request = Request(self.command, url.path, parse_qs(url.query), json.loads(raw) if raw else None)
-            fake.requests.append(request)
-            status, payload = _respond(request)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PATCH = do_DELETE = _handle
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake.endpoint, server = serve(_respond, fake.requests)
     return fake, server

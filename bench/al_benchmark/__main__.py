@@ -68,7 +68,8 @@ def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Run the jobs as worker processes, ``--jobs`` at a time, niced; collect results after each."""
     gpus = _gpus()
     parallel = args.jobs or (gpus or os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    # two schedulers side by side each pass --threads 1, so that together they fill the cores once
+    threads = args.threads or max(1, (os.cpu_count() or 1) // parallel)
     queue_dir = args.work / "jobs"
     queue_dir.mkdir(parents=True, exist_ok=True)
     pending = list(jobs)
@@ -138,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--finetune", action="store_true", help="each round starts from the previous round's model")
         p.add_argument("--variants", nargs="+", default=None, help="only these variants (by name)")
         p.add_argument("--jobs", type=int, default=0, help="campaigns side by side (default: cores, or GPUs)")
+        p.add_argument("--threads", type=int, default=0, help="torch threads per job (default: cores / jobs)")
         p.add_argument("--nice", type=int, default=10)
         p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "al")
         p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "al")
