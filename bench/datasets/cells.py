@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+from taudis.data.masks import mask_annotation
 
 CLASSES = ("nucleus", "mitotic")
 STRATA = ("sparse", "clumped", "dim", "blurred")
@@ -146,19 +147,6 @@ def splits_of(strata: list[str], seed: int, val_per_stratum: int, initial: int) 
     return {"train": train, "pool": sorted(set(rest) - set(train)), "val": sorted(val)}
 
 
-def annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": category_id,
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "area": float(mask_utils.area(rle)),
-        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-        "iscrowd": 0,
-    }
-
-
 def make_cells_dataset(
     out: Path, num_images: int = 500, seed: int = 0, size: int = 128, initial: int = 10
 ) -> dict[str, Any]:
@@ -173,7 +161,7 @@ def make_cells_dataset(
         Image.fromarray(pixels).save(out / "images" / file_name)
         images.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "stratum": stratum})
         for category, mask in cells:
-            annotations.append(annotation(len(annotations) + 1, image_id, CLASSES.index(category) + 1, mask))
+            annotations.append(mask_annotation(len(annotations) + 1, image_id, CLASSES.index(category) + 1, mask))
     splits = splits_of(strata, seed, val_per_stratum=max(1, num_images // 20), initial=initial)
     counts = {}
     for split, ids in splits.items():

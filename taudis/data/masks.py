@@ -64,6 +64,20 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def mask_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
+    """A COCO annotation record of one instance's binary (H, W) mask: RLE, area and box from pycocotools."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "area": float(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "iscrowd": 0,
+    }
+
+
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """Binary (H, W) mask of a COCO RLE whose counts are str or bytes (compressed) or a list (uncompressed)."""
     counts = rle["counts"]

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 from taudis.data.coco import write_coco
+from taudis.data.masks import mask_annotation
 
 CLASSES = ("car", "tree", "building", "pool")
 STRATA = ("easy", "low_contrast", "dense", "rare_large")
@@ -197,7 +197,7 @@ def make_synthetic_dataset(
         )
         for instance in instances:
             annotations.append(
-                _annotation(len(annotations) + 1, image_id, category_id[instance.category], instance.mask)
+                mask_annotation(len(annotations) + 1, image_id, category_id[instance.category], instance.mask)
             )
     # A rerun with fewer images must not leave the previous run's extra tiles behind.
     for stale in (out / "images").glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
@@ -277,20 +277,6 @@ def _counts(coco: dict[str, Any]) -> dict[str, Any]:
         "instances": len(coco["annotations"]),
         "instances_per_class": per_class,
         "images_per_stratum": per_stratum,
-    }
-
-
-def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": category_id,
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-        "area": float(mask_utils.area(rle)),
-        "bbox": bbox,
-        "iscrowd": 0,
     }
 
 

@@ -1,0 +1,75 @@
+"""The active-learning benchmark's own logic: the second dataset, campaign keys, labelling efficiency.
+
+The campaigns themselves are hours of training (bench/, never the test command); what is tested
+here is what decides whether their numbers mean what the tables say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant
+from bench.al_benchmark.report import efficiency_table, labels_to_reach
+from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
+from taudis.data.coco import load_coco
+from taudis.data.masks import decode_rle
+
+
+def test_cells_dataset_is_valid_coco_with_balanced_val(tmp_path: Path) -> None:
+    manifest = make_cells_dataset(tmp_path, num_images=40, size=64, initial=4)
+    splits = {s: load_coco(tmp_path / "annotations" / f"{s}.json") for s in ("train", "pool", "val")}
+    ids = [{im["id"] for im in d["images"]} for d in splits.values()]
+    assert sum(len(s) for s in ids) == 40 and len(set().union(*ids)) == 40  # disjoint, every image once
+    assert len(ids[0]) == 4
+    per_stratum = manifest["counts"]["val"]["per_stratum"]
+    assert set(per_stratum) == set(STRATA) and len(set(per_stratum.values())) == 1
+    assert [c["name"] for c in splits["pool"]["categories"]] == list(CLASSES)
+    for data in splits.values():
+        for ann in data["annotations"]:  # each record's area and box are its mask's
+            mask = decode_rle(ann["segmentation"])
+            assert ann["area"] == mask.sum() > 0
+            rows, cols = mask.any(1).nonzero()[0], mask.any(0).nonzero()[0]
+            assert ann["bbox"] == [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
+
+
+def _spec(strategy: str, **params: object) -> Spec:
+    variant = Variant(strategy, strategy, dict(params))
+    return Spec("synthetic", variant, 0, 3, 20, "mask_rcnn_R18_slim_cpu.yaml", "", False, dict(DEFAULT_PARAMS))
+
+
+def test_campaign_key_changes_with_what_the_strategy_reads_only() -> None:
+    assert _spec("taudis").key != _spec("taudis", sigma=0.9).key
+    assert _spec("uncertainty").key != _spec("uncertainty", metric="margin").key
+    assert _spec("random").key == _spec("random", sigma=0.9, metric="margin").key  # random reads neither
+    assert _spec("coreset").key == _spec("coreset", alpha=5.0).key
+    assert _spec("diversity").key != _spec("diversity", sigma=0.9).key
+    assert Spec.from_json(_spec("taudis", beta=2.5).to_json()).key == _spec("taudis", beta=2.5).key
+
+
+def test_labels_to_reach_interpolates_between_random_rounds() -> None:
+    random = [(10, 18.0), (30, 16.0), (50, 22.0), (70, 30.0)]
+    assert labels_to_reach(random, 17.0) == 10.0  # already there at the first round
+    assert labels_to_reach(random, 20.0) == pytest.approx(30 + 4 / 6 * 20)  # first upward crossing
+    assert labels_to_reach(random, 30.0) == 70.0
+    assert labels_to_reach(random, 30.5) is None  # beyond random's last round
+    assert labels_to_reach([], 1.0) is None
+
+
+def _row(variant: str, seed: int, labelled: int, ap: float) -> dict[str, object]:
+    return {"dataset": "d", "variant": variant, "seed": seed, "labelled_images": labelled, "mask_ap": ap}
+
+
+def test_efficiency_is_per_seed_with_spread_and_marks_censored_seeds() -> None:
+    curves = [
+        *(_row("random", s, n, ap) for s in (0, 1) for n, ap in ((10, 10.0), (30, 20.0), (50, 30.0))),
+        _row("taudis", 0, 10, 10.0), _row("taudis", 0, 30, 25.0), _row("taudis", 0, 50, 30.0),
+        _row("taudis", 1, 10, 10.0), _row("taudis", 1, 30, 30.0), _row("taudis", 1, 50, 35.0),
+    ]  # fmt: skip
+    table = efficiency_table(curves, "d")
+    assert table[0] == "| strategy | at 30 labels | at 50 labels |"
+    taudis = next(line for line in table if line.startswith("| taudis"))
+    # at 30: random needs 40 (seed 0) and 50 (seed 1): 1.33 and 1.67; at 50: 50 and (never) 50
+    assert "1.50 ± 0.24" in taudis
+    assert "≥ 1.00 ± 0.00 (1 of 2 beyond random's last round)" in taudis
