@@ -130,6 +130,9 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     assert intake == {"ingested": ["batch-000.json"], "repeat": [], "rejected": ["oops.json"], "conflict": []}
     assert storage.exists(storage.join(campaign.rejected, "oops.json.report.json"))
     assert "oops.json" in storage.read_text(storage.join(campaign.round_dir(1), "summary.md"))
+    report = storage.read_text(storage.join(campaign.round_dir(1), "report.html"))
+    labels_in = report[report.index('<section id="labels-in">') :].split("</section>")[0]
+    assert "batch-000.json" in labels_in and "oops.json" in labels_in
     labelled = storage.read_json(campaign.labelled)
     assert {img["id"] for img in labelled["images"]} == ledger.labelled
     assert storage.read_json(storage.join(campaign.round_dir(1), "metrics.json"))["labelled_images"] == len(

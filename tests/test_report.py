@@ -378,6 +378,20 @@ def test_round_html_hides_low_scores_unless_chosen(tmp_path: Path) -> None:
     assert np.abs(thumb[60:68, 60:68] - GREY).max() < 8  # box A's centre on image 2: nothing drawn
 
 
+def test_round_html_lists_the_files_that_came_in_by_fate(tmp_path: Path) -> None:
+    pool = write_pool(tmp_path)
+    intake = {"ingested": ["a.json", "b<1>.json"], "repeat": [], "rejected": ["oops.json"], "conflict": []}
+    out = round_html(
+        pool["selection"], pool["shards"], pool["coco"], pool["root"], [], tmp_path / "r.html", intake=intake
+    )
+    text = out.read_text()
+    section = text[text.index('<section id="labels-in">') :].split("</section>")[0]
+    assert "<td>a.json, b&lt;1&gt;.json</td>" in section and "oops.json" in section
+    assert "repeats" not in section  # an empty fate gets no row
+    quiet = round_html(pool["selection"], pool["shards"], pool["coco"], pool["root"], [], tmp_path / "q.html")
+    assert "labels-in" not in quiet.read_text()
+
+
 def test_round_html_thumbnail_draws_masks_where_they_are(tmp_path: Path) -> None:
     pool = write_pool(tmp_path)
     out = round_html(pool["selection"], pool["shards"], pool["coco"], pool["root"], [], tmp_path / "round.html")

@@ -369,6 +369,7 @@ def report_round(
         report_out,
         title=f"taudis round {round_index} ({selection['strategy']})",
         metrics=metrics,
+        intake=intake,
     )
 
 

@@ -27,7 +27,7 @@ from taudis.report.inputs import (
     load_selection,
     validate_history,
 )
-from taudis.report.markdown import STAT_LABELS, fill_sentence, plural
+from taudis.report.markdown import INTAKE_LABELS, STAT_LABELS, fill_sentence, plural
 from taudis.report.thumbnails import (
     CHOSEN_COLOUR,
     MIN_SCORE,
@@ -144,6 +144,14 @@ def _legend(class_names: Sequence[str], min_score: float) -> list[str]:
         "(thin box in its class colour)</span>"
     )
     return ['<div class="legend"><h3>Legend</h3>', *items, "</div>"]
+
+
+def _intake_section(intake: Mapping[str, Sequence[str]]) -> list[str]:
+    """The annotators' files this round took in, by what became of them (nothing when none came)."""
+    rows = [[label, ", ".join(intake[k])] for k, label in INTAKE_LABELS.items() if intake.get(k)]
+    if not rows:
+        return []
+    return ['<section id="labels-in"><h2>Labels in</h2>', _table(["files", "names"], rows), "</section>"]
 
 
 def _selection_summary(selection: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> list[str]:
@@ -290,6 +298,7 @@ def round_html(
     title: str | None = None,
     round_index: int | None = None,
     metrics: Mapping[str, Any] | None = None,
+    intake: Mapping[str, Sequence[str]] | None = None,
     max_images: int = MAX_IMAGES,
     thumb_size: int = THUMB_SIZE,
     image_format: str = "JPEG",
@@ -299,7 +308,8 @@ def round_html(
 
     File layout: one UTF-8 HTML file at ``out_path`` (parents created), with no external reference:
     inline CSS, no script, images as base64 data URIs. Sections, in order: header (title,
-    strategy, budget, fill, parameters, counts, notes); ``#learning-curve`` (PNG of the history,
+    strategy, budget, fill, parameters, counts, notes); ``#labels-in`` (when files came in: which
+    were ingested, repeats, rejected or in conflict); ``#learning-curve`` (PNG of the history,
     all strategies); ``#chosen`` (class legend, then one ``figure.card`` per chosen image in
     selection order, at most ``max_images``: an ``img.thumb`` with ``data-image-id``, the image
     with its predicted masks blended in class colours, chosen instances with a thick yellow box,
@@ -316,6 +326,8 @@ def round_html(
         title: page title; default "taudis round <n>: <strategy>".
         round_index: the round's number, for the default title.
         metrics: optional ``mask_ap``, ``box_ap`` (0-100) and ``labelled_images`` of this round's model.
+        intake: the round's ingest record: file names under ``ingested``, ``repeat``, ``rejected``
+            and ``conflict``.
         max_images: cap on thumbnails (keeps the file small); a note says when more were chosen.
         thumb_size: longer side of a thumbnail, in pixels.
         image_format: "JPEG" (small) or "PNG" (lossless) for thumbnails.
@@ -349,6 +361,7 @@ def round_html(
         f"<header><h1>{_e(title)}</h1>",
         *_selection_summary(selection, metrics),
         "</header>",
+        *_intake_section(intake or {}),
         *_curve_section(records),
         '<section id="chosen"><h2>Chosen images</h2>',
         *_legend(class_names, min_score),
