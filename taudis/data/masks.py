@@ -60,7 +60,11 @@ def binary_mask(
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE of a binary (H, W) mask, with ``counts`` as a str so it serialises to JSON."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return _json_rle(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+
+
+def _json_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """pycocotools' compressed RLE with plain ints and ``counts`` as a str (JSON-serialisable)."""
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
@@ -71,7 +75,7 @@ def mask_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarr
         "id": ann_id,
         "image_id": image_id,
         "category_id": category_id,
-        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "segmentation": _json_rle(rle),
         "area": float(mask_utils.area(rle)),
         "bbox": [float(v) for v in mask_utils.toBbox(rle)],
         "iscrowd": 0,
