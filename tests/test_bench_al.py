@@ -1,4 +1,4 @@
-"""The active-learning benchmark's own logic: the second dataset, campaign keys, labelling efficiency.
+"""The active-learning benchmark's own logic: the second dataset, campaign keys, resuming, the tables.
 
 The campaigns themselves are hours of training (bench/, never the test command); what is tested
 here is what decides whether their numbers mean what the tables say.
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.al_benchmark.__main__ import _parser, jobs_for
 from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant
-from bench.al_benchmark.report import efficiency_table, labels_to_reach
+from bench.al_benchmark.report import efficiency_table, labels_to_reach, versus_table
+from bench.al_benchmark.results import write_csvs
 from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
 from taudis.data.coco import load_coco
 from taudis.data.masks import decode_rle
@@ -73,3 +75,35 @@ def test_efficiency_is_per_seed_with_spread_and_marks_censored_seeds() -> None:
     # at 30: random needs 40 (seed 0) and 50 (seed 1): 1.33 and 1.67; at 50: 50 and (never) 50
     assert "1.50 ± 0.24" in taudis
     assert "≥ 1.00 ± 0.00 (1 of 2 beyond random's last round)" in taudis
+
+
+def test_versus_pairs_taudis_with_each_baseline_on_the_seeds_both_ran() -> None:
+    curves = [
+        _row("taudis", 0, 30, 20.0), _row("taudis", 1, 30, 30.0), _row("taudis", 2, 30, 25.0),
+        _row("random", 0, 30, 18.0), _row("random", 1, 30, 27.0), _row("random", 2, 30, 26.0),
+        _row("coreset", 1, 30, 29.0),  # one seed only: compared on that seed, not on taudis's mean
+    ]  # fmt: skip
+    table = versus_table(curves, "d")
+    assert table[0] == "| labelled | taudis (seeds) | vs random (seeds) | vs coreset (seeds) |"
+    assert table[2] == "| 30 | 25.0 ± 5.0 (3) | +1.3 ± 2.1 (3) | +1.0 ± 0.0 (1) |"
+
+
+def test_recorded_campaigns_are_skipped_on_a_fresh_work_folder(tmp_path: Path) -> None:
+    args = _parser().parse_args(
+        ["run", "--seeds", "0", "1", "--variants", "taudis", "random", "--results", str(tmp_path / "r"),
+         "--work", str(tmp_path / "w")]
+    )  # fmt: skip
+    args.dataset = ["synthetic"]
+    before = jobs_for(args, "campaign")
+    assert [(Spec.from_json(j["spec"]).variant.name, Spec.from_json(j["spec"]).seed) for j in before] == [
+        ("taudis", 0),
+        ("random", 0),
+        ("taudis", 1),
+        ("random", 1),
+    ]
+    done = Spec.from_json(before[1]["spec"])
+    write_csvs({"campaigns": [{"dataset": "synthetic", "variant": "random", "seed": 0, "key": done.key}]}, args.results)
+    after = jobs_for(args, "campaign")
+    assert [j["spec"] for j in after] == [before[i]["spec"] for i in (0, 2, 3)]
+    args.rounds = 4  # a campaign of another shape is not the one recorded
+    assert len(jobs_for(args, "campaign")) == 4

@@ -8,12 +8,12 @@
 coreset, diversity) and seed through the campaign pipeline (kfp.local), as many side by side as
 ``--jobs`` (default: one per core, one torch thread each, or one per GPU); ``ablation`` scores
 one batch per variant (taudis.select's parameters, every metric and aggregation; see
-ablation.py). Both resume where they stopped: finished work is never redone, a campaign cut
-short goes on from its last round. ``--dataset`` takes ``synthetic`` (built in), ``cells`` (the
-second generated dataset) or a COCO folder with annotations/{train,pool,val}.json and images/.
-Results go to ``--results`` as CSV (curves, diagnostics, ablation), then ``report`` writes
-tables (Markdown) and figures (PNG) beside them. Work files (models, shards, campaign state)
-stay under ``--work``.
+ablation.py). Both resume where they stopped: finished work is never redone (what the results
+CSVs record is skipped on any machine), a campaign cut short goes on from its last round.
+``--dataset`` takes ``synthetic`` (built in), ``cells`` (the second generated dataset) or a COCO
+folder with annotations/{train,pool,val}.json and images/. Results go to ``--results`` as CSV
+(curves, diagnostics, ablation), then ``report`` writes tables (Markdown) and figures (PNG)
+beside them. Work files (models, shards, campaign state) stay under ``--work``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants, main_variants, prepare_dataset
-from bench.al_benchmark.results import collect, write_csvs
+from bench.al_benchmark.results import collect, recorded, write_csvs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE_OPTS = ""  # the config's own schedule (taudis/model/config.py); --train-opts overrides
@@ -44,7 +44,7 @@ def _gpus() -> int:
 
 
 def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
-    jobs = []
+    jobs, done = [], recorded(args.results)
     variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
     if args.variants:
         variants = [v for v in variants if v.name in args.variants]
@@ -57,6 +57,9 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
                     name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
                     dict(DEFAULT_PARAMS),
                 )  # fmt: skip
+                if (Path(name).name, spec.key) in done:
+                    print(f"{kind} {name} {spec.key}: recorded in {args.results}, skipped", flush=True)
+                    continue
                 jobs.append(
                     {"kind": kind, "spec": spec.to_json(), "dataset": name, "work": str(args.work),
                      "initial": args.initial, "images": args.images, "base_extra": args.base_extra}

@@ -132,6 +132,7 @@ def run_variant(spec: Spec, dataset: Dataset, work: Path, threads: int, base_ext
     row = {
         "dataset": dataset.name,
         "variant": spec.variant.name,
+        "key": spec.key,
         "strategy": spec.variant.strategy,
         "seed": spec.seed,
         "batch": key,

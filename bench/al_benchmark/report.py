@@ -7,7 +7,7 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
 - Labelling efficiency against random: for a strategy's point (n labels, AP a) of seed s, the
   labels random needs to reach a on seed s's random curve (linear interpolation between its
   rounds), divided by n; "> x" when random never reaches a within its rounds (a lower bound).
-- TAUDIS against the best baseline at every round (mean over seeds).
+- TAUDIS minus each baseline at every round, paired by seed (the seeds both ran).
 - Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
   to uncertainty-only, and the selection diagnostics.
 - Campaign diagnostics and costs.
@@ -106,17 +106,23 @@ def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
     return _table(["strategy", *[f"at {n} labels" for n in counts]], body)
 
 
-def versus_table(stats: dict[str, dict[int, tuple]]) -> list[str]:
-    counts = sorted(stats.get("taudis", {}))
+def versus_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+    """TAUDIS minus each baseline, seed by seed: only seeds both ran count, so a baseline run on
+    fewer seeds is not compared against a mean over other draws of the initial set."""
+    rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
+    ap = {(r["variant"], r["seed"], int(r["labelled_images"])): float(r["mask_ap"]) for r in rows}
+    counts = sorted({n for v, _, n in ap if v == "taudis"})
+    baselines = [s for s in MAIN if s != "taudis" and any(v == s for v, _, _ in ap)]
     body = []
     for n in counts:
-        taudis = stats["taudis"][n][0]
-        others = {s: stats[s][n][0] for s in MAIN if s != "taudis" and not math.isnan(stats[s][n][0])}
-        if math.isnan(taudis) or not others:
-            continue
-        best = max(others, key=lambda s: others[s])
-        body.append([str(n), f"{taudis:.1f}", f"{best} {others[best]:.1f}", f"{taudis - others[best]:+.1f}"])
-    return _table(["labelled", "taudis", "best baseline", "taudis - best"], body)
+        mine = {seed: a for (v, seed, m), a in ap.items() if v == "taudis" and m == n}
+        cells = []
+        for base in baselines:
+            diffs = [mine[seed] - ap[(base, seed, n)] for seed in sorted(mine) if (base, seed, n) in ap]
+            mean, std, k = _mean_std(diffs)
+            cells.append("-" if k == 0 else f"{mean:+.1f} ± {std:.1f} ({k})")
+        body.append([str(n), _fmt(*_mean_std(mine.values())[:2]) + f" ({len(mine)})", *cells])
+    return _table(["labelled", "taudis (seeds)", *[f"vs {b} (seeds)" for b in baselines]], body)
 
 
 def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
@@ -207,7 +213,8 @@ def write_report(results: Path) -> Path:
             lines += [f"![learning curves](curves-{dataset}.png)", ""]
             lines += ["### Labelling efficiency against random (labels random needs / labels used)", ""]
             lines += [*efficiency_table(curves, dataset), ""]
-            lines += ["### TAUDIS against the best baseline (mean mask AP)", "", *versus_table(stats), ""]
+            lines += ["### TAUDIS minus each baseline (mask AP, paired by seed: mean ± sd, seeds)", ""]
+            lines += [*versus_table(curves, dataset), ""]
             lines += [
                 "### Selection diagnostics (mean over rounds and seeds)",
                 "",

@@ -36,6 +36,7 @@ def collect(work: Path) -> dict[str, list[dict[str, Any]]]:
             {
                 "dataset": path.parent.parent.name,
                 "variant": spec["variant"]["name"],
+                "key": path.parent.name,
                 "seed": spec["seed"],
                 "rounds": spec["rounds"],
                 "budget": spec["budget"],
@@ -47,6 +48,16 @@ def collect(work: Path) -> dict[str, list[dict[str, Any]]]:
     for path in sorted((work / "ablation-results").glob("*/*.json")):
         out["ablation"].append(json.loads(path.read_text()))
     return out
+
+
+def recorded(results: Path) -> set[tuple[str, str]]:
+    """(dataset, spec key) of every campaign and ablation variant the CSVs under ``results`` hold.
+
+    The CSVs are committed, the work folder is not: a fresh clone, another machine or a later day
+    skips what is recorded here instead of running it again.
+    """
+    rows = read_csv(results / "campaigns.csv") + read_csv(results / "ablation.csv")
+    return {(str(r["dataset"]), str(r["key"])) for r in rows if r.get("key")}
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
