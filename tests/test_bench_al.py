@@ -12,7 +12,7 @@ import pytest
 
 from bench.al_benchmark.__main__ import _parser, jobs_for
 from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant
-from bench.al_benchmark.report import efficiency_table, labels_to_reach, versus_table
+from bench.al_benchmark.report import BEGIN, END, efficiency_table, labels_to_reach, splice_into, versus_table
 from bench.al_benchmark.results import write_csvs
 from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
 from taudis.data.coco import load_coco
@@ -107,3 +107,20 @@ def test_recorded_campaigns_are_skipped_on_a_fresh_work_folder(tmp_path: Path) -
     assert [j["spec"] for j in after] == [before[i]["spec"] for i in (0, 2, 3)]
     args.rounds = 4  # a campaign of another shape is not the one recorded
     assert len(jobs_for(args, "campaign")) == 4
+
+
+def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: Path) -> None:
+    report = tmp_path / "bench" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# Title\n\nWritten by ...\n\n## cells\n\n### Curves\n\n![c](curves-cells.png)\n")
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    doc.write_text(f"prose before\n{BEGIN}\nold tables\n{END}\nprose after\n")
+    splice_into(doc, report)
+    expected = (
+        f"prose before\n{BEGIN}\n### The cells dataset\n\n#### Curves\n\n![c](../bench/curves-cells.png)\n\n{END}\n"
+    )
+    assert doc.read_text() == expected + "prose after\n"
+    doc.write_text("no markers")
+    with pytest.raises(ValueError, match=r"page\.md"):
+        splice_into(doc, report)

@@ -2,7 +2,7 @@
 
     python -m bench.al_benchmark run --dataset synthetic --dataset cells      # the campaigns
     python -m bench.al_benchmark ablation --dataset synthetic                  # one-round variants
-    python -m bench.al_benchmark report                                       # tables and figures
+    python -m bench.al_benchmark report --docs docs/benchmark.md             # tables and figures
 
 ``run`` runs a campaign of ``--rounds`` rounds for each strategy (taudis, uncertainty, random,
 coreset, diversity) and seed through the campaign pipeline (kfp.local), as many side by side as
@@ -149,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report")
     report.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "al")
     report.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "al")
+    report.add_argument("--docs", type=Path, default=None, help="also copy the tables into this page (its markers)")
     commands.add_parser("worker").add_argument("job", type=Path)
     return parser
 
@@ -158,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         return worker(args.job)
     if args.command == "report":
-        from bench.al_benchmark.report import write_report
+        from bench.al_benchmark.report import splice_into, write_report
 
         if args.work.is_dir():
             write_csvs(collect(args.work), args.results)
-        write_report(args.results)
+        report = write_report(args.results)
+        if args.docs:
+            splice_into(args.docs, report)
         return 0
     args.dataset = args.dataset or ["synthetic"]
     for name in args.dataset:  # made once, before workers race to make them

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,3 +233,25 @@ def write_report(results: Path) -> Path:
     path = results / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+BEGIN, END = "<!-- results: from bench/results/al/report.md -->", "<!-- end of results -->"
+
+
+def splice_into(doc: Path, report: Path) -> None:
+    """Copy ``report``'s tables into ``doc`` between its BEGIN and END markers, headings one level
+    down and figure paths relative to ``doc``; the prose around them is left alone."""
+    text = doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{doc}: needs the lines {BEGIN!r} and {END!r} around the results")
+    figures = os.path.relpath(report.parent, doc.parent)
+    body = []
+    for line in report.read_text().splitlines()[3:]:  # after the title and its note
+        if line.startswith("## "):
+            line = f"### The {line[3:]} dataset"
+        elif line.startswith("### "):
+            line = "#" + line
+        body.append(re.sub(r"\]\((curves-[^)]+\.png)\)", rf"]({figures}/\1)", line))
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    doc.write_text(head + BEGIN + "\n" + "\n".join(body).rstrip() + "\n\n" + END + tail)
