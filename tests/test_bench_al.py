@@ -118,7 +118,7 @@ def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: P
     doc.write_text(f"prose before\n{BEGIN}\nold tables\n{END}\nprose after\n")
     splice_into(doc, report)
     expected = (
-        f"prose before\n{BEGIN}\n### The cells dataset\n\n#### Curves\n\n![c](../bench/curves-cells.png)\n\n{END}\n"
+        f"prose before\n{BEGIN}\n\n### The cells dataset\n\n#### Curves\n\n![c](../bench/curves-cells.png)\n\n{END}\n"
     )
     assert doc.read_text() == expected + "prose after\n"
     doc.write_text("no markers")
