@@ -150,6 +150,19 @@ def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
     return _table(header, body)
 
 
+DIAGNOSTICS = {  # column of diagnostics.csv: its heading in the table
+    "hard_share": "hard share",
+    "instances_per_chosen_image": "chosen instances per image",
+    "overlap_with_uncertainty": "overlap with unc.",
+    "filled": "filled",
+    "density_raw_0.8": "density raw@0.8",
+    "density_centred_0.8": "density centred@0.8",
+    "median_cosine": "median cos",
+    "cover_saturated_at": "saturated at pick",
+    "cover_k": "cover k",
+}
+
+
 def diagnostics_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
     rows = [r for r in rows if r["dataset"] == dataset]
     body = []
@@ -157,15 +170,9 @@ def diagnostics_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
         mine = [r for r in rows if r["variant"] == strategy]
         if not mine:
             continue
-        cells = []
-        for key in ("hard_share", "overlap_with_uncertainty", "filled", "density_raw_0.8", "density_centred_0.8",
-                    "median_cosine", "cover_saturated_at", "cover_k"):  # fmt: skip
-            m = _mean_std(r.get(key) for r in mine)[0]
-            cells.append("-" if math.isnan(m) else f"{m:.2f}")
-        body.append([strategy, *cells])
-    header = ["strategy", "hard share", "overlap with unc.", "filled", "density raw@0.8", "density centred@0.8",
-              "median cos", "saturated at pick", "cover k"]  # fmt: skip
-    return _table(header, body)
+        means = [_mean_std(r.get(key) for r in mine)[0] for key in DIAGNOSTICS]
+        body.append([strategy, *("-" if math.isnan(m) else f"{m:.2f}" for m in means)])
+    return _table(["strategy", *DIAGNOSTICS.values()], body)
 
 
 def curves_png(stats: dict[str, dict[int, tuple]], curves: list[dict[str, Any]], dataset: str, out: Path) -> None:
