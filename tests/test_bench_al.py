@@ -12,7 +12,15 @@ import pytest
 
 from bench.al_benchmark.__main__ import _parser, jobs_for
 from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant
-from bench.al_benchmark.report import BEGIN, END, efficiency_table, labels_to_reach, splice_into, versus_table
+from bench.al_benchmark.report import (
+    BEGIN,
+    END,
+    efficiency_table,
+    finetune_table,
+    labels_to_reach,
+    splice_into,
+    versus_table,
+)
 from bench.al_benchmark.results import write_csvs
 from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
 from taudis.data.coco import load_coco
@@ -124,3 +132,17 @@ def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: P
     doc.write_text("no markers")
     with pytest.raises(ValueError, match=r"page\.md"):
         splice_into(doc, report)
+
+
+def test_finetune_is_compared_with_the_same_strategy_and_seed_from_scratch() -> None:
+    def row(variant: str, seed: int, n: int, ap: float, seconds: float) -> dict[str, object]:
+        return _row(variant, seed, n, ap) | {"train_seconds": seconds}
+
+    curves = [
+        row("random", 0, 10, 9.0, 100), row("random", 0, 30, 20.0, 300),
+        row("random finetune", 0, 10, 9.0, 100), row("random finetune", 0, 30, 18.5, 50),
+        row("random", 1, 10, 8.0, 100), row("random finetune", 2, 10, 7.0, 100),  # no pair: left out
+    ]  # fmt: skip
+    table = finetune_table(curves, "d")
+    assert table[2:] == ["| random | 0 | 10: 9.0 → 9.0, 30: 20.0 → 18.5 | 400 → 150 | 2.67x |"]
+    assert finetune_table([r for r in curves if "finetune" not in str(r["variant"])], "d") == []

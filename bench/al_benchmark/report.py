@@ -10,6 +10,7 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
 - TAUDIS minus each baseline at every round, paired by seed (the seeds both ran).
 - Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
   to uncertainty-only, and the selection diagnostics.
+- Fine-tuning from the previous round's model against training from scratch, paired by seed.
 - Campaign diagnostics and costs.
 """
 
@@ -127,6 +128,33 @@ def versus_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
     return _table(["labelled", "taudis (seeds)", *[f"vs {b} (seeds)" for b in baselines]], body)
 
 
+def finetune_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+    """Each ``<strategy> finetune`` campaign against the same strategy trained from scratch, paired
+    by seed: mask AP per round and the training time of the whole campaign."""
+    rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
+    tuned = sorted({str(r["variant"]) for r in rows if str(r["variant"]).endswith(" finetune")})
+    body = []
+    for variant in tuned:
+        scratch = variant.removesuffix(" finetune")
+        for seed in sorted({r["seed"] for r in rows if r["variant"] == variant}):
+            mine = {int(r["labelled_images"]): r for r in rows if r["variant"] == variant and r["seed"] == seed}
+            base = {int(r["labelled_images"]): r for r in rows if r["variant"] == scratch and r["seed"] == seed}
+            if not base:
+                continue
+            points = [
+                f"{n}: {float(base[n]['mask_ap']):.1f} → {float(mine[n]['mask_ap']):.1f}"
+                for n in sorted(mine)
+                if n in base
+            ]
+            seconds = [sum(float(r["train_seconds"] or 0) for r in c.values()) for c in (base, mine)]
+            body.append(
+                [scratch, str(seed), ", ".join(points), f"{seconds[0]:.0f} → {seconds[1]:.0f}",
+                 f"{seconds[0] / seconds[1]:.2f}x" if seconds[1] else "-"]
+            )  # fmt: skip
+    header = ["strategy", "seed", "mask AP, scratch → finetune (labelled: AP)", "training s", "faster"]
+    return _table(header, body) if body else []
+
+
 def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
     rows = [r for r in rows if r["dataset"] == dataset]
     variants = sorted({r["variant"] for r in rows}, key=lambda v: (not v.startswith("taudis"), v))
@@ -230,6 +258,9 @@ def write_report(results: Path) -> Path:
                 *diagnostics_table(diagnostics, dataset),
                 "",
             ]
+            tuned = finetune_table(curves, dataset)
+            if tuned:
+                lines += ["### Fine-tuning from the previous round against training from scratch", "", *tuned, ""]
             mine = [r for r in campaigns if r["dataset"] == dataset]
             if mine:
                 total = sum(float(r["seconds"] or 0) for r in mine)
