@@ -83,6 +83,7 @@ def test_efficiency_is_per_seed_with_spread_and_marks_censored_seeds() -> None:
     # at 30: random needs 40 (seed 0) and 50 (seed 1): 1.33 and 1.67; at 50: 50 and (never) 50
     assert "1.50 ± 0.24" in taudis
     assert "≥ 1.00 ± 0.00 (1 of 2 beyond random's last round)" in taudis
+    assert efficiency_table([r for r in curves if r["variant"] != "random"], "d")[0].startswith("No random")
 
 
 def test_versus_pairs_taudis_with_each_baseline_on_the_seeds_both_ran() -> None:

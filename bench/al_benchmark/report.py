@@ -82,6 +82,8 @@ def labels_to_reach(random_points: list[tuple[int, float]], target: float) -> fl
 def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
     rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
     seeds = sorted({r["seed"] for r in rows if r["variant"] == "random"})
+    if not seeds:
+        return ["No random campaign yet: nothing to compare against."]
     counts = sorted({int(r["labelled_images"]) for r in rows})[1:]  # the first round is shared
     body = []
     for strategy in (s for s in MAIN if s != "random"):
