@@ -6,7 +6,7 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
 - Learning curves: mean and standard deviation of mask AP over seeds, per strategy and round.
 - Labelling efficiency against random: for a strategy's point (n labels, AP a) of seed s, the
   labels random needs to reach a on seed s's random curve (linear interpolation between its
-  rounds), divided by n; "> x" when random never reaches a within its rounds (a lower bound).
+  rounds), divided by n; "≥ x" when random never reaches a within its rounds (a lower bound).
 - TAUDIS minus each baseline at every round, paired by seed (the seeds both ran).
 - Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
   to uncertainty-only, and the selection diagnostics.
