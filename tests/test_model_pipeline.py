@@ -79,6 +79,44 @@ def test_training_resumes_after_an_interruption(dataset: Path, tmp_path: Path) -
     assert seen == [4, 5] and again["start_iter"] == 4
 
 
+COLLAPSE_ALWAYS = ["TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO", "1e-9", "TAUDIS.COLLAPSE.MIN_ITERS", "0"]
+
+
+def test_a_collapsed_run_is_trained_again_with_another_seed(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taudis.model.train as train
+
+    judged = train.collapse_reason
+    # The first attempt (seed 1) is judged collapsed by a threshold every run reaches, the rest normally.
+    monkeypatch.setattr(train, "collapse_reason", lambda m, ratio, n: judged(m, 1e-9 if m["seed"] == 1 else ratio, n))
+    seen: list[int] = []
+    args = (str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path))
+    metrics = train_model(
+        *args, opts=[*tiny_opts(4), "TAUDIS.COLLAPSE.MIN_ITERS", "0"], seed=1, on_iteration=seen.append
+    )
+    assert seen == [0, 1, 2, 3, 0, 1, 2, 3], "the second attempt starts from scratch, not from the first's checkpoint"
+    assert metrics["seed"] == 1 + train.RETRY_SEED_STEP and metrics["start_iter"] == 0
+    assert [c["seed"] for c in metrics["collapsed_attempts"]] == [1]
+    assert "box classification loss" in metrics["collapsed_attempts"][0]["reason"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["collapsed_attempts"] == metrics["collapsed_attempts"]
+    assert f"SEED: {1 + train.RETRY_SEED_STEP}" in (tmp_path / "config.yaml").read_text()
+
+
+def test_training_that_always_collapses_fails_and_leaves_no_model(dataset: Path, tmp_path: Path) -> None:
+    from taudis.model.collapse import TrainingCollapsedError
+
+    args = (str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path))
+    opts = [*tiny_opts(4), *COLLAPSE_ALWAYS, "TAUDIS.COLLAPSE.RETRIES", "1"]
+    with pytest.raises(TrainingCollapsedError, match=r"all 2 attempts \(seeds 0, 1000\).*SOLVER.BASE_LR"):
+        train_model(*args, opts=opts)
+    assert not (tmp_path / "model_final.pth").exists() and not (tmp_path / "metrics.json").exists()
+    # Fine-tuned runs start with a low loss: they are not judged.
+    first = train_model(*args, opts=tiny_opts(4))
+    tuned = train_model(*args[:2], str(tmp_path / "tuned"), opts=opts, weights=str(tmp_path / "model_final.pth"))
+    assert first["collapsed_attempts"] == [] and tuned["collapsed_attempts"] == []
+
+
 def test_inference_shard_invariants(trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path) -> None:
     model_dir, _ = trained
     pool = dataset / "annotations/pool.json"

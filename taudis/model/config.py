@@ -18,6 +18,11 @@ TAUDIS keys (defaults below):
   at equal iterations scored lower). Disabled, ``SOLVER.MAX_ITER`` is used as is.
 - ``TAUDIS.SCHEDULE.FINETUNE_SCALE``: when a round starts from the previous round's model instead
   of from scratch, it trains this fraction of the schedule's iterations.
+- ``TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO`` / ``MIN_ITERS`` / ``RETRIES``: a run from scratch of at
+  least MIN_ITERS iterations whose box classification loss ends at MAX_CLS_LOSS_RATIO or more of
+  its start has collapsed (taudis.model.collapse) and is trained again with another seed, at most
+  RETRIES times; 0.8 sits between the healthy runs measured (0.11-0.58) and a collapsed one (1.08).
+  A ratio of 0 turns the check off.
 - ``TAUDIS.DEVICE``: "auto" (CUDA when present, else CPU), or any torch device; sets MODEL.DEVICE.
 - ``TAUDIS.NUM_THREADS``: torch CPU threads; 0 leaves torch's default.
 - ``TAUDIS.LOG_PERIOD``: iterations between progress lines.
@@ -60,6 +65,10 @@ def add_taudis_config(cfg: CfgNode) -> CfgNode:
     cfg.TAUDIS.SCHEDULE.MIN_ITERS = 100
     cfg.TAUDIS.SCHEDULE.MAX_ITERS = 400
     cfg.TAUDIS.SCHEDULE.FINETUNE_SCALE = 0.5
+    cfg.TAUDIS.COLLAPSE = CN()
+    cfg.TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO = 0.8
+    cfg.TAUDIS.COLLAPSE.MIN_ITERS = 200
+    cfg.TAUDIS.COLLAPSE.RETRIES = 2
     cfg.TAUDIS.DEVICE = "auto"
     cfg.TAUDIS.NUM_THREADS = 0
     cfg.TAUDIS.LOG_PERIOD = 20

@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 
 from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2_dicts
+from taudis.model.collapse import TrainingCollapsedError, collapse_reason
 from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
 
 log = logging.getLogger("taudis.model.train")
+# A retry after a collapse trains with seed + RETRY_SEED_STEP * attempt: far from the seeds a user
+# runs side by side (0, 1, 2, ...), so a retry never repeats another run's draw.
+RETRY_SEED_STEP = 1000
 
 
 class TrainMapper:
@@ -96,8 +100,13 @@ def train_model(
           last_checkpoint      detectron2's pointer to the newest checkpoint
           metrics.json         iterations, start_iter, seconds, seconds_per_iter, losses (median of
                                the last LOG_PERIOD iterations), loss_history, num_images,
-                               num_instances, class_names, device, seed
+                               num_instances, class_names, device, seed (the attempt's),
+                               collapsed_attempts (the seeds and reasons of discarded attempts)
           init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
+
+    A run from scratch whose classification loss did not fall (a collapsed model, see
+    taudis.model.collapse) is discarded and trained again with another seed, up to
+    ``TAUDIS.COLLAPSE.RETRIES`` times.
 
     Args:
         annotations: COCO JSON (local path or gs:// URI) of the labelled set.
@@ -114,15 +123,11 @@ def train_model(
 
     Returns:
         The metrics written to ``metrics.json``.
+
+    Raises:
+        TrainingCollapsedError: every attempt collapsed.
     """
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
-    from detectron2.data import build_detection_train_loader
-    from detectron2.data.samplers import TrainingSampler
-    from detectron2.modeling import build_model
-    from detectron2.solver import build_lr_scheduler, build_optimizer
-    from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.events import EventStorage
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +142,52 @@ def train_model(
     cfg.SOLVER.MAX_ITER = max_iter = scheduled_iterations(cfg, len(dicts), finetune=finetune)
     # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
     cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
-    cfg.SEED = seed
     cfg.OUTPUT_DIR = str(out)
     if cfg.TAUDIS.NUM_THREADS > 0:
         torch.set_num_threads(int(cfg.TAUDIS.NUM_THREADS))
-    cfg.freeze()
+    check = cfg.TAUDIS.COLLAPSE
+    collapsed: list[dict[str, Any]] = []
+    while True:
+        attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
+        cfg.SEED = attempt_seed
+        metrics = _train_attempt(cfg, dicts, out, attempt_seed, resume, weights, on_iteration, collapsed)
+        reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
+        if reason is None:
+            return metrics
+        collapsed.append({"seed": attempt_seed, "reason": reason})
+        _discard_run(out)  # a collapsed model must not pass for a trained one, nor be resumed
+        if len(collapsed) > int(check.RETRIES):
+            raise TrainingCollapsedError(
+                f"{out}: training collapsed in all {len(collapsed)} attempts (seeds "
+                f"{', '.join(str(c['seed']) for c in collapsed)}): {reason}. Lower SOLVER.BASE_LR, or set "
+                "TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO 0 to keep such a model"
+            )
+        log.warning("%s: training collapsed (seed %d): %s; training again from scratch", out, attempt_seed, reason)
 
+
+def _train_attempt(
+    cfg: Any,
+    dicts: list[dict[str, Any]],
+    out: Path,
+    seed: int,
+    resume: bool,
+    weights: str,
+    on_iteration: Callable[[int], None] | None,
+    collapsed: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One training run into ``out`` (resumed from its last checkpoint with ``resume``); its metrics."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
+    from detectron2.data import build_detection_train_loader
+    from detectron2.data.samplers import TrainingSampler
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    cfg = cfg.clone()
+    cfg.freeze()
+    max_iter = int(cfg.SOLVER.MAX_ITER)
     metrics_file = out / "metrics.json"
     seed_all_rng(seed)
     model = build_model(cfg)
@@ -229,10 +274,19 @@ def train_model(
         "class_names": list(cfg.TAUDIS.CLASS_NAMES),
         "device": str(cfg.MODEL.DEVICE),
         "seed": seed,
+        "collapsed_attempts": collapsed,
         "config": config_summary(cfg),
     }
     _write_text(metrics_file, json.dumps(metrics, indent=1))
     return metrics
+
+
+def _discard_run(out: Path) -> None:
+    """Remove a finished run's model, checkpoints and metrics from ``out``, so the next attempt starts afresh."""
+    for name in ("model_final.pth", "last_checkpoint", "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+    for stale in out.glob("model_[0-9]*.pth"):
+        stale.unlink()
 
 
 def _local_weights(weights: str, out: Path) -> str:
