@@ -79,6 +79,26 @@ def test_training_resumes_after_an_interruption(dataset: Path, tmp_path: Path) -
     assert seen == [4, 5] and again["start_iter"] == 4
 
 
+def test_fine_tuning_trains_its_own_schedule_from_the_given_weights(
+    trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path
+) -> None:
+    model_dir, _ = trained
+    seen: list[int] = []
+    args = (str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path))
+    tuned = train_model(
+        *args, opts=tiny_opts(4), weights=str(model_dir / "model_final.pth"), finetune=True, on_iteration=seen.append
+    )
+    # The initial weights were trained to iteration 3: that is not where fine-tuning starts.
+    assert seen == [0, 1] and tuned["start_iter"] == 0 and tuned["iterations"] == tuned["iterations_run"] == 2
+    before = torch.load(model_dir / "model_final.pth", weights_only=True)["model"]
+    after = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert after["iteration"] == 1
+    stem = "backbone.bottom_up.stem.conv1.weight"
+    change = torch.linalg.vector_norm(after["model"][stem] - before[stem])
+    # Started from the given weights, not from a new initialisation: two clipped steps move them a little.
+    assert 0 < change < 0.1 * torch.linalg.vector_norm(before[stem])
+
+
 COLLAPSE_ALWAYS = ["TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO", "1e-9", "TAUDIS.COLLAPSE.MIN_ITERS", "0"]
 
 

@@ -195,7 +195,12 @@ def _train_attempt(
     scheduler = build_lr_scheduler(cfg, optimizer)
     checkpointer = DetectionCheckpointer(model, str(out), optimizer=optimizer, scheduler=scheduler)
     initial = _local_weights(weights, out) if weights else ""
-    start_iter = int(checkpointer.resume_or_load(initial, resume=resume).get("iteration", -1)) + 1
+    resumed = resume and checkpointer.has_checkpoint()
+    loaded = checkpointer.resume_or_load(initial, resume=resume)
+    # Only this run's own checkpoint says where to continue: initial weights (the previous
+    # round's model) carry the iteration they were trained to, and counting on from it would
+    # shorten or skip the fine-tuning.
+    start_iter = int(loaded.get("iteration", -1)) + 1 if resumed else 0
     if start_iter >= max_iter and metrics_file.is_file():
         log.info("%s: already trained for %d iterations", out, max_iter)
         return dict(json.loads(metrics_file.read_text()))
