@@ -19,6 +19,7 @@ from bench.al_benchmark.report import (
     finetune_table,
     labels_to_reach,
     splice_into,
+    start_disagreements,
     versus_table,
 )
 from bench.al_benchmark.results import write_csvs
@@ -147,3 +148,16 @@ def test_finetune_is_compared_with_the_same_strategy_and_seed_from_scratch() -> 
     table = finetune_table(curves, "d")
     assert table[2:] == ["| random | 0 | 10: 9.0 → 9.0, 30: 20.0 → 18.5 | 400 → 150 | 2.67x |"]
     assert finetune_table([r for r in curves if "finetune" not in str(r["variant"])], "d") == []
+
+
+def test_seeds_whose_campaigns_began_from_different_models_are_named() -> None:
+    def start(variant: str, seed: int, ap: float, dataset: str = "d") -> dict[str, object]:
+        return {"dataset": dataset, "variant": variant, "seed": seed, "round": 0, "mask_ap": ap}
+
+    curves = [
+        start("taudis", 0, 9.3378), start("random", 0, 9.3378), start("coreset", 0, 9.3378),
+        start("taudis", 1, 12.3518), start("uncertainty", 1, 12.3518), start("coreset", 1, 11.3821),
+        start("random finetune", 1, 3.1), start("taudis", 1, 1.0, dataset="other"),
+    ]  # fmt: skip
+    assert start_disagreements(curves, "d") == ["- seed 1: round-0 mask AP 12.4: taudis, uncertainty; 11.4: coreset"]
+    assert start_disagreements([r for r in curves if r["seed"] == 0], "d") == []

@@ -7,7 +7,8 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
 - Labelling efficiency against random: for a strategy's point (n labels, AP a) of seed s, the
   labels random needs to reach a on seed s's random curve (linear interpolation between its
   rounds), divided by n; "≥ x" when random never reaches a within its rounds (a lower bound).
-- TAUDIS minus each baseline at every round, paired by seed (the seeds both ran).
+- TAUDIS minus each baseline at every round, paired by seed (the seeds both ran), and the seeds
+  whose campaigns began from different round-0 models (run on different machines).
 - Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
   to uncertainty-only, and the selection diagnostics.
 - Fine-tuning from the previous round's model against training from scratch, paired by seed.
@@ -128,6 +129,30 @@ def versus_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
             cells.append("-" if k == 0 else f"{mean:+.1f} ± {std:.1f} ({k})")
         body.append([str(n), _fmt(*_mean_std(mine.values())[:2]) + f" ({len(mine)})", *cells])
     return _table(["labelled", "taudis (seeds)", *[f"vs {b} (seeds)" for b in baselines]], body)
+
+
+def start_disagreements(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+    """Seeds whose campaigns began from different round-0 models, one line each (none: all agree).
+
+    Every campaign of a seed trains its round-0 model on the same images with the same seed, so
+    on one machine they agree to the last digit; run on another machine (other CPU kernels) the
+    same training ends elsewhere. Paired differences involving such a campaign then compare
+    different starting models as well as different choices.
+    """
+    rows = [
+        r
+        for r in curves
+        if r["dataset"] == dataset and r["round"] == 0 and r["mask_ap"] is not None and r["variant"] in MAIN
+    ]
+    lines = []
+    for seed in sorted({r["seed"] for r in rows}):
+        groups: dict[float, list[str]] = {}
+        for r in sorted((r for r in rows if r["seed"] == seed), key=lambda r: MAIN.index(r["variant"])):
+            groups.setdefault(round(float(r["mask_ap"]), 6), []).append(str(r["variant"]))
+        if len(groups) > 1:
+            parts = "; ".join(f"{ap:.1f}: {', '.join(names)}" for ap, names in groups.items())
+            lines.append(f"- seed {seed}: round-0 mask AP {parts}")
+    return lines
 
 
 def finetune_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
@@ -254,6 +279,15 @@ def write_report(results: Path) -> Path:
             lines += [*efficiency_table(curves, dataset), ""]
             lines += ["### TAUDIS minus each baseline (mask AP, paired by seed: mean ± sd, seeds)", ""]
             lines += [*versus_table(curves, dataset), ""]
+            apart = start_disagreements(curves, dataset)
+            if apart:
+                lines += [
+                    "Campaigns of these seeds ran on different machines and began from different "
+                    "round-0 models (same images, same seed, other CPU numerics):",
+                    "",
+                    *apart,
+                    "",
+                ]
             lines += [
                 "### Selection diagnostics (mean over rounds and seeds)",
                 "",
