@@ -101,7 +101,7 @@ def train_model(
           metrics.json         iterations, start_iter, seconds, seconds_per_iter, losses (median of
                                the last LOG_PERIOD iterations), loss_history, num_images,
                                num_instances, class_names, device, seed (the attempt's),
-                               collapsed_attempts (the seeds and reasons of discarded attempts)
+                               collapsed_attempts (seed, reason and seconds of each discarded attempt)
           init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
 
     A run from scratch whose classification loss did not fall (a collapsed model, see
@@ -154,7 +154,7 @@ def train_model(
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
             return metrics
-        collapsed.append({"seed": attempt_seed, "reason": reason})
+        collapsed.append({"seed": attempt_seed, "reason": reason, "seconds": metrics.get("seconds")})
         _discard_run(out)  # a collapsed model must not pass for a trained one, nor be resumed
         if len(collapsed) > int(check.RETRIES):
             raise TrainingCollapsedError(
