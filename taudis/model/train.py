@@ -150,7 +150,7 @@ def train_model(
     while True:
         attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
         cfg.SEED = attempt_seed
-        metrics = _train_attempt(cfg, dicts, out, attempt_seed, resume, weights, on_iteration, collapsed)
+        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed)
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
             return metrics
@@ -169,13 +169,13 @@ def _train_attempt(
     cfg: Any,
     dicts: list[dict[str, Any]],
     out: Path,
-    seed: int,
     resume: bool,
     weights: str,
     on_iteration: Callable[[int], None] | None,
     collapsed: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """One training run into ``out`` (resumed from its last checkpoint with ``resume``); its metrics."""
+    """One training run into ``out``, seeded by ``cfg.SEED`` (resumed from its last checkpoint with
+    ``resume``); its metrics."""
     import torch
     from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
     from detectron2.data import build_detection_train_loader
@@ -187,7 +187,7 @@ def _train_attempt(
 
     cfg = cfg.clone()
     cfg.freeze()
-    max_iter = int(cfg.SOLVER.MAX_ITER)
+    seed, max_iter = int(cfg.SEED), int(cfg.SOLVER.MAX_ITER)
     metrics_file = out / "metrics.json"
     seed_all_rng(seed)
     model = build_model(cfg)
@@ -290,8 +290,7 @@ def _discard_run(out: Path) -> None:
     """Remove a finished run's model, checkpoints and metrics from ``out``, so the next attempt starts afresh."""
     for name in ("model_final.pth", "last_checkpoint", "metrics.json"):
         (out / name).unlink(missing_ok=True)
-    for stale in out.glob("model_[0-9]*.pth"):
-        stale.unlink()
+    _remove_periodic_checkpoints(out)
 
 
 def _local_weights(weights: str, out: Path) -> str:
@@ -329,6 +328,10 @@ def _slim_final_checkpoint(out: Path, model: Any, max_iter: int) -> None:
     torch.save({"model": state, "iteration": max_iter - 1}, tmp)
     os.replace(tmp, final)
     (out / "last_checkpoint").write_text(final.name)
+    _remove_periodic_checkpoints(out)
+
+
+def _remove_periodic_checkpoints(out: Path) -> None:
     for stale in out.glob("model_[0-9]*.pth"):
         stale.unlink()
 
