@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from bench.al_benchmark.__main__ import _parser, jobs_for
-from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant
+from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants
 from bench.al_benchmark.report import (
     BEGIN,
     END,
+    ablation_table,
     efficiency_table,
     finetune_table,
     labels_to_reach,
@@ -22,10 +23,11 @@ from bench.al_benchmark.report import (
     start_disagreements,
     versus_table,
 )
-from bench.al_benchmark.results import write_csvs
+from bench.al_benchmark.results import read_csv, write_csvs
 from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
 from taudis.data.coco import load_coco
 from taudis.data.masks import decode_rle
+from taudis.select.uncertainty import AGGREGATIONS, METRICS, RESCALINGS
 
 
 def test_cells_dataset_is_valid_coco_with_balanced_val(tmp_path: Path) -> None:
@@ -117,6 +119,53 @@ def test_recorded_campaigns_are_skipped_on_a_fresh_work_folder(tmp_path: Path) -
     assert [j["spec"] for j in after] == [before[i]["spec"] for i in (0, 2, 3)]
     args.rounds = 4  # a campaign of another shape is not the one recorded
     assert len(jobs_for(args, "campaign")) == 4
+
+
+def test_ablation_variants_recorded_on_another_base_model_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _parser().parse_args(
+        ["ablation", "--seeds", "0", "--variants", "taudis", "random", "--results", str(tmp_path / "r"),
+         "--work", str(tmp_path / "w")]
+    )  # fmt: skip
+    args.dataset = ["synthetic"]
+    here = {"ap": 15.25}  # the base model this work folder trains (another machine: other numerics)
+    monkeypatch.setattr("bench.al_benchmark.__main__._base_mask_ap", lambda args, name, spec: here["ap"])
+    before = jobs_for(args, "ablation")
+    taudis = Spec.from_json(before[0]["spec"])
+    row = {"dataset": "synthetic", "variant": "taudis", "seed": 0, "key": taudis.key, "base_mask_ap": 15.25}
+    write_csvs({"ablation": [row]}, args.results)
+    assert [Spec.from_json(j["spec"]).variant.name for j in jobs_for(args, "ablation")] == ["random"]
+    here["ap"] = 14.5
+    assert len(jobs_for(args, "ablation")) == 2
+    write_csvs({"ablation": [{**row, "base_mask_ap": 14.5}]}, args.results)  # kept beside the other base's row
+    assert len(read_csv(args.results / "ablation.csv")) == 2
+
+
+def test_ablation_tries_every_metric_and_aggregation_that_can_change_the_batch() -> None:
+    params = [(v.strategy, v.params) for v in ablation_variants()]
+    tried = {m for s, p in params if s == "taudis" for m in [p.get("metric", DEFAULT_PARAMS["metric"])]}
+    assert tried == set(METRICS) - set(RESCALINGS)
+    for strategy in ("taudis", "uncertainty"):
+        assert {p.get("aggregation", "mean") for s, p in params if s == strategy} == set(AGGREGATIONS)
+
+
+def test_ablation_rows_compare_only_with_references_on_the_same_base_model() -> None:
+    def row(variant: str, ap: float, base: float) -> dict[str, object]:
+        return {"dataset": "d", "variant": variant, "seed": 0, "mask_ap": ap, "base_mask_ap": base,
+                "labelled_images": 50}  # fmt: skip
+
+    rows = [row("taudis", 40.0, 15.6), row("uncertainty", 39.0, 15.6), row("taudis sigma=0.9", 37.0, 15.6),
+            row("uncertainty aggregation=max", 36.0, 14.4), row("taudis", 30.0, 14.4)]  # fmt: skip
+    lines = ablation_table(rows, "d")
+    first, second = (
+        lines.index("Seed 0, base model mask AP 15.6, base + batch = 50 images:"),
+        lines.index("Seed 0, base model mask AP 14.4, base + batch = 50 images:"),
+    )
+    assert first < second  # the base with more variants first
+    assert any(line.startswith("| taudis sigma=0.9 | 37.0 ± 0.0 (1) | -3.0 | -2.0 |") for line in lines[first:second])
+    mine = [line for line in lines[second:] if line.startswith("| uncertainty aggregation=max |")]
+    assert mine and mine[0].startswith("| uncertainty aggregation=max | 36.0 ± 0.0 (1) | +6.0 | - |")
 
 
 def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _gpus() -> int:
 
 
 def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
-    jobs, done = [], recorded(args.results)
+    jobs, done = [], recorded(args.results, kind)
     variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
     if args.variants:
         variants = [v for v in variants if v.name in args.variants]
@@ -57,7 +57,10 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
                     name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
                     dict(DEFAULT_PARAMS),
                 )  # fmt: skip
-                if (Path(name).name, spec.key) in done:
+                mark = (Path(name).name, spec.key)
+                if kind == "ablation":
+                    mark += (_base_mask_ap(args, name, spec),)
+                if mark in done:
                     print(f"{kind} {name} {spec.key}: recorded in {args.results}, skipped", flush=True)
                     continue
                 jobs.append(
@@ -65,6 +68,17 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
                      "initial": args.initial, "images": args.images, "base_extra": args.base_extra}
                 )  # fmt: skip
     return jobs
+
+
+def _base_mask_ap(args: argparse.Namespace, name: str, spec: Spec) -> float:
+    """The mask AP of the ablation's base model for ``spec``'s dataset and seed: trained here
+    first when this work folder has none (the workers then find it), since what is recorded
+    depends on it."""
+    from bench.al_benchmark.ablation import base_state
+
+    dataset = prepare_dataset(name, args.work, initial=args.initial, images=args.images)
+    threads = args.threads or os.cpu_count() or 1
+    return float(base_state(dataset, spec, args.base_extra, threads)[2]["mask_ap"])
 
 
 def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from taudis.select.uncertainty import AGGREGATIONS, BASE_METRICS, METRICS, RESCALINGS
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "alpha": 2.5,
     "beta": 1.5,
@@ -60,13 +62,21 @@ def ablation_variants() -> list[Variant]:
     for alpha in (5.0, 10.0):
         variants.append(Variant(f"taudis alpha={alpha:g}", "taudis", {"alpha": alpha}))
     variants.append(Variant("taudis universe=pool", "taudis", {"universe": "pool"}))
-    for metric in ("margin", "mean_rank"):
-        variants.append(Variant(f"taudis metric={metric}", "taudis", {"metric": metric}))
-    variants.append(Variant("taudis aggregation=sum", "taudis", {"aggregation": "sum"}))
-    variants.append(Variant("uncertainty metric=margin", "uncertainty", {"metric": "margin"}))
-    for aggregation in ("max", "sum"):
-        variants.append(Variant(f"uncertainty aggregation={aggregation}", "uncertainty", {"aggregation": aggregation}))
+    for strategy in ("taudis", "uncertainty"):
+        for metric in ablation_metrics(strategy):
+            variants.append(Variant(f"{strategy} metric={metric}", strategy, {"metric": metric}))
+        for agg in AGGREGATIONS:
+            if agg != DEFAULT_PARAMS["aggregation"]:
+                variants.append(Variant(f"{strategy} aggregation={agg}", strategy, {"aggregation": agg}))
     return variants
+
+
+def ablation_metrics(strategy: str) -> tuple[str, ...]:
+    """Every metric that can change the batch, the default excepted; rescalings select what their
+    metric selects (:data:`RESCALINGS`). Uncertainty-only ranks images by the metric alone, so it
+    tries the base metrics; TAUDIS tries the combinations too."""
+    names = METRICS if strategy == "taudis" else BASE_METRICS
+    return tuple(m for m in names if m != DEFAULT_PARAMS["metric"] and m not in RESCALINGS)
 
 
 @dataclass(frozen=True)

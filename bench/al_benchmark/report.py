@@ -9,8 +9,8 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
   rounds), divided by n; "≥ x" when random never reaches a within its rounds (a lower bound).
 - TAUDIS minus each baseline at every round, paired by seed (the seeds both ran), and the seeds
   whose campaigns began from different round-0 models (run on different machines).
-- Ablation: mean mask AP of base + batch per variant, its difference to the default TAUDIS and
-  to uncertainty-only, and the selection diagnostics.
+- Ablation, one table per base model: mask AP of base + batch per variant, its difference to the
+  default TAUDIS and to uncertainty-only on the same base, and the selection diagnostics.
 - Fine-tuning from the previous round's model against training from scratch, paired by seed.
 - Campaign diagnostics and costs.
 """
@@ -183,7 +183,25 @@ def finetune_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
 
 
 def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    """One table per base model: a batch's mask AP compares only with batches added to the same
+    base, and a seed run on another machine trains another base model (same images, other CPU
+    numerics), so its rows get a table of their own."""
     rows = [r for r in rows if r["dataset"] == dataset]
+    bases = sorted({(int(r["seed"]), float(r["base_mask_ap"])) for r in rows}, key=lambda b: (b[0], -_count(rows, b)))
+    lines: list[str] = []
+    for seed, base_ap in bases:
+        mine = [r for r in rows if int(r["seed"]) == seed and float(r["base_mask_ap"]) == base_ap]
+        images = mine[0]["labelled_images"]
+        lines += [f"Seed {seed}, base model mask AP {base_ap:.1f}, base + batch = {images} images:", ""]
+        lines += [*_ablation_rows(mine), ""]
+    return lines[:-1]
+
+
+def _count(rows: list[dict[str, Any]], base: tuple[int, float]) -> int:
+    return sum(int(r["seed"]) == base[0] and float(r["base_mask_ap"]) == base[1] for r in rows)
+
+
+def _ablation_rows(rows: list[dict[str, Any]]) -> list[str]:
     variants = sorted({r["variant"] for r in rows}, key=lambda v: (not v.startswith("taudis"), v))
     ref = {name: _mean_std(r["mask_ap"] for r in rows if r["variant"] == name)[0] for name in ("taudis", "uncertainty")}
     body = []
@@ -195,8 +213,11 @@ def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
             m = _mean_std(r.get(key) for r in mine)[0]
             return "-" if math.isnan(m) else f"{m:.2f}"
 
+        def versus(other: float, mean: float = mean) -> str:
+            return "-" if math.isnan(other) else f"{mean - other:+.1f}"
+
         body.append(
-            [name, f"{_fmt(mean, std)} ({k})", f"{mean - ref['taudis']:+.1f}", f"{mean - ref['uncertainty']:+.1f}",
+            [name, f"{_fmt(mean, std)} ({k})", versus(ref["taudis"]), versus(ref["uncertainty"]),
              avg("hard_share"), avg("overlap_with_uncertainty"), avg("density_raw_0.8"), avg("density_centred_0.8"),
              avg("cover_saturated_at"), avg("coverage")]
         )  # fmt: skip
@@ -267,6 +288,8 @@ def write_report(results: Path) -> Path:
     diagnostics = read_csv(results / "diagnostics.csv")
     ablation = read_csv(results / "ablation.csv")
     campaigns = read_csv(results / "campaigns.csv")
+    if not curves + ablation:
+        raise SystemExit(f"{results}: no curves.csv or ablation.csv rows; run the benchmark's run or ablation first")
     lines = ["# Active-learning benchmark results", "", "Written by `python -m bench.al_benchmark report`.", ""]
     for dataset in sorted({r["dataset"] for r in curves + ablation}):
         lines += [f"## {dataset}", ""]

@@ -19,7 +19,7 @@ from typing import Any
 KEYS = {
     "curves": ("dataset", "variant", "seed", "round"),
     "diagnostics": ("dataset", "variant", "seed", "round"),
-    "ablation": ("dataset", "variant", "seed"),
+    "ablation": ("dataset", "variant", "seed", "base_mask_ap"),
     "campaigns": ("dataset", "variant", "seed"),
 }
 
@@ -50,14 +50,19 @@ def collect(work: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def recorded(results: Path) -> set[tuple[str, str]]:
-    """(dataset, spec key) of every campaign and ablation variant the CSVs under ``results`` hold.
+def recorded(results: Path, kind: str) -> set[tuple[Any, ...]]:
+    """What the CSVs under ``results`` hold: (dataset, spec key) of every campaign, or for
+    ``kind == "ablation"`` (dataset, spec key, base model's mask AP) of every ablation variant.
 
     The CSVs are committed, the work folder is not: a fresh clone, another machine or a later day
-    skips what is recorded here instead of running it again.
+    skips what is recorded here instead of running it again. An ablation row compares with the
+    rows scored from the same base model only, and another machine's CPU numerics train another
+    base model from the same images and seed: a variant counts as recorded on the base it ran on.
     """
-    rows = read_csv(results / "campaigns.csv") + read_csv(results / "ablation.csv")
-    return {(str(r["dataset"]), str(r["key"])) for r in rows if r.get("key")}
+    if kind == "campaign":
+        return {(str(r["dataset"]), str(r["key"])) for r in read_csv(results / "campaigns.csv") if r.get("key")}
+    rows = read_csv(results / "ablation.csv")
+    return {(str(r["dataset"]), str(r["key"]), float(r["base_mask_ap"])) for r in rows if r.get("key")}
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

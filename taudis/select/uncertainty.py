@@ -48,6 +48,9 @@ COMBINATIONS = ("mean_minmax", "product_minmax", "mean_rank", "product_rank")
 # Every metric name, in one place; everything else validates against this tuple.
 METRICS = ("margin", "entropy", "entropy_norm", "seg_entropy", "seg_entropy_bits", *COMBINATIONS)
 AGGREGATIONS = ("mean", "max", "sum")
+# Metrics that are another metric times a positive constant: they order instances and images
+# exactly as that metric does, so every selection made with them is the same.
+RESCALINGS = {"entropy_norm": "entropy", "seg_entropy_bits": "seg_entropy"}
 # Rows scored at a time: bounds the memory of one chunk of float16 masks (8192 x 28 x 28 x 2 B = 13 MB).
 CHUNK_ROWS = 8192
 
