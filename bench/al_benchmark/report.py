@@ -186,19 +186,16 @@ def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
     """One table per base model: a batch's mask AP compares only with batches added to the same
     base, and a seed run on another machine trains another base model (same images, other CPU
     numerics), so its rows get a table of their own."""
-    rows = [r for r in rows if r["dataset"] == dataset]
-    bases = sorted({(int(r["seed"]), float(r["base_mask_ap"])) for r in rows}, key=lambda b: (b[0], -_count(rows, b)))
+    groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["dataset"] == dataset:
+            groups.setdefault((int(r["seed"]), float(r["base_mask_ap"])), []).append(r)
     lines: list[str] = []
-    for seed, base_ap in bases:
-        mine = [r for r in rows if int(r["seed"]) == seed and float(r["base_mask_ap"]) == base_ap]
+    for (seed, base_ap), mine in sorted(groups.items(), key=lambda g: (g[0][0], -len(g[1]))):
         images = mine[0]["labelled_images"]
         lines += [f"Seed {seed}, base model mask AP {base_ap:.1f}, base + batch = {images} images:", ""]
         lines += [*_ablation_rows(mine), ""]
     return lines[:-1]
-
-
-def _count(rows: list[dict[str, Any]], base: tuple[int, float]) -> int:
-    return sum(int(r["seed"]) == base[0] and float(r["base_mask_ap"]) == base[1] for r in rows)
 
 
 def _ablation_rows(rows: list[dict[str, Any]]) -> list[str]:
