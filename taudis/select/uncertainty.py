@@ -19,8 +19,9 @@ instance. Metric names live in one registry, :data:`METRICS`:
   normalises to 0) and ``mean_rank`` / ``product_rank`` (rank normalised: the fraction of
   instances with a strictly smaller value, so ties share a rank).
 
-The default metric is ``seg_entropy``, the paper's finding for instance segmentation. It is a
-provisional default: the active-learning benchmark of a later issue decides it.
+The default metric is ``seg_entropy``, the paper's finding for instance segmentation. The
+active-learning benchmark (docs/benchmark.md) neither confirmed nor overturned it: its one-batch
+ablation ranked the metrics differently on two seeds.
 
 Image-level uncertainty aggregates an image's instances with ``mean``, ``max`` or ``sum``
 (:data:`AGGREGATIONS`); an image with no instance has uncertainty 0.
