@@ -45,6 +45,7 @@ def _gpus() -> int:
 
 def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     jobs, done = [], recorded(args.results, kind)
+    bases: dict[tuple[str, int], float] = {}  # ablation: base model's mask AP per dataset and seed
     variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
     if args.variants:
         variants = [v for v in variants if v.name in args.variants]
@@ -59,7 +60,9 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
                 )  # fmt: skip
                 mark = (Path(name).name, spec.key)
                 if kind == "ablation":
-                    mark += (_base_mask_ap(args, name, spec),)
+                    if (name, seed) not in bases:
+                        bases[name, seed] = _base_mask_ap(args, name, spec)
+                    mark += (bases[name, seed],)
                 if mark in done:
                     print(f"{kind} {name} {spec.key}: recorded in {args.results}, skipped", flush=True)
                     continue
