@@ -15,6 +15,7 @@ from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_vari
 from bench.al_benchmark.report import (
     BEGIN,
     END,
+    ablation_summary,
     ablation_table,
     efficiency_table,
     finetune_table,
@@ -166,6 +167,21 @@ def test_ablation_rows_compare_only_with_references_on_the_same_base_model() -> 
     assert any(line.startswith("| taudis sigma=0.9 | 37.0 ± 0.0 (1) | -3.0 | -2.0 |") for line in lines[first:second])
     mine = [line for line in lines[second:] if line.startswith("| uncertainty aggregation=max |")]
     assert mine and mine[0].startswith("| uncertainty aggregation=max | 36.0 ± 0.0 (1) | +6.0 | - |")
+
+
+def test_ablation_summary_pools_each_variants_difference_over_base_models() -> None:
+    def row(variant: str, ap: float, seed: int, base: float) -> dict[str, object]:
+        return {"dataset": "d", "variant": variant, "seed": seed, "mask_ap": ap, "base_mask_ap": base}
+
+    rows = [row("taudis", 40.0, 0, 15.6), row("x", 42.0, 0, 15.6), row("uncertainty", 39.0, 0, 15.6),
+            row("taudis", 30.0, 1, 16.7), row("x", 29.0, 1, 16.7), row("y", 35.0, 1, 16.7),
+            row("x", 50.0, 2, 14.0)]  # fmt: skip
+    # the last base has no default TAUDIS row: nothing to compare x with there, so it is not pooled
+    lines = ablation_summary(rows, "d")
+    assert lines[2].startswith("| y | 1 | +5.0 | 1 of 1 | - |")  # largest mean first
+    assert "| x | 2 | +0.5 ± 2.1 | 1 of 2 | +3.0 (1) |" in lines
+    assert "| uncertainty | 1 | -1.0 | 0 of 1 | - |" in lines
+    assert ablation_summary(rows[:3], "d") == []  # one base model: nothing to pool
 
 
 def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
 - TAUDIS minus each baseline at every round, paired by seed (the seeds both ran), and the seeds
   whose campaigns began from different round-0 models (run on different machines).
 - Ablation, one table per base model: mask AP of base + batch per variant, its difference to the
-  default TAUDIS and to uncertainty-only on the same base, and the selection diagnostics.
+  default TAUDIS and to uncertainty-only on the same base, and the selection diagnostics; above
+  them, those differences pooled over every base model that has the default TAUDIS row.
 - Fine-tuning from the previous round's model against training from scratch, paired by seed.
 - Campaign diagnostics and costs.
 """
@@ -41,6 +42,11 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
 
 def _fmt(mean: float, std: float) -> str:
     return "-" if math.isnan(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _signed(mean: float, std: float, k: int) -> str:
+    """A difference, with its spread only where there is one (two values or more)."""
+    return f"{mean:+.1f}" + (f" ± {std:.1f}" if k > 1 else "")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -198,6 +204,32 @@ def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
     return lines[:-1]
 
 
+def ablation_summary(rows: list[dict[str, Any]], dataset: str) -> list[str]:
+    """Every variant against the references on its own base model, pooled over base models: a
+    batch's AP difference is the variant's effect plus one training's noise, so only a difference
+    that holds on several bases (seeds) ranks a variant."""
+    groups: dict[tuple[int, float], dict[str, float]] = {}
+    for r in rows:
+        if r["dataset"] == dataset and r["mask_ap"] is not None:
+            groups.setdefault((int(r["seed"]), float(r["base_mask_ap"])), {})[str(r["variant"])] = float(r["mask_ap"])
+    bases = [aps for aps in groups.values() if "taudis" in aps]
+    if len(bases) < 2:
+        return []
+    variants = sorted({v for aps in bases for v in aps if v != "taudis"})
+    body = []
+    for name in variants:
+        mine = [aps for aps in bases if name in aps]
+        diffs = [aps[name] - aps["taudis"] for aps in mine]
+        versus = [aps[name] - aps["uncertainty"] for aps in mine if "uncertainty" in aps and name != "uncertainty"]
+        cells = [_signed(*_mean_std(diffs)), f"{sum(d > 0 for d in diffs)} of {len(diffs)}"]
+        cells.append(_signed(*_mean_std(versus)) + f" ({len(versus)})" if versus else "-")
+        mean = _mean_std(diffs)[0]
+        body.append((mean, [name, str(len(mine)), *cells]))
+    body.sort(key=lambda b: -b[0])
+    header = ["variant", "base models", "vs taudis (mean ± sd)", "above taudis on", "vs uncertainty (bases)"]
+    return _table(header, [cells for _, cells in body])
+
+
 def _ablation_rows(rows: list[dict[str, Any]]) -> list[str]:
     variants = sorted({r["variant"] for r in rows}, key=lambda v: (not v.startswith("taudis"), v))
     ref = {name: _mean_std(r["mask_ap"] for r in rows if r["variant"] == name)[0] for name in ("taudis", "uncertainty")}
@@ -322,6 +354,10 @@ def write_report(results: Path) -> Path:
                 total = sum(float(r["seconds"] or 0) for r in mine)
                 lines += [f"Campaigns: {len(mine)}, {total / 3600:.1f} h of campaign wall time in all.", ""]
         if any(r["dataset"] == dataset for r in ablation):
+            summary = ablation_summary(ablation, dataset)
+            if summary:
+                lines += ["### Ablation over base models: each variant minus the default TAUDIS on its base", ""]
+                lines += [*summary, ""]
             lines += ["### Ablation: one batch per variant from the same model (base + batch, mask AP)", ""]
             lines += [*ablation_table(ablation, dataset), ""]
     path = results / "report.md"
