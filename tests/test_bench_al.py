@@ -6,12 +6,13 @@ here is what decides whether their numbers mean what the tables say.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from bench.al_benchmark.__main__ import _parser, jobs_for
-from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants
+from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants, parse_initial, prepare_dataset
 from bench.al_benchmark.report import (
     BEGIN,
     END,
@@ -53,6 +54,93 @@ def _spec(strategy: str, **params: object) -> Spec:
     return Spec("synthetic", variant, 0, 3, 20, "mask_rcnn_R18_slim_cpu.yaml", "", False, dict(DEFAULT_PARAMS))
 
 
+def _coco_folder(root: Path, splits: dict[str, list[str]], categories: list[dict[str, object]] | None = None) -> Path:
+    """A user's COCO folder: each split's images numbered from 1 (as exports do), one square each."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    for split, names in splits.items():
+        images = [{"id": i, "file_name": n, "width": 32, "height": 32} for i, n in enumerate(names, 1)]
+        annotations = [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 8, 8], "area": 64, "iscrowd": 0,
+             "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]], "note": n}
+            for i, n in enumerate(names, 1)
+        ]  # fmt: skip
+        cats = categories if categories and split == "val" else [{"id": 1, "name": "building"}]
+        doc = {"images": images, "annotations": annotations, "categories": cats}
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(doc))
+        for name in names:
+            (root / "images" / name).write_bytes(b"")
+    return root
+
+
+def test_a_coco_folder_numbered_per_file_merges_without_misplacing_labels(tmp_path: Path) -> None:
+    folder = _coco_folder(tmp_path / "mine", {"train": ["a.png", "b.png"], "pool": ["c.png", "d.png", "e.png"],
+                                              "val": ["v.png"]})  # fmt: skip
+    dataset = prepare_dataset(str(folder), tmp_path / "w", initial=None)
+    pool = json.loads(dataset.pool.read_text())
+    assert len({im["id"] for im in pool["images"]}) == 5  # train's 1, 2 and the pool's 1, 2, 3 told apart
+    by_id = {im["id"]: im["file_name"] for im in pool["images"]}
+    assert all(by_id[a["image_id"]] == a["note"] for a in pool["annotations"])  # each label on its own image
+    given = json.loads(dataset.initial(0).read_text())
+    assert sorted(by_id[im["id"]] for im in given["images"]) == ["a.png", "b.png"]
+    assert sorted(by_id[a["image_id"]] for a in given["annotations"]) == ["a.png", "b.png"]
+    drawn = prepare_dataset(str(folder), tmp_path / "w", initial=3)
+    assert len(json.loads(drawn.initial(1).read_text())["images"]) == 3  # drawn from all five
+    assert drawn.name.startswith("mine-") and dataset.name == drawn.name.removesuffix("-i3") + "-given"
+
+
+def test_changed_annotation_files_are_another_dataset_and_nothing_stale_is_reused(tmp_path: Path) -> None:
+    folder = _coco_folder(tmp_path / "mine", {"pool": ["c.png", "d.png", "e.png"], "val": ["v.png"]})
+    before = prepare_dataset(str(folder), tmp_path / "w", initial=2)
+    first = json.loads(before.initial(0).read_text())
+    _coco_folder(tmp_path / "extra", {"train": ["a.png", "b.png"]})  # an initial set added later, numbered from 1
+    (folder / "annotations" / "train.json").write_text((tmp_path / "extra" / "annotations" / "train.json").read_text())
+    for name in ("a.png", "b.png"):
+        (folder / "images" / name).write_bytes(b"")
+    after = prepare_dataset(str(folder), tmp_path / "w", initial=2)
+    assert after.name != before.name and after.root != before.root  # its own results, its own derived files
+    by_id = {im["id"]: im["file_name"] for im in json.loads(after.pool.read_text())["images"]}
+    again = json.loads(after.initial(0).read_text())
+    assert all(by_id[a["image_id"]] == a["note"] for a in again["annotations"])
+    assert json.loads(before.initial(0).read_text()) == first  # the old version's files untouched
+
+
+def test_a_coco_folder_that_breaks_the_splits_is_refused_naming_the_file(tmp_path: Path) -> None:
+    leak = _coco_folder(tmp_path / "leak", {"pool": ["a.png", "b.png"], "val": ["b.png"]})
+    with pytest.raises(ValueError, match=r"val\.json and .*pool\.json share 1 image.*'b.png': val must be held out"):
+        prepare_dataset(str(leak), tmp_path / "w")
+    other = _coco_folder(tmp_path / "cats", {"pool": ["a.png"], "val": ["v.png"]}, [{"id": 1, "name": "car"}])
+    with pytest.raises(ValueError, match=r"val\.json: categories \[\(1, 'car'\)\] differ"):
+        prepare_dataset(str(other), tmp_path / "w")
+    gone = _coco_folder(tmp_path / "gone", {"pool": ["a.png", "b.png"], "val": ["v.png"]})
+    (gone / "images" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"pool\.json, images\[1\] \(id 2\), field 'file_name': no file"):
+        prepare_dataset(str(gone), tmp_path / "w")
+    (gone / "images" / "b.png").write_bytes(b"")  # fixed: checked again, and accepted
+    assert len(json.loads(prepare_dataset(str(gone), tmp_path / "w").pool.read_text())["images"]) == 2
+    with pytest.raises(FileNotFoundError, match=r"--initial given needs .*train\.json"):
+        prepare_dataset(str(gone), tmp_path / "w", initial=None)  # the same work folder: nothing cached hides it
+    empty = _coco_folder(tmp_path / "empty", {"train": [], "pool": ["a.png"], "val": ["v.png"]})
+    with pytest.raises(ValueError, match=r"train\.json: no images"):
+        prepare_dataset(str(empty), tmp_path / "w", initial=None)
+    with pytest.raises(FileNotFoundError, match=r"no .*pool\.json"):
+        prepare_dataset(str(tmp_path / "nothing"), tmp_path / "w")
+
+
+def test_a_generated_dataset_of_another_size_or_start_is_another_dataset(tmp_path: Path) -> None:
+    small = prepare_dataset("synthetic", tmp_path, images=24, initial=4)
+    assert small.name == "synthetic-24-i4" and len(json.loads(small.pool.read_text())["images"]) < 24
+    assert prepare_dataset("synthetic", tmp_path, images=24, initial=None).name == "synthetic-24-given"
+    assert small.root != prepare_dataset("synthetic", tmp_path, images=30, initial=4).root
+
+
+def test_initial_is_a_count_or_given() -> None:
+    assert parse_initial("12") == 12 and parse_initial("given") is None
+    for bad in ("0", "ten"):
+        with pytest.raises(ValueError, match="a positive number of images, or 'given'"):
+            parse_initial(bad)
+
+
 def test_campaign_key_changes_with_what_the_strategy_reads_only() -> None:
     assert _spec("taudis").key != _spec("taudis", sigma=0.9).key
     assert _spec("uncertainty").key != _spec("uncertainty", metric="margin").key
@@ -60,6 +148,8 @@ def test_campaign_key_changes_with_what_the_strategy_reads_only() -> None:
     assert _spec("coreset").key == _spec("coreset", alpha=5.0).key
     assert _spec("diversity").key != _spec("diversity", sigma=0.9).key
     assert Spec.from_json(_spec("taudis", beta=2.5).to_json()).key == _spec("taudis", beta=2.5).key
+    # the ablation's base model: another extra set is another model, any variant shares it
+    assert _spec("taudis").base_key(20) == _spec("random").base_key(20) != _spec("taudis").base_key(30)
 
 
 def test_labels_to_reach_interpolates_between_random_rounds() -> None:

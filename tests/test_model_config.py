@@ -55,5 +55,10 @@ def test_bare_names_opts_and_errors(tmp_path: Path) -> None:
         load_config("nope.yaml")
     with pytest.raises(ValueError, match="KEY VALUE"):
         load_config(CPU_CONFIG, ["SOLVER.BASE_LR"])
+    # an int for a float key reads as the float (yacs alone refuses it); an int key stays an int
+    widened = load_config(CPU_CONFIG, ["TAUDIS.SCHEDULE.ITERS_PER_IMAGE", "20", "TAUDIS.SCHEDULE.MIN_ITERS", "7"])
+    assert widened.TAUDIS.SCHEDULE.ITERS_PER_IMAGE == 20.0 and isinstance(widened.TAUDIS.SCHEDULE.MIN_ITERS, int)
+    with pytest.raises(ValueError, match="Type mismatch"):  # any other mismatch is still refused
+        load_config(CPU_CONFIG, ["TAUDIS.SCHEDULE.MIN_ITERS", "7.5"])
     with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
         model_config(tmp_path)

@@ -27,7 +27,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants, main_variants, prepare_dataset
+from bench.al_benchmark.files import write_json
+from bench.al_benchmark.plan import (
+    DEFAULT_PARAMS,
+    GENERATED_IMAGES,
+    INITIAL,
+    Dataset,
+    Spec,
+    Variant,
+    ablation_variants,
+    main_variants,
+    parse_initial,
+    prepare_dataset,
+)
 from bench.al_benchmark.results import collect, recorded, write_csvs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,35 +63,39 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         variants = [v for v in variants if v.name in args.variants]
     if args.finetune:  # told apart from the same variant trained from scratch in every table
         variants = [Variant(f"{v.name} finetune", v.strategy, v.params) for v in variants]
+    datasets = {
+        name: prepare_dataset(name, args.work, initial=args.initial, images=args.images) for name in args.dataset
+    }
     for seed in args.seeds:  # seed-major: results of every strategy arrive together
-        for name in args.dataset:
+        for name, dataset in datasets.items():
+            dataset.initial(seed)  # drawn once here, not by workers side by side
             for variant in variants:
                 spec = Spec(
                     name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
                     dict(DEFAULT_PARAMS),
                 )  # fmt: skip
-                mark = (Path(name).name, spec.key)
+                mark = (dataset.name, spec.key)
                 if kind == "ablation":
                     if (name, seed) not in bases:
-                        bases[name, seed] = _base_mask_ap(args, name, spec)
+                        bases[name, seed] = _base_mask_ap(dataset, spec, args)
                     mark += (bases[name, seed],)
                 if mark in done:
                     print(f"{kind} {name} {spec.key}: recorded in {args.results}, skipped", flush=True)
                     continue
                 jobs.append(
-                    {"kind": kind, "spec": spec.to_json(), "dataset": name, "work": str(args.work),
-                     "initial": args.initial, "images": args.images, "base_extra": args.base_extra}
+                    {"kind": kind, "spec": spec.to_json(), "dataset": name, "name": dataset.name,
+                     "work": str(args.work), "initial": args.initial, "images": args.images,
+                     "base_extra": args.base_extra}
                 )  # fmt: skip
     return jobs
 
 
-def _base_mask_ap(args: argparse.Namespace, name: str, spec: Spec) -> float:
+def _base_mask_ap(dataset: Dataset, spec: Spec, args: argparse.Namespace) -> float:
     """The mask AP of the ablation's base model for ``spec``'s dataset and seed: trained here
     first when this work folder has none (the workers then find it), since what is recorded
     depends on it."""
     from bench.al_benchmark.ablation import base_state
 
-    dataset = prepare_dataset(name, args.work, initial=args.initial, images=args.images)
     threads = args.threads or os.cpu_count() or 1
     return float(base_state(dataset, spec, args.base_extra, threads)[2]["mask_ap"])
 
@@ -99,7 +115,7 @@ def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0) | {"threads": threads}
-            path = queue_dir / f"{job['kind']}-{job['dataset']}-{Spec.from_json(job['spec']).key}.json"
+            path = queue_dir / f"{job['kind']}-{job['name']}-{Spec.from_json(job['spec']).key}.json"
             path.write_text(json.dumps(job))
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
             if gpus:
@@ -114,9 +130,7 @@ def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
             running.remove((process, job))
             spec = Spec.from_json(job["spec"])
             state = "done" if process.returncode == 0 else f"FAILED ({process.returncode}, see {queue_dir})"
-            print(
-                f"[{time.monotonic() - started:7.0f} s] {job['kind']} {job['dataset']} {spec.key}: {state}", flush=True
-            )
+            print(f"[{time.monotonic() - started:7.0f} s] {job['kind']} {job['name']} {spec.key}: {state}", flush=True)
             write_csvs(collect(args.work), args.results)
 
 
@@ -132,12 +146,18 @@ def worker(path: Path) -> int:
         return 0
     from bench.al_benchmark.ablation import run_variant
 
-    out = work / "ablation-results" / dataset.name / f"{spec.key}.json"
+    base_extra = int(job["base_extra"])
+    out = work / "ablation-results" / dataset.name / spec.base_key(base_extra) / f"{spec.key}.json"
     if not out.is_file():
-        row = run_variant(spec, dataset, work, int(job["threads"]), int(job["base_extra"]))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(row) + "\n")
+        write_json(out, run_variant(spec, dataset, work, int(job["threads"]), base_extra))
     return 0
+
+
+def _initial(text: str) -> int | None:
+    try:
+        return parse_initial(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,8 +171,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         p.add_argument("--rounds", type=int, default=3, help="selection rounds per campaign")
         p.add_argument("--budget", type=int, default=20, help="images labelled per round")
-        p.add_argument("--initial", type=int, default=10, help="initial labelled images (drawn per seed)")
-        p.add_argument("--images", type=int, default=500, help="size of a generated dataset")
+        initial = "initial labelled images drawn per seed, or 'given': the folder's annotations/train.json"
+        p.add_argument("--initial", type=_initial, default=INITIAL, help=initial)
+        p.add_argument("--images", type=int, default=GENERATED_IMAGES, help="size of a generated dataset")
         p.add_argument("--base-extra", type=int, default=20, help="ablation: random images added to the initial set")
         p.add_argument("--config", default="mask_rcnn_R18_slim_cpu.yaml")
         p.add_argument("--train-opts", default=SCHEDULE_OPTS, help="detectron2 overrides for every training")
@@ -185,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             splice_into(args.docs, report)
         return 0
     args.dataset = args.dataset or ["synthetic"]
-    for name in args.dataset:  # made once, before workers race to make them
-        prepare_dataset(name, args.work, initial=args.initial, images=args.images)
     schedule(jobs_for(args, "campaign" if args.command == "run" else "ablation"), args)
     write_csvs(collect(args.work), args.results)
     return 0

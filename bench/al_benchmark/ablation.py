@@ -8,7 +8,7 @@ batch is trained from scratch with the campaign's schedule and evaluated on the 
 variants that choose the same images share one training. The functions are the ones the
 pipeline's components call (taudis.select.select, train_model, infer_instances, evaluate_model).
 
-Layout under ``<work>/ablation/<dataset>/s<seed>/``::
+Layout under ``<work>/ablation/<dataset>/s<seed>-<hash of what shapes the base model>/``::
 
     base.json, base-model/, shards/     the base set, its model and the pool's predictions
     batches/<hash>/                     labelled.json, model/, metrics.json of one chosen set
@@ -16,31 +16,17 @@ Layout under ``<work>/ablation/<dataset>/s<seed>/``::
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.al_benchmark.diagnostics import cover_diagnostics
+from bench.al_benchmark.files import locked
 from bench.al_benchmark.plan import Dataset, Spec
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock shared by the benchmark's worker processes (one builds, the others wait)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _subset(pool: dict[str, Any], ids: set[int]) -> dict[str, Any]:
@@ -81,7 +67,7 @@ def base_state(dataset: Dataset, spec: Spec, base_extra: int, threads: int) -> t
     """(base set, the pool's predictions by the base model, the base model's metrics) for the spec's seed."""
     from taudis.model.infer import infer_instances
 
-    folder = dataset.root.parent.parent / "ablation" / dataset.name / f"s{spec.seed}"
+    folder = dataset.root.parent.parent / "ablation" / dataset.name / spec.base_key(base_extra)
     base, shards = folder / "base.json", folder / "shards"
     pool = json.loads(dataset.pool.read_text())
     with locked(folder / "base"):

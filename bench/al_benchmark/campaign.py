@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -119,19 +118,3 @@ def collect(spec: Spec, dataset: Dataset, folder: Path) -> dict[str, Any]:
             found = round_diagnostics(selection, model, folder / "kfp-root", dataset, spec.params)
             diagnostics.append({**base, "round": record["round"], **found})
     return {"spec": spec.to_json(), "curve": curve, "diagnostics": diagnostics}
-
-
-def main(argv: list[str]) -> int:
-    """``python -m bench.al_benchmark campaign SPEC.json``: run one campaign (the scheduler's worker)."""
-    from bench.al_benchmark.plan import prepare_dataset
-
-    job = json.loads(Path(argv[0]).read_text())
-    spec = Spec.from_json(job["spec"])
-    dataset = prepare_dataset(job["dataset"], Path(job["work"]), initial=job["initial"], images=job["images"])
-    result = run_campaign(spec, dataset, Path(job["work"]), int(job["threads"]))
-    print(json.dumps({"done": spec.key, "points": len(result["curve"]), "seconds": result["seconds"]}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,10 +1,12 @@
 """What the benchmark runs: datasets, strategies and their variants, seeds, and where each campaign lives.
 
-A dataset is a COCO folder (``annotations/{train,pool,val}.json`` and ``images/``), the built-in
-synthetic one, the second generated one (fluorescence nuclei, bench/datasets/cells.py), or any
-COCO dataset a user points at with a pool file (fully labelled: the oracle's), a val file and an
-image root. Per seed, the initial labelled set is drawn from the labelled pool (train + pool),
-the same for every strategy and variant of that seed, so the strategies start from one place.
+A dataset is the built-in synthetic one, the second generated one (fluorescence nuclei,
+bench/datasets/cells.py), or any COCO folder a user points at: ``annotations/pool.json`` (fully
+labelled: the oracle's), ``annotations/val.json`` (held out), optionally
+``annotations/train.json`` (an initial labelled set), and ``images/``. The labelled pool is
+train + pool. Per seed, the initial labelled set is drawn from it (``--initial N``) or is the
+folder's own train.json (``--initial given``), the same for every strategy and variant of that
+seed, so the strategies start from one place.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.al_benchmark.files import locked, write_json
+from taudis.data.coco import load_coco, subset_coco
 from taudis.select.uncertainty import AGGREGATIONS, BASE_METRICS, METRICS, RESCALINGS
+
+INITIAL = 10  # images drawn per seed as the initial labelled set, unless told otherwise
+GENERATED_IMAGES = 500  # size of a generated dataset, unless told otherwise
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "alpha": 2.5,
@@ -79,6 +86,19 @@ def ablation_metrics(strategy: str) -> tuple[str, ...]:
     return tuple(m for m in names if m != DEFAULT_PARAMS["metric"] and m not in RESCALINGS)
 
 
+def parse_initial(text: str) -> int | None:
+    """``--initial``: a number of images drawn per seed, or ``given`` (None): the folder's train.json."""
+    if text == "given":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 1:
+        raise ValueError(f"--initial {text!r}: a positive number of images, or 'given' (annotations/train.json)")
+    return number
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A dataset's files as campaigns read them."""
@@ -88,21 +108,22 @@ class Dataset:
     pool: Path  # COCO of every image that may be labelled, with ground truth (the oracle's)
     val: Path
     image_root: Path
-    initial_size: int
+    initial_size: int | None  # None: the initial set is the folder's train.json for every seed
 
     def initial(self, seed: int) -> Path:
-        """The seed's initial labelled set: ``initial_size`` images of the pool, drawn with ``seed``."""
-        path = self.root / f"initial-s{seed}.json"
-        if not path.is_file():
-            pool = json.loads(self.pool.read_text())
-            ids = sorted(int(im["id"]) for im in pool["images"])
-            chosen = set(np.random.default_rng([seed, 11]).choice(ids, size=self.initial_size, replace=False).tolist())
-            subset = {
-                "images": [im for im in pool["images"] if im["id"] in chosen],
-                "annotations": [a for a in pool["annotations"] if a["image_id"] in chosen],
-                "categories": pool["categories"],
-            }
-            path.write_text(json.dumps(subset))
+        """The seed's initial labelled set: ``initial_size`` images of the pool drawn with ``seed``,
+        or the folder's own train.json; either way a subset of :attr:`pool` (its image ids)."""
+        if self.initial_size is None:
+            return self.root / "initial-given.json"  # written with the merged pool
+        path = self.root / f"initial-{self.initial_size}-s{seed}.json"
+        with locked(path):
+            if not path.is_file():
+                pool = json.loads(self.pool.read_text())
+                ids = sorted(int(im["id"]) for im in pool["images"])
+                if self.initial_size >= len(ids):
+                    raise ValueError(f"{self.pool}: --initial {self.initial_size} leaves no pool ({len(ids)} images)")
+                chosen = np.random.default_rng([seed, 11]).choice(ids, size=self.initial_size, replace=False)
+                write_json(path, subset_coco(pool, chosen.tolist()))
         return path
 
     def describe(self) -> dict[str, Any]:
@@ -123,44 +144,116 @@ class Dataset:
             "images_per_stratum": strata,
             "val_images": len(val["images"]),
             "val_instances": len(val["annotations"]),
-            "initial_labelled": self.initial_size,
+            "initial_labelled": self.initial_size if self.initial_size is not None else "given",
         }
 
 
-def prepare_dataset(name: str, work: Path, *, initial: int = 10, images: int = 500) -> Dataset:
-    """The built-in ``synthetic`` or ``cells`` dataset (made once under ``work``), or a COCO folder ``name``."""
-    root = work / "datasets" / Path(name).name
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "data"
-    if name == "synthetic":
-        if not (data / "dataset.json").is_file():
-            from taudis.data.synth import make_synthetic_dataset
+def prepare_dataset(name: str, work: Path, *, initial: int | None = INITIAL, images: int = GENERATED_IMAGES) -> Dataset:
+    """The built-in ``synthetic`` or ``cells`` dataset (made once under ``work``), or a COCO folder ``name``.
 
-            make_synthetic_dataset(data, num_images=images, seed=0)
-    elif name == "cells":
-        if not (data / "dataset.json").is_file():
-            from bench.datasets.cells import make_cells_dataset
-
-            make_cells_dataset(data, num_images=images, seed=0)
+    The dataset's name, in every table and folder, says what the data is and where campaigns
+    start, so that results of different set-ups never mix: ``synthetic``, or ``synthetic-1000``
+    for another size; ``<folder>-<hash of its annotation files>`` for a COCO folder (fixed files
+    are another dataset); then ``-i<N>`` for an initial set other than 10 images, or ``-given``
+    for the folder's train.json.
+    """
+    if name in ("synthetic", "cells"):
+        label = name if images == GENERATED_IMAGES else f"{name}-{images}"
+        data = work / "datasets" / label / "data"
+        with locked(data):
+            if not (data / "dataset.json").is_file():
+                _generate(name, data, images)
     else:
         data = Path(name)
-    return coco_folder(Path(name).name, data, root, initial)
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in _splits(data).values() if p.is_file()))
+        label = f"{data.resolve().name}-{digest.hexdigest()[:8]}"
+    suffix = "" if initial == INITIAL else "-given" if initial is None else f"-i{initial}"
+    return coco_folder(label + suffix, data, work / "datasets" / label, initial)
 
 
-def coco_folder(name: str, data: Path, root: Path, initial: int) -> Dataset:
-    """A COCO folder's splits: the labelled pool is train + pool (the initial set is drawn per seed)."""
-    merged = root / "pool-all.json"
-    if not merged.is_file():
-        parts = [json.loads((data / "annotations" / f"{split}.json").read_text()) for split in ("train", "pool")]
-        annotations = []
-        for part in parts:
-            for ann in part["annotations"]:
-                annotations.append({**ann, "id": len(annotations) + 1})
-        merged.write_text(
-            json.dumps({"images": parts[0]["images"] + parts[1]["images"], "annotations": annotations,
-                        "categories": parts[0]["categories"]})
-        )  # fmt: skip
-    return Dataset(name, root, merged, data / "annotations" / "val.json", data / "images", initial)
+def _generate(name: str, data: Path, images: int) -> None:
+    if name == "synthetic":
+        from taudis.data.synth import make_synthetic_dataset
+
+        make_synthetic_dataset(data, num_images=images, seed=0)
+    else:
+        from bench.datasets.cells import make_cells_dataset
+
+        make_cells_dataset(data, num_images=images, seed=0)
+
+
+def _splits(data: Path) -> dict[str, Path]:
+    """A dataset folder's annotation files (train.json may be absent)."""
+    splits = {split: data / "annotations" / f"{split}.json" for split in ("train", "pool", "val")}
+    for split in ("pool", "val"):
+        if not splits[split].is_file():
+            raise FileNotFoundError(f"{data}: no {splits[split]}; a dataset folder has annotations/pool.json "
+                                    "(fully labelled), annotations/val.json and images/")  # fmt: skip
+    return splits
+
+
+def coco_folder(name: str, data: Path, root: Path, initial: int | None) -> Dataset:
+    """A COCO folder's splits, checked once: the labelled pool is train + pool (merged under
+    ``root``, which is the files' version's own), val is held out.
+
+    Exports number each file's images from 1, so train and pool may share image ids: the pool's
+    clashing images get new ids (their annotations follow). An image in both files, or in val
+    and the pool, is an error: its labels would be ambiguous, or val would not be held out.
+    """
+    splits = _splits(data)
+    if initial is None and not splits["train"].is_file():
+        raise FileNotFoundError(f"{data}: --initial given needs {splits['train']} (the initial labelled set)")
+    merged, given = root / "pool-all.json", root / "initial-given.json"
+    with locked(merged):
+        if not (merged.is_file() and given.is_file()):
+            found = {split: load_coco(path) for split, path in splits.items() if path.is_file()}
+            _check_splits(found, splits, data / "images")
+            pool, train_ids = _merge(found.get("train"), found["pool"])
+            write_json(given, subset_coco(pool, train_ids))
+            write_json(merged, pool)
+    if initial is None and not json.loads(given.read_text())["images"]:
+        raise ValueError(f"{splits['train']}: no images; --initial given needs an initial labelled set there")
+    return Dataset(name, root, merged, splits["val"], data / "images", initial)
+
+
+def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], images: Path) -> None:
+    """Same categories in every split, val apart from the labelled pool, every image file present."""
+    categories = {split: sorted((c["id"], c["name"]) for c in d["categories"]) for split, d in found.items()}
+    for split, cats in categories.items():
+        if cats != categories["pool"]:
+            raise ValueError(f"{paths[split]}: categories {cats} differ from {paths['pool']}'s {categories['pool']}")
+    names = {split: {im["file_name"] for im in d["images"]} for split, d in found.items()}
+    for a, b in (("train", "pool"), ("val", "pool"), ("val", "train")):
+        shared = sorted(names.get(a, set()) & names.get(b, set()))
+        if shared:
+            raise ValueError(
+                f"{paths[a]} and {paths[b]} share {len(shared)} image(s), e.g. {shared[0]!r}: "
+                + ("val must be held out" if a == "val" else "an image may be in one of them only")
+            )
+    for split, d in found.items():
+        for i, image in enumerate(d["images"]):
+            if not (images / image["file_name"]).is_file():
+                raise FileNotFoundError(f"{paths[split]}, images[{i}] (id {image['id']}), field 'file_name': "
+                                        f"no file {images / image['file_name']}")  # fmt: skip
+
+
+def _merge(train: dict[str, Any] | None, pool: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """train + pool as one COCO dict (train's ids kept, the pool's renumbered where they clash),
+    and train's image ids."""
+    train = train or {"images": [], "annotations": [], "categories": pool["categories"]}
+    taken = {int(im["id"]) for im in train["images"]}
+    fresh = iter(range(max(taken | {int(im["id"]) for im in pool["images"]}, default=0) + 1, 2**62))
+    renamed = {int(im["id"]): (next(fresh) if int(im["id"]) in taken else int(im["id"])) for im in pool["images"]}
+    images = train["images"] + [{**im, "id": renamed[int(im["id"])]} for im in pool["images"]]
+    annotations = [dict(a) for a in train.get("annotations", [])]
+    annotations += [{**a, "image_id": renamed[int(a["image_id"])]} for a in pool.get("annotations", [])]
+    for number, ann in enumerate(annotations, 1):
+        ann["id"] = number
+    return {"images": images, "annotations": annotations, "categories": pool["categories"]}, sorted(taken)
+
+
+def _digest(shape: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:8]
 
 
 # The parameters each strategy's choice depends on: a campaign's key holds only these, so that
@@ -195,18 +288,24 @@ class Spec:
     @property
     def key(self) -> str:
         """A folder name that changes whenever anything that shapes the campaign changes (the config's content too)."""
+        used = {k: self.params[k] for k in USED_PARAMS[self.variant.strategy]}
+        shape = [self.variant.strategy, used, self.rounds, self.budget, self._config_hash(), self.train_opts,
+                 self.finetune]  # fmt: skip
+        slug = self.variant.name.replace(" ", "_").replace("=", "-")
+        return f"{slug}-s{self.seed}-{_digest(shape)}"
+
+    def base_key(self, base_extra: int) -> str:
+        """The ablation's base model's folder name (under its dataset's, which names the initial
+        set): what shapes that model (seed, extra images, config, schedule), nothing of the variant."""
+        shape = [base_extra, self._config_hash(), self.train_opts]
+        return f"s{self.seed}-{_digest(shape)}"
+
+    def _config_hash(self) -> str:
+        """The config and every config beside it (its _BASE_ chain lives there too)."""
         from taudis.model.config import resolve_config_path
 
         path = resolve_config_path(self.config)
-        # The config and every config beside it (its _BASE_ chain lives there too).
-        config = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.parent.glob("*.yaml")))).hexdigest()
-        used = {k: self.params[k] for k in USED_PARAMS[self.variant.strategy]}
-        text = json.dumps(
-            [self.variant.strategy, used, self.rounds, self.budget, config, self.train_opts, self.finetune],
-            sort_keys=True,
-        )
-        slug = self.variant.name.replace(" ", "_").replace("=", "-")
-        return f"{slug}-s{self.seed}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.parent.glob("*.yaml")))).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "variant": asdict(self.variant)}

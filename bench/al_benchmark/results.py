@@ -45,7 +45,7 @@ def collect(work: Path) -> dict[str, list[dict[str, Any]]]:
                 "machine": f"{platform.machine()} {platform.node()}",
             }
         )
-    for path in sorted((work / "ablation-results").glob("*/*.json")):
+    for path in sorted((work / "ablation-results").rglob("*.json")):  # <dataset>/[<base>/]<key>.json
         out["ablation"].append(json.loads(path.read_text()))
     return out
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,10 +111,23 @@ def load_config(config: str | os.PathLike[str] = CPU_CONFIG, opts: Sequence[str]
     cfg.merge_from_file(str(resolve_config_path(config)))
     if len(opts) % 2:
         raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_list(_widen_ints(cfg, list(opts)))
     cfg.MODEL.DEVICE = resolve_device(cfg.TAUDIS.DEVICE)
     cfg.DATALOADER.NUM_WORKERS = loader_workers(int(cfg.DATALOADER.NUM_WORKERS), shm_bytes())
     return cfg
+
+
+def _widen_ints(cfg: CfgNode, opts: list[str]) -> list[str]:
+    """``KEY 20`` for a float key reads as ``KEY 20.0``: yacs refuses an int where the config holds
+    a float, and ``TAUDIS.SCHEDULE.ITERS_PER_IMAGE 20`` is what anyone types. Nothing else changes."""
+    out = list(opts)
+    for i in range(0, len(out), 2):
+        node: Any = cfg
+        for part in out[i].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, float) and re.fullmatch(r"[+-]?\d+", out[i + 1].strip()):
+            out[i + 1] = f"{int(out[i + 1])}.0"
+    return out
 
 
 def resolve_device(device: str) -> str:
