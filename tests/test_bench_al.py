@@ -12,17 +12,25 @@ from pathlib import Path
 import pytest
 
 from bench.al_benchmark.__main__ import _parser, jobs_for
-from bench.al_benchmark.plan import DEFAULT_PARAMS, Spec, Variant, ablation_variants, parse_initial, prepare_dataset
+from bench.al_benchmark.plan import (
+    DEFAULT_PARAMS,
+    Spec,
+    Variant,
+    ablation_variants,
+    parse_initial,
+    parse_param,
+    prepare_dataset,
+)
 from bench.al_benchmark.report import (
     BEGIN,
     END,
     ablation_summary,
     ablation_table,
     efficiency_table,
-    finetune_table,
     labels_to_reach,
     splice_into,
     start_disagreements,
+    variant_table,
     versus_table,
 )
 from bench.al_benchmark.results import read_csv, write_csvs
@@ -132,6 +140,21 @@ def test_a_generated_dataset_of_another_size_or_start_is_another_dataset(tmp_pat
     assert small.name == "synthetic-24-i4" and len(json.loads(small.pool.read_text())["images"]) < 24
     assert prepare_dataset("synthetic", tmp_path, images=24, initial=None).name == "synthetic-24-given"
     assert small.root != prepare_dataset("synthetic", tmp_path, images=30, initial=4).root
+
+
+def test_a_run_parameter_reaches_every_strategy_that_reads_it_under_its_own_name(tmp_path: Path) -> None:
+    assert parse_param("sigma=0.9") == ("sigma", 0.9) and parse_param("centre=true") == ("centre", True)
+    for bad, why in (("metric=nope", "unknown uncertainty metric"), ("gamma=1", "KEY=VALUE with KEY one of"),
+                     ("centre=yes", "not true or false"), ("universe=all", "unknown cover universe")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            parse_param(bad)
+    argv = ["run", "--seeds", "0", "--variants", "taudis", "random", "--work", str(tmp_path / "w"),
+            "--results", str(tmp_path / "r"), "--dataset", "synthetic", "--images", "24", "--initial", "4"]  # fmt: skip
+    plain = jobs_for(_parser().parse_args(argv), "campaign")
+    changed = jobs_for(_parser().parse_args([*argv, "--param", "metric=product_rank"]), "campaign")
+    mine = [Spec.from_json(j["spec"]) for j in changed]
+    assert [s.variant.name for s in mine] == ["taudis metric=product_rank"]  # random reads no metric: not rerun
+    assert mine[0].params["metric"] == "product_rank" and mine[0].key != Spec.from_json(plain[0]["spec"]).key
 
 
 def test_initial_is_a_count_or_given() -> None:
@@ -291,7 +314,7 @@ def test_report_tables_are_spliced_into_the_page_between_its_markers(tmp_path: P
         splice_into(doc, report)
 
 
-def test_finetune_is_compared_with_the_same_strategy_and_seed_from_scratch() -> None:
+def test_campaign_variants_are_compared_with_their_strategys_default_campaign_by_seed() -> None:
     def row(variant: str, seed: int, n: int, ap: float, seconds: float) -> dict[str, object]:
         return _row(variant, seed, n, ap) | {"train_seconds": seconds}
 
@@ -299,10 +322,14 @@ def test_finetune_is_compared_with_the_same_strategy_and_seed_from_scratch() -> 
         row("random", 0, 10, 9.0, 100), row("random", 0, 30, 20.0, 300),
         row("random finetune", 0, 10, 9.0, 100), row("random finetune", 0, 30, 18.5, 50),
         row("random", 1, 10, 8.0, 100), row("random finetune", 2, 10, 7.0, 100),  # no pair: left out
+        row("taudis", 1, 30, 25.0, 300), row("taudis metric=product_rank", 1, 30, 27.5, 300),
     ]  # fmt: skip
-    table = finetune_table(curves, "d")
-    assert table[2:] == ["| random | 0 | 10: 9.0 → 9.0, 30: 20.0 → 18.5 | 400 → 150 | 2.67x |"]
-    assert finetune_table([r for r in curves if "finetune" not in str(r["variant"])], "d") == []
+    table = variant_table(curves, "d")
+    assert table[2:] == [
+        "| random finetune | 0 | 10: 9.0 → 9.0, 30: 20.0 → 18.5 | 400 → 150 | 2.67x |",
+        "| taudis metric=product_rank | 1 | 30: 25.0 → 27.5 | 300 → 300 | 1.00x |",
+    ]
+    assert variant_table([r for r in curves if " " not in str(r["variant"])], "d") == []
 
 
 def test_seeds_whose_campaigns_began_from_different_models_are_named() -> None:

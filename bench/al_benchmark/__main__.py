@@ -32,12 +32,14 @@ from bench.al_benchmark.plan import (
     DEFAULT_PARAMS,
     GENERATED_IMAGES,
     INITIAL,
+    USED_PARAMS,
     Dataset,
     Spec,
     Variant,
     ablation_variants,
     main_variants,
     parse_initial,
+    parse_param,
     prepare_dataset,
 )
 from bench.al_benchmark.results import collect, recorded, write_csvs
@@ -63,6 +65,14 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         variants = [v for v in variants if v.name in args.variants]
     if args.finetune:  # told apart from the same variant trained from scratch in every table
         variants = [Variant(f"{v.name} finetune", v.strategy, v.params) for v in variants]
+    overrides = dict(args.param)
+    if overrides:  # for every strategy that reads them (the others' campaigns would be the default's)
+        suffix = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in overrides.items())
+        variants = [
+            Variant(v.name + suffix, v.strategy, v.params)
+            for v in variants
+            if any(k in USED_PARAMS[v.strategy] for k in overrides)
+        ]
     datasets = {
         name: prepare_dataset(name, args.work, initial=args.initial, images=args.images) for name in args.dataset
     }
@@ -72,7 +82,7 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
             for variant in variants:
                 spec = Spec(
                     name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
-                    dict(DEFAULT_PARAMS),
+                    {**DEFAULT_PARAMS, **overrides},
                 )  # fmt: skip
                 mark = (dataset.name, spec.key)
                 if kind == "ablation":
@@ -153,6 +163,13 @@ def worker(path: Path) -> int:
     return 0
 
 
+def _param(text: str) -> tuple[str, Any]:
+    try:
+        return parse_param(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _initial(text: str) -> int | None:
     try:
         return parse_initial(text)
@@ -179,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--train-opts", default=SCHEDULE_OPTS, help="detectron2 overrides for every training")
         p.add_argument("--finetune", action="store_true", help="each round starts from the previous round's model")
         p.add_argument("--variants", nargs="+", default=None, help="only these variants (by name)")
+        params = f"a selection parameter other than its default, for every strategy ({', '.join(DEFAULT_PARAMS)})"
+        p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE", help=params)
         p.add_argument("--jobs", type=int, default=0, help="campaigns side by side (default: cores, or GPUs)")
         p.add_argument("--threads", type=int, default=0, help="torch threads per job (default: cores / jobs)")
         p.add_argument("--nice", type=int, default=10)

@@ -21,7 +21,15 @@ import numpy as np
 
 from bench.al_benchmark.files import locked, write_json
 from taudis.data.coco import load_coco, subset_coco
-from taudis.select.uncertainty import AGGREGATIONS, BASE_METRICS, METRICS, RESCALINGS
+from taudis.select.pool import UNIVERSES
+from taudis.select.uncertainty import (
+    AGGREGATIONS,
+    BASE_METRICS,
+    METRICS,
+    RESCALINGS,
+    check_aggregation,
+    check_metric,
+)
 
 INITIAL = 10  # images drawn per seed as the initial labelled set, unless told otherwise
 GENERATED_IMAGES = 500  # size of a generated dataset, unless told otherwise
@@ -84,6 +92,32 @@ def ablation_metrics(strategy: str) -> tuple[str, ...]:
     the ablation within hours on 2 cores; uncertainty-only tries the base metrics."""
     names = METRICS if strategy == "taudis" else BASE_METRICS
     return tuple(m for m in names if m != DEFAULT_PARAMS["metric"] and m not in RESCALINGS)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``--param KEY=VALUE``: one of :data:`DEFAULT_PARAMS`, typed like its default, checked as
+    taudis.select checks it (a bad value fails here, not hours later inside a campaign)."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in DEFAULT_PARAMS:
+        raise ValueError(f"--param {text!r}: KEY=VALUE with KEY one of {', '.join(DEFAULT_PARAMS)}")
+    default = DEFAULT_PARAMS[key]
+    try:
+        typed: Any = {bool: _boolean, float: float, str: str}[type(default)](value)
+        if key == "metric":
+            check_metric(typed)
+        elif key == "aggregation":
+            check_aggregation(typed)
+        elif key == "universe" and typed not in UNIVERSES:
+            raise ValueError(f"unknown cover universe {typed!r}; known: {', '.join(UNIVERSES)}")
+    except ValueError as err:
+        raise ValueError(f"--param {text!r}: {err}") from err
+    return key, typed
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"{text!r} is not true or false")
+    return text.lower() == "true"
 
 
 def parse_initial(text: str) -> int | None:
