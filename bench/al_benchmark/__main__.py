@@ -11,7 +11,9 @@ one batch per variant (taudis.select's parameters, every metric and aggregation;
 ablation.py). Both resume where they stopped: finished work is never redone (what the results
 CSVs record is skipped on any machine), a campaign cut short goes on from its last round.
 ``--dataset`` takes ``synthetic`` (built in), ``cells`` (the second generated dataset) or a COCO
-folder with annotations/{train,pool,val}.json and images/. Results go to ``--results`` as CSV
+folder with annotations/{pool,val}.json (train.json optional) and images/, checked first
+(plan.py); ``--initial`` draws the initial set per seed or takes train.json (``given``);
+``--param`` and ``--finetune`` run campaign variants. Results go to ``--results`` as CSV
 (curves, diagnostics, ablation), then ``report`` writes tables (Markdown) and figures (PNG)
 beside them. Work files (models, shards, campaign state) stay under ``--work``.
 """

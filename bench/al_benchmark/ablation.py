@@ -25,16 +25,9 @@ from typing import Any
 import numpy as np
 
 from bench.al_benchmark.diagnostics import cover_diagnostics
-from bench.al_benchmark.files import locked
+from bench.al_benchmark.files import locked, write_json
 from bench.al_benchmark.plan import Dataset, Spec
-
-
-def _subset(pool: dict[str, Any], ids: set[int]) -> dict[str, Any]:
-    return {
-        "images": [im for im in pool["images"] if im["id"] in ids],
-        "annotations": [a for a in pool["annotations"] if a["image_id"] in ids],
-        "categories": pool["categories"],
-    }
+from taudis.data.coco import subset_coco
 
 
 def _train(labelled: Path, dataset: Dataset, out: Path, spec: Spec, threads: int) -> dict[str, Any]:
@@ -75,17 +68,14 @@ def base_state(dataset: Dataset, spec: Spec, base_extra: int, threads: int) -> t
             initial = {im["id"] for im in json.loads(dataset.initial(spec.seed).read_text())["images"]}
             rest = sorted({im["id"] for im in pool["images"]} - initial)
             extra = np.random.default_rng([spec.seed, 23]).choice(rest, size=base_extra, replace=False).tolist()
-            base.write_text(json.dumps(_subset(pool, initial | set(extra))))
+            write_json(base, subset_coco(pool, initial | set(extra)))
     metrics = _train(base, dataset, folder / "base-model", spec, threads)
     with locked(shards):
         if not (shards / "done").is_file():
             labelled = {im["id"] for im in json.loads(base.read_text())["images"]}
             unlabelled = folder / "unlabelled.json"
-            unlabelled.write_text(
-                json.dumps(
-                    {**_subset(pool, set()), "images": [im for im in pool["images"] if im["id"] not in labelled]}
-                )
-            )
+            others = [im["id"] for im in pool["images"] if im["id"] not in labelled]
+            write_json(unlabelled, subset_coco(pool, others, keep_annotations=False))
             infer_instances(str(folder / "base-model" / "model"), str(unlabelled), str(dataset.image_root), str(shards))
             (shards / "done").write_text("")
     return base, shards, metrics
@@ -111,7 +101,7 @@ def run_variant(spec: Spec, dataset: Dataset, work: Path, threads: int, base_ext
         if not labelled.is_file():
             have = {im["id"] for im in json.loads(base.read_text())["images"]}
             labelled.parent.mkdir(parents=True, exist_ok=True)
-            labelled.write_text(json.dumps(_subset(pool, have | set(chosen))))
+            write_json(labelled, subset_coco(pool, have | set(chosen)))
     metrics = _train(labelled, dataset, batch, spec, threads)
     strata = {im["id"]: str(im.get("stratum", "easy")) for im in pool["images"]}
     unc = select(shards, spec.budget, "uncertainty", metric=params["metric"], aggregation=params["aggregation"])
