@@ -323,11 +323,14 @@ def test_campaign_variants_are_compared_with_their_strategys_default_campaign_by
         row("random finetune", 0, 10, 9.0, 100), row("random finetune", 0, 30, 18.5, 50),
         row("random", 1, 10, 8.0, 100), row("random finetune", 2, 10, 7.0, 100),  # no pair: left out
         row("taudis", 1, 30, 25.0, 300), row("taudis metric=product_rank", 1, 30, 27.5, 300),
+        row("taudis", 2, 30, 20.0, 300), row("taudis metric=product_rank", 2, 30, 19.5, 300),
     ]  # fmt: skip
     table = variant_table(curves, "d")
     assert table[2:] == [
         "| random finetune | 0 | 10: 9.0 → 9.0, 30: 20.0 → 18.5 | 400 → 150 | 2.67x |",
-        "| taudis metric=product_rank | 1 | 30: 25.0 → 27.5 | 300 → 300 | 1.00x |",
+        "| taudis metric=product_rank | 1 | 30: 25.0 → 27.5 | 300 → 300 | - |",
+        "| taudis metric=product_rank | 2 | 30: 20.0 → 19.5 | 300 → 300 | - |",
+        "| taudis metric=product_rank | mean difference | 30: +1.0 ± 2.1 |  |  |",
     ]
     assert variant_table([r for r in curves if " " not in str(r["variant"])], "d") == []
 

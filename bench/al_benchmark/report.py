@@ -172,6 +172,7 @@ def variant_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
     body = []
     for variant in variants:
         default = variant.split(" ", 1)[0]
+        diffs: dict[int, list[float]] = {}
         for seed in sorted({r["seed"] for r in rows if r["variant"] == variant}):
             mine = {int(r["labelled_images"]): r for r in rows if r["variant"] == variant and r["seed"] == seed}
             base = {int(r["labelled_images"]): r for r in rows if r["variant"] == default and r["seed"] == seed}
@@ -182,11 +183,15 @@ def variant_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
                 for n in sorted(mine)
                 if n in base
             ]
+            for n in sorted(set(mine) & set(base)):
+                diffs.setdefault(n, []).append(float(mine[n]["mask_ap"]) - float(base[n]["mask_ap"]))
             seconds = [sum(float(r["train_seconds"] or 0) for r in c.values()) for c in (base, mine)]
-            body.append(
-                [variant, str(seed), ", ".join(points), f"{seconds[0]:.0f} → {seconds[1]:.0f}",
-                 f"{seconds[0] / seconds[1]:.2f}x" if seconds[1] else "-"]
-            )  # fmt: skip
+            # only fine-tuning changes the training; otherwise the times differ by machine and load
+            faster = f"{seconds[0] / seconds[1]:.2f}x" if seconds[1] and variant.endswith(" finetune") else "-"
+            body.append([variant, str(seed), ", ".join(points), f"{seconds[0]:.0f} → {seconds[1]:.0f}", faster])
+        if len(next(iter(diffs.values()), [])) > 1:  # the variant minus the default, over its seeds
+            mean = ", ".join(f"{n}: {_signed(*_mean_std(d))}" for n, d in sorted(diffs.items()))
+            body.append([variant, "mean difference", mean, "", ""])
     header = ["variant", "seed", "mask AP, default → variant (labelled: AP)", "training s", "faster"]
     return _table(header, body) if body else []
 
