@@ -178,13 +178,11 @@ def variant_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
             base = {int(r["labelled_images"]): r for r in rows if r["variant"] == default and r["seed"] == seed}
             if not base:
                 continue
-            points = [
-                f"{n}: {float(base[n]['mask_ap']):.1f} → {float(mine[n]['mask_ap']):.1f}"
-                for n in sorted(mine)
-                if n in base
-            ]
+            points = []
             for n in sorted(set(mine) & set(base)):
-                diffs.setdefault(n, []).append(float(mine[n]["mask_ap"]) - float(base[n]["mask_ap"]))
+                before, after = float(base[n]["mask_ap"]), float(mine[n]["mask_ap"])
+                points.append(f"{n}: {before:.1f} → {after:.1f}")
+                diffs.setdefault(n, []).append(after - before)
             seconds = [sum(float(r["train_seconds"] or 0) for r in c.values()) for c in (base, mine)]
             # only fine-tuning changes the training; otherwise the times differ by machine and load
             faster = f"{seconds[0] / seconds[1]:.2f}x" if seconds[1] and variant.endswith(" finetune") else "-"
@@ -229,10 +227,10 @@ def ablation_summary(rows: list[dict[str, Any]], dataset: str) -> list[str]:
         mine = [aps for aps in bases if name in aps]
         diffs = [aps[name] - aps["taudis"] for aps in mine]
         versus = [aps[name] - aps["uncertainty"] for aps in mine if "uncertainty" in aps and name != "uncertainty"]
-        cells = [_signed(*_mean_std(diffs)), f"{sum(d > 0 for d in diffs)} of {len(diffs)}"]
+        spread = _mean_std(diffs)
+        cells = [_signed(*spread), f"{sum(d > 0 for d in diffs)} of {len(diffs)}"]
         cells.append(_signed(*_mean_std(versus)) + f" ({len(versus)})" if versus else "-")
-        mean = _mean_std(diffs)[0]
-        body.append((mean, [name, str(len(mine)), *cells]))
+        body.append((spread[0], [name, str(len(mine)), *cells]))
     body.sort(key=lambda b: -b[0])
     header = ["variant", "base models", "vs taudis (mean ± sd)", "above taudis on", "vs uncertainty (bases)"]
     return _table(header, [cells for _, cells in body])
