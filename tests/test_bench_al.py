@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.al_benchmark.__main__ import _parser, jobs_for
+from bench.al_benchmark.__main__ import _parser, jobs_for, worker
 from bench.al_benchmark.plan import (
     DEFAULT_PARAMS,
     Spec,
@@ -20,12 +20,15 @@ from bench.al_benchmark.plan import (
     parse_initial,
     parse_param,
     prepare_dataset,
+    stand_in,
 )
 from bench.al_benchmark.report import (
     BEGIN,
     END,
     ablation_summary,
     ablation_table,
+    change_section,
+    changes,
     efficiency_table,
     labels_to_reach,
     splice_into,
@@ -157,6 +160,20 @@ def test_a_run_parameter_reaches_every_strategy_that_reads_it_under_its_own_name
     assert mine[0].params["metric"] == "product_rank" and mine[0].key != Spec.from_json(plain[0]["spec"]).key
 
 
+def test_portable_numerics_are_a_variant_of_their_own_with_their_own_models(tmp_path: Path) -> None:
+    argv = ["run", "--seeds", "0", "--variants", "random", "--work", str(tmp_path / "w"), "--results",
+            str(tmp_path / "r"), "--dataset", "synthetic", "--images", "24", "--initial", "4"]  # fmt: skip
+    plain = Spec.from_json(jobs_for(_parser().parse_args(argv), "campaign")[0]["spec"])
+    job = jobs_for(_parser().parse_args([*argv, "--portable-numerics"]), "campaign")[0]
+    portable = Spec.from_json(job["spec"])
+    assert portable.variant.name == "random portable" and portable.portable and not plain.portable
+    assert portable.key != plain.key and portable.base_key(20) != plain.base_key(20)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    with pytest.raises(SystemExit, match="portable numerics True"):  # a worker started without them
+        worker(path)
+
+
 def test_initial_is_a_count_or_given() -> None:
     assert parse_initial("12") == 12 and parse_initial("given") is None
     for bad in ("0", "ten"):
@@ -185,7 +202,8 @@ def test_labels_to_reach_interpolates_between_random_rounds() -> None:
 
 
 def _row(variant: str, seed: int, labelled: int, ap: float) -> dict[str, object]:
-    return {"dataset": "d", "variant": variant, "seed": seed, "labelled_images": labelled, "mask_ap": ap}
+    row = {"dataset": "d", "variant": variant, "seed": seed, "labelled_images": labelled, "mask_ap": ap}
+    return row | {"round": (labelled - 10) // 20}  # 10 initial images, 20 a round
 
 
 def test_efficiency_is_per_seed_with_spread_and_marks_censored_seeds() -> None:
@@ -212,6 +230,26 @@ def test_versus_pairs_taudis_with_each_baseline_on_the_seeds_both_ran() -> None:
     table = versus_table(curves, "d")
     assert table[0] == "| labelled | taudis (seeds) | vs random (seeds) | vs coreset (seeds) |"
     assert table[2] == "| 30 | 25.0 ± 5.0 (3) | +1.3 ± 2.1 (3) | +1.0 ± 0.0 (1) |"
+
+
+def test_under_a_change_each_baseline_is_its_own_variant_if_it_reads_the_parameter_else_its_default() -> None:
+    assert stand_in("uncertainty", "metric=product_rank") == "uncertainty metric=product_rank"
+    assert stand_in("random", "metric=product_rank") == "random"  # reads no metric: its default campaign
+    assert stand_in("coreset", "finetune sigma=0.9") == "coreset finetune"
+    assert stand_in("diversity", "finetune sigma=0.9") == "diversity finetune sigma=0.9"
+    curves = [
+        _row("taudis metric=product_rank", 0, 30, 24.0), _row("taudis metric=product_rank", 1, 30, 26.0),
+        _row("uncertainty metric=product_rank", 0, 30, 23.0), _row("uncertainty metric=product_rank", 1, 30, 27.0),
+        _row("uncertainty", 0, 30, 10.0), _row("uncertainty", 1, 30, 10.0),  # not the counterpart: left out
+        _row("random", 0, 30, 20.0), _row("random", 1, 30, 21.0),
+        _row("taudis", 0, 30, 1.0), _row("random finetune", 0, 30, 5.0),
+    ]  # fmt: skip
+    assert changes(curves, "d") == ["metric=product_rank"]  # random finetune: TAUDIS never ran it
+    section = change_section(curves, "d", "metric=product_rank")
+    assert "| uncertainty metric=product_rank | 25.0 ± 2.8 (2) |" in section
+    assert "| random | 20.5 ± 0.7 (2) |" in section
+    assert "| 30 | 25.0 ± 1.4 (2) | +0.0 ± 1.4 (2) | +4.5 ± 0.7 (2) |" in section
+    assert not any("uncertainty | 10.0" in line for line in section)
 
 
 def test_recorded_campaigns_are_skipped_on_a_fresh_work_folder(tmp_path: Path) -> None:

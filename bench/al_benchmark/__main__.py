@@ -13,7 +13,8 @@ CSVs record is skipped on any machine), a campaign cut short goes on from its la
 ``--dataset`` takes ``synthetic`` (built in), ``cells`` (the second generated dataset) or a COCO
 folder with annotations/{pool,val}.json (train.json optional) and images/, checked first
 (plan.py); ``--initial`` draws the initial set per seed or takes train.json (``given``);
-``--param`` and ``--finetune`` run campaign variants. Results go to ``--results`` as CSV
+``--param``, ``--finetune`` and ``--portable-numerics`` (the same models on every machine) run
+campaign variants. Results go to ``--results`` as CSV
 (curves, diagnostics, ablation), then ``report`` writes tables (Markdown) and figures (PNG)
 beside them. Work files (models, shards, campaign state) stay under ``--work``.
 """
@@ -45,6 +46,7 @@ from bench.al_benchmark.plan import (
     prepare_dataset,
 )
 from bench.al_benchmark.results import collect, recorded, write_csvs
+from taudis.model import numerics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE_OPTS = ""  # the config's own schedule (taudis/model/config.py); --train-opts overrides
@@ -67,6 +69,8 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         variants = [v for v in variants if v.name in args.variants]
     if args.finetune:  # told apart from the same variant trained from scratch in every table
         variants = [Variant(f"{v.name} finetune", v.strategy, v.params) for v in variants]
+    if args.portable_numerics:  # likewise: other numerics train other models
+        variants = [Variant(f"{v.name} portable", v.strategy, v.params) for v in variants]
     overrides = dict(args.param)
     if overrides:  # for every strategy that reads them (the others' campaigns would be the default's)
         suffix = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in overrides.items())
@@ -84,7 +88,7 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
             for variant in variants:
                 spec = Spec(
                     name, variant, seed, args.rounds, args.budget, args.config, args.train_opts, args.finetune,
-                    {**DEFAULT_PARAMS, **overrides},
+                    {**DEFAULT_PARAMS, **overrides}, portable=args.portable_numerics,
                 )  # fmt: skip
                 mark = (dataset.name, spec.key)
                 if kind == "ablation":
@@ -149,6 +153,9 @@ def schedule(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def worker(path: Path) -> int:
     job = json.loads(path.read_text())
     spec = Spec.from_json(job["spec"])
+    if spec.portable != numerics.portable():
+        raise SystemExit(f"{path}: the job asks for portable numerics {spec.portable}, the process runs "
+                         f"{numerics.portable()}: run it from the scheduler, which sets them")  # fmt: skip
     work = Path(job["work"])
     dataset = prepare_dataset(job["dataset"], work, initial=job["initial"], images=job["images"])
     if job["kind"] == "campaign":
@@ -197,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default="mask_rcnn_R18_slim_cpu.yaml")
         p.add_argument("--train-opts", default=SCHEDULE_OPTS, help="detectron2 overrides for every training")
         p.add_argument("--finetune", action="store_true", help="each round starts from the previous round's model")
+        portable = "the same CPU kernels on every machine (taudis.model.numerics): campaigns that agree across machines"
+        p.add_argument("--portable-numerics", action="store_true", help=portable)
         p.add_argument("--variants", nargs="+", default=None, help="only these variants (by name)")
         params = f"a selection parameter other than its default, for every strategy ({', '.join(DEFAULT_PARAMS)})"
         p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE", help=params)
@@ -227,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             splice_into(args.docs, report)
         return 0
     args.dataset = args.dataset or ["synthetic"]
+    if args.portable_numerics:  # before anything here loads torch's kernels; the workers inherit it
+        os.environ.update(numerics.portable_environment())
     schedule(jobs_for(args, "campaign" if args.command == "run" else "ablation"), args)
     write_csvs(collect(args.work), args.results)
     return 0

@@ -301,6 +301,18 @@ USED_PARAMS = {
 }
 
 
+def stand_in(strategy: str, change: str) -> str:
+    """The campaign that stands for ``strategy`` under ``change``, a campaign variant's name after
+    its strategy (``metric=product_rank``, ``finetune``): the strategy's own variant when it reads
+    a parameter the change sets; otherwise the campaign without those parameters, which would
+    choose the same images (so the run schedules no such variant: see jobs_for)."""
+    tokens = change.split()
+    params = [t for t in tokens if "=" in t]
+    if any(t.partition("=")[0] in USED_PARAMS[strategy] for t in params):
+        return f"{strategy} {change}"
+    return " ".join([strategy, *(t for t in tokens if "=" not in t)])
+
+
 @dataclass(frozen=True)
 class Spec:
     """One campaign of the benchmark."""
@@ -314,6 +326,7 @@ class Spec:
     train_opts: str
     finetune: bool
     defaults: dict[str, Any]
+    portable: bool = False  # portable numerics (taudis.model.numerics): the same models on every machine
 
     @property
     def params(self) -> dict[str, Any]:
@@ -324,15 +337,19 @@ class Spec:
         """A folder name that changes whenever anything that shapes the campaign changes (the config's content too)."""
         used = {k: self.params[k] for k in USED_PARAMS[self.variant.strategy]}
         shape = [self.variant.strategy, used, self.rounds, self.budget, self._config_hash(), self.train_opts,
-                 self.finetune]  # fmt: skip
+                 self.finetune, *self._numerics()]  # fmt: skip
         slug = self.variant.name.replace(" ", "_").replace("=", "-")
         return f"{slug}-s{self.seed}-{_digest(shape)}"
 
     def base_key(self, base_extra: int) -> str:
         """The ablation's base model's folder name (under its dataset's, which names the initial
         set): what shapes that model (seed, extra images, config, schedule), nothing of the variant."""
-        shape = [base_extra, self._config_hash(), self.train_opts]
+        shape = [base_extra, self._config_hash(), self.train_opts, *self._numerics()]
         return f"s{self.seed}-{_digest(shape)}"
+
+    def _numerics(self) -> list[str]:
+        # in the keys only when portable: the keys recorded before the choice existed stand for native
+        return ["portable"] if self.portable else []
 
     def _config_hash(self) -> str:
         """The config and every config beside it (its _BASE_ chain lives there too)."""

@@ -13,7 +13,9 @@ Writes under ``<results>``: ``report.md`` (every table below) and, per dataset,
   default TAUDIS and to uncertainty-only on the same base, and the selection diagnostics; above
   them, those differences pooled over every base model that has the default TAUDIS row.
 - Campaign variants (fine-tuning from the previous round's model, another parameter) against
-  their strategy's default campaign, paired by seed.
+  their strategy's default campaign, paired by seed; and for each change TAUDIS ran with, the
+  curves, TAUDIS minus each baseline and the efficiency again with every strategy under that
+  change (its own variant where it reads the parameter, its default campaign where it does not).
 - Campaign diagnostics and costs.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.al_benchmark.plan import stand_in
 from bench.al_benchmark.results import read_csv
 
 MAIN = ("taudis", "uncertainty", "random", "coreset", "diversity")
@@ -56,18 +59,35 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def curve_table(curves: list[dict[str, Any]], dataset: str) -> tuple[list[str], dict[str, dict[int, tuple]]]:
-    rows = [r for r in curves if r["dataset"] == dataset and r["variant"] in MAIN]
+Names = dict[str, str]  # strategy: the campaign variant that stands for it in a table
+
+
+def _names(names: Names | None) -> Names:
+    """The default campaigns, or every strategy's stand-in under one change (``under``)."""
+    return names or {s: s for s in MAIN}
+
+
+def under(change: str) -> Names:
+    """Each strategy's campaign under ``change`` (``metric=product_rank``): its variant where it
+    reads the parameter, its default campaign where it does not (plan.stand_in)."""
+    return {s: stand_in(s, change) for s in MAIN}
+
+
+def curve_table(
+    curves: list[dict[str, Any]], dataset: str, names: Names | None = None
+) -> tuple[list[str], dict[str, dict[int, tuple]]]:
+    names = _names(names)
+    rows = [r for r in curves if r["dataset"] == dataset and r["variant"] in names.values()]
     counts = sorted({int(r["labelled_images"]) for r in rows if r["labelled_images"] is not None})
     stats: dict[str, dict[int, tuple]] = {}
     for strategy in MAIN:
         stats[strategy] = {
-            n: _mean_std(r["mask_ap"] for r in rows if r["variant"] == strategy and r["labelled_images"] == n)
+            n: _mean_std(r["mask_ap"] for r in rows if r["variant"] == names[strategy] and r["labelled_images"] == n)
             for n in counts
         }
     header = ["strategy", *[f"{n} labelled" for n in counts]]
     body = [
-        [s, *[_fmt(*stats[s][n][:2]) + f" ({stats[s][n][2]})" for n in counts]]
+        [names[s], *[_fmt(*stats[s][n][:2]) + f" ({stats[s][n][2]})" for n in counts]]
         for s in MAIN
         if any(stats[s][n][2] for n in counts)
     ]
@@ -87,9 +107,10 @@ def labels_to_reach(random_points: list[tuple[int, float]], target: float) -> fl
     return None
 
 
-def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+def efficiency_table(curves: list[dict[str, Any]], dataset: str, names: Names | None = None) -> list[str]:
+    names = _names(names)
     rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
-    seeds = sorted({r["seed"] for r in rows if r["variant"] == "random"})
+    seeds = sorted({r["seed"] for r in rows if r["variant"] == names["random"]})
     if not seeds:
         return ["No random campaign yet: nothing to compare against."]
     counts = sorted({int(r["labelled_images"]) for r in rows})[1:]  # the first round is shared
@@ -99,11 +120,15 @@ def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
         for n in counts:
             ratios, censored = [], 0
             for seed in seeds:
-                mine = [r for r in rows if r["variant"] == strategy and r["seed"] == seed and r["labelled_images"] == n]
+                mine = [
+                    r
+                    for r in rows
+                    if r["variant"] == names[strategy] and r["seed"] == seed and r["labelled_images"] == n
+                ]
                 rand = [
                     (int(r["labelled_images"]), float(r["mask_ap"]))
                     for r in rows
-                    if r["variant"] == "random" and r["seed"] == seed
+                    if r["variant"] == names["random"] and r["seed"] == seed
                 ]
                 if not mine:
                     continue
@@ -115,30 +140,32 @@ def efficiency_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
             mean, std, k = _mean_std(ratios)
             cell = "-" if k == 0 else f"{'≥ ' if censored else ''}{mean:.2f} ± {std:.2f}"
             cells.append(cell + (f" ({censored} of {k} beyond random's last round)" if censored else ""))
-        body.append([strategy, *cells])
+        if any(c != "-" for c in cells):
+            body.append([names[strategy], *cells])
     return _table(["strategy", *[f"at {n} labels" for n in counts]], body)
 
 
-def versus_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+def versus_table(curves: list[dict[str, Any]], dataset: str, names: Names | None = None) -> list[str]:
     """TAUDIS minus each baseline, seed by seed: only seeds both ran count, so a baseline run on
     fewer seeds is not compared against a mean over other draws of the initial set."""
+    names = _names(names)
     rows = [r for r in curves if r["dataset"] == dataset and r["mask_ap"] is not None]
     ap = {(r["variant"], r["seed"], int(r["labelled_images"])): float(r["mask_ap"]) for r in rows}
-    counts = sorted({n for v, _, n in ap if v == "taudis"})
-    baselines = [s for s in MAIN if s != "taudis" and any(v == s for v, _, _ in ap)]
+    counts = sorted({n for v, _, n in ap if v == names["taudis"]})
+    baselines = [names[s] for s in MAIN if s != "taudis" and any(v == names[s] for v, _, _ in ap)]
     body = []
     for n in counts:
-        mine = {seed: a for (v, seed, m), a in ap.items() if v == "taudis" and m == n}
+        mine = {seed: a for (v, seed, m), a in ap.items() if v == names["taudis"] and m == n}
         cells = []
         for base in baselines:
             diffs = [mine[seed] - ap[(base, seed, n)] for seed in sorted(mine) if (base, seed, n) in ap]
             mean, std, k = _mean_std(diffs)
             cells.append("-" if k == 0 else f"{mean:+.1f} ± {std:.1f} ({k})")
         body.append([str(n), _fmt(*_mean_std(mine.values())[:2]) + f" ({len(mine)})", *cells])
-    return _table(["labelled", "taudis (seeds)", *[f"vs {b} (seeds)" for b in baselines]], body)
+    return _table(["labelled", f"{names['taudis']} (seeds)", *[f"vs {b} (seeds)" for b in baselines]], body)
 
 
-def start_disagreements(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+def start_disagreements(curves: list[dict[str, Any]], dataset: str, names: Names | None = None) -> list[str]:
     """Seeds whose campaigns began from different round-0 models, one line each (none: all agree).
 
     Every campaign of a seed trains its round-0 model on the same images with the same seed, so
@@ -146,15 +173,16 @@ def start_disagreements(curves: list[dict[str, Any]], dataset: str) -> list[str]
     same training ends elsewhere. Paired differences involving such a campaign then compare
     different starting models as well as different choices.
     """
+    order = list(_names(names).values())
     rows = [
         r
         for r in curves
-        if r["dataset"] == dataset and r["round"] == 0 and r["mask_ap"] is not None and r["variant"] in MAIN
+        if r["dataset"] == dataset and r["round"] == 0 and r["mask_ap"] is not None and r["variant"] in order
     ]
     lines = []
     for seed in sorted({r["seed"] for r in rows}):
         groups: dict[float, list[str]] = {}
-        for r in sorted((r for r in rows if r["seed"] == seed), key=lambda r: MAIN.index(r["variant"])):
+        for r in sorted((r for r in rows if r["seed"] == seed), key=lambda r: order.index(r["variant"])):
             groups.setdefault(round(float(r["mask_ap"]), 6), []).append(str(r["variant"]))
         if len(groups) > 1:
             parts = "; ".join(f"{ap:.1f}: {', '.join(names)}" for ap, names in groups.items())
@@ -192,6 +220,46 @@ def variant_table(curves: list[dict[str, Any]], dataset: str) -> list[str]:
             body.append([variant, "mean difference", mean, "", ""])
     header = ["variant", "seed", "mask AP, default → variant (labelled: AP)", "training s", "faster"]
     return _table(header, body) if body else []
+
+
+def changes(curves: list[dict[str, Any]], dataset: str) -> list[str]:
+    """The changes TAUDIS ran whole campaigns with on ``dataset`` (``metric=product_rank``)."""
+    names = {str(r["variant"]) for r in curves if r["dataset"] == dataset}
+    return sorted(v.split(" ", 1)[1] for v in names if v.startswith("taudis "))
+
+
+def change_section(curves: list[dict[str, Any]], dataset: str, change: str) -> list[str]:
+    """The main tables again with every strategy under ``change``: the comparison the run's
+    parameters call for, since a baseline that reads the parameter must get it too."""
+    names = under(change)
+    table, _ = curve_table(curves, dataset, names)
+    return [
+        f"### Every strategy with {change} (where it reads it), mask AP (mean ± sd over seeds, seeds in brackets)",
+        "",
+        *table,
+        "",
+        f"TAUDIS minus each baseline, all with {change} (paired by seed):",
+        "",
+        *versus_table(curves, dataset, names),
+        "",
+        f"Labelling efficiency against random, all with {change}:",
+        "",
+        *efficiency_table(curves, dataset, names),
+        "",
+        *_apart(start_disagreements(curves, dataset, names)),
+    ]
+
+
+def _apart(lines: list[str]) -> list[str]:
+    if not lines:
+        return []
+    return [
+        "Campaigns of these seeds ran on different machines and began from different round-0 models "
+        "(same images, same seed, other CPU numerics):",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def ablation_table(rows: list[dict[str, Any]], dataset: str) -> list[str]:
@@ -337,15 +405,7 @@ def write_report(results: Path) -> Path:
             lines += [*efficiency_table(curves, dataset), ""]
             lines += ["### TAUDIS minus each baseline (mask AP, paired by seed: mean ± sd, seeds)", ""]
             lines += [*versus_table(curves, dataset), ""]
-            apart = start_disagreements(curves, dataset)
-            if apart:
-                lines += [
-                    "Campaigns of these seeds ran on different machines and began from different "
-                    "round-0 models (same images, same seed, other CPU numerics):",
-                    "",
-                    *apart,
-                    "",
-                ]
+            lines += _apart(start_disagreements(curves, dataset))
             lines += [
                 "### Selection diagnostics (mean over rounds and seeds)",
                 "",
@@ -356,6 +416,8 @@ def write_report(results: Path) -> Path:
             if changed:
                 lines += ["### Campaign variants against their strategy's default campaign, paired by seed", ""]
                 lines += [*changed, ""]
+            for change in changes(curves, dataset):
+                lines += change_section(curves, dataset, change)
             mine = [r for r in campaigns if r["dataset"] == dataset]
             if mine:
                 total = sum(float(r["seconds"] or 0) for r in mine)

@@ -33,6 +33,7 @@ import numpy as np
 
 from taudis.data.coco import read_coco_json, validate_coco
 from taudis.data.instances import write_shard
+from taudis.model import numerics
 
 log = logging.getLogger("taudis.model.infer")
 PROGRESS_SECONDS = 10.0  # at most one progress line this often
@@ -60,7 +61,6 @@ def load_model(model_dir: str | os.PathLike[str], *, taudis_heads: bool = True, 
         taudis_heads: swap in TaudisROIHeads (same weights) to get class probabilities and embeddings.
         opts: extra ``KEY VALUE`` config overrides.
     """
-    import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -70,8 +70,7 @@ def load_model(model_dir: str | os.PathLike[str], *, taudis_heads: bool = True, 
     cfg = model_config(model_dir, opts)
     if taudis_heads:
         cfg.MODEL.ROI_HEADS.NAME = roi_heads.NAME
-    if cfg.TAUDIS.NUM_THREADS > 0:
-        torch.set_num_threads(int(cfg.TAUDIS.NUM_THREADS))
+    numerics.configure(int(cfg.TAUDIS.NUM_THREADS))
     cfg.freeze()
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2_dicts
+from taudis.model import numerics
 from taudis.model.collapse import TrainingCollapsedError, collapse_reason
 from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
 
@@ -127,7 +128,6 @@ def train_model(
     Raises:
         TrainingCollapsedError: every attempt collapsed.
     """
-    import torch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,7 @@ def train_model(
     # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
     cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
     cfg.OUTPUT_DIR = str(out)
-    if cfg.TAUDIS.NUM_THREADS > 0:
-        torch.set_num_threads(int(cfg.TAUDIS.NUM_THREADS))
+    numerics.configure(int(cfg.TAUDIS.NUM_THREADS))
     check = cfg.TAUDIS.COLLAPSE
     collapsed: list[dict[str, Any]] = []
     while True:
@@ -281,6 +280,7 @@ def _train_attempt(
         "seed": seed,
         "collapsed_attempts": collapsed,
         "config": config_summary(cfg),
+        "numerics": numerics.describe(),
     }
     _write_text(metrics_file, json.dumps(metrics, indent=1))
     return metrics
