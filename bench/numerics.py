@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,8 +34,8 @@ from taudis.model import numerics  # noqa: E402
 
 SETTINGS = {
     "native": {},
-    "aten": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "mkl": {"MKL_CBWR": "AVX2"},
+    "aten": {"ATEN_CPU_CAPABILITY": numerics.PORTABLE["ATEN_CPU_CAPABILITY"]},
+    "mkl": {"MKL_CBWR": numerics.PORTABLE["MKL_CBWR"]},
     "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "portable": numerics.portable_environment(),
 }
@@ -42,7 +43,7 @@ LAYERS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", numerics.SWIT
 
 # One training in a fresh process: the kernels are chosen when torch first runs one.
 TRAIN = """
-import hashlib, json, sys, time
+import hashlib, json
 import torch
 from taudis.model.train import train_model
 m = train_model({ann!r}, {images!r}, {out!r}, opts={opts!r}, seed=0, resume=False)
@@ -52,9 +53,10 @@ print(json.dumps({{"digest": digest, "seconds_per_iter": m["seconds_per_iter"], 
 """
 
 
-def train(setting: str, data: Path, iters: int) -> dict[str, object]:
-    opts = ["TAUDIS.SCHEDULE.ENABLED", "False", "SOLVER.MAX_ITER", str(iters), "TAUDIS.NUM_THREADS", "1",
-            "TAUDIS.LOG_PERIOD", str(iters)]  # fmt: skip
+def train(setting: str, data: Path, opts: list[str]) -> dict[str, Any]:
+    """Train on ``data``'s annotations/train.json with ``opts`` in a fresh process under one of
+    SETTINGS (nothing else of the caller's kernel settings): the weights' digest, seconds per
+    iteration and the numerics the training recorded."""
     with tempfile.TemporaryDirectory() as out:
         script = TRAIN.format(ann=str(data / "annotations" / "train.json"), images=str(data / "images"), out=out,
                               opts=opts)  # fmt: skip
@@ -62,7 +64,7 @@ def train(setting: str, data: Path, iters: int) -> dict[str, object]:
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **SETTINGS[setting]}
         done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
-            raise SystemExit(f"{setting}: training failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"{setting}: training failed:\n{done.stderr[-3000:]}")
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from taudis.data.synth import make_synthetic_dataset
 
+    opts = ["TAUDIS.SCHEDULE.ENABLED", "False", "SOLVER.MAX_ITER", str(args.iters), "TAUDIS.NUM_THREADS", "1",
+            "TAUDIS.LOG_PERIOD", str(args.iters)]  # fmt: skip
     where = {f"cpu_{k}": v for k, v in numerics.cpu().items()}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, object]]] = {s: [] for s in SETTINGS}
         for _ in range(args.repeats):  # alternating, so that other load on the machine hurts all alike
             for setting in SETTINGS:
-                runs[setting].append(train(setting, data, args.iters))
+                runs[setting].append(train(setting, data, opts))
     native = min(float(r["seconds_per_iter"]) for r in runs["native"])  # type: ignore[arg-type]
     rows = []
     for setting, mine in runs.items():
