@@ -67,10 +67,10 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     variants = main_variants(DEFAULT_PARAMS) if kind == "campaign" else ablation_variants()
     if args.variants:
         variants = [v for v in variants if v.name in args.variants]
-    if args.finetune:  # told apart from the same variant trained from scratch in every table
-        variants = [Variant(f"{v.name} finetune", v.strategy, v.params) for v in variants]
-    if args.portable_numerics:  # likewise: other numerics train other models
-        variants = [Variant(f"{v.name} portable", v.strategy, v.params) for v in variants]
+    # other training, other models: told apart from the default campaigns in every table
+    for on, word in ((args.finetune, "finetune"), (args.portable_numerics, "portable")):
+        if on:
+            variants = [Variant(f"{v.name} {word}", v.strategy, v.params) for v in variants]
     overrides = dict(args.param)
     if overrides:  # for every strategy that reads them (the others' campaigns would be the default's)
         suffix = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in overrides.items())

@@ -38,9 +38,9 @@ def portable() -> bool:
     return os.environ.get(SWITCH, "") not in ("", "0")
 
 
-def configure(num_threads: int) -> dict[str, Any]:
-    """Set torch's CPU threads (0: torch's default) and, when asked for, portable numerics;
-    returns :func:`describe`. Raises RuntimeError if portable numerics come too late."""
+def configure(num_threads: int) -> None:
+    """Set torch's CPU threads (0: torch's default) and, when asked for, portable numerics.
+    Raises RuntimeError if portable numerics come too late."""
     import torch
 
     if num_threads > 0:
@@ -56,7 +56,6 @@ def configure(num_threads: int) -> dict[str, Any]:
                 + " ".join(f"{k}={v}" for k, v in PORTABLE.items())
             )
         torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # the documented switch; typed as a descriptor
-    return describe()
 
 
 def cpu() -> dict[str, str]:
