@@ -5,14 +5,15 @@ images, one thread, a fixed number of iterations) in a fresh process per setting
 
 - ``native``: torch's defaults (the kernels of this CPU);
 - one layer pinned to AVX2 at a time (``aten``, ``mkl``, ``onednn``): which layers change the weights;
-- ``portable``: taudis.model.numerics (TAUDIS_PORTABLE_NUMERICS=1), the path every Intel AVX2 CPU has.
+- ``portable``: taudis.model.numerics (TAUDIS_PORTABLE_NUMERICS=1), the path every AVX2 CPU has.
 
 Each writes a digest of the trained weights and its seconds per iteration. A row per machine
-(CPU model and flags) and setting is added to ``--out`` (bench/results/numerics.csv): run it on
-another machine and the portable rows' digests say whether portable trainings agree there too,
-the native rows whether they would have anyway.
+(CPU model and flags), setting and environment (the variables the setting set, so that rows
+measured under an earlier definition of a setting keep their meaning) is added to ``--out``
+(bench/results/numerics.csv): run it on another machine and the portable rows' digests say
+whether portable trainings agree there too, the native rows whether they would have anyway.
 
-    OMP_WAIT_POLICY=PASSIVE nice python bench/numerics.py [--iters 40] [--repeats 2]
+    OMP_WAIT_POLICY=PASSIVE nice python bench/numerics.py [--iters 40] [--repeats 2] [--settings ...]
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ SETTINGS = {
     "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "portable": numerics.portable_environment(),
 }
+
+
+def environment(setting: str) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(SETTINGS[setting].items()))
+
+
 LAYERS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", numerics.SWITCH)
 
 # One training in a fresh process: the kernels are chosen when torch first runs one.
@@ -68,10 +75,27 @@ def train(setting: str, data: Path, opts: list[str]) -> dict[str, Any]:
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _row(setting: str, mine: list[dict[str, Any]], iters: int, native: float) -> dict[str, Any]:
+    """One setting's trainings: their digests (one when repeatable) and the best seconds per iteration."""
+    digests = {str(r["digest"]) for r in mine}
+    best = min(float(r["seconds_per_iter"]) for r in mine)
+    return {"setting": setting, "environment": environment(setting), "iters": iters,
+            "digest": " ".join(sorted(digests)), "repeatable": len(digests) == 1,
+            "cpu_capability": mine[0]["numerics"]["cpu_capability"],
+            "seconds_per_iter": round(best, 4), "vs_native": round(best / native, 3)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=40, help="training iterations (default 40)")
     parser.add_argument("--repeats", type=int, default=2, help="trainings per setting, alternating (default 2)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=list(SETTINGS),
+        help="the settings to run (default all; native is always run, the others' cost is against it)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "numerics.csv")
     args = parser.parse_args(argv)
     from taudis.data.synth import make_synthetic_dataset
@@ -82,23 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         make_synthetic_dataset(data, num_images=40, seed=0, initial_labeled=20)
-        runs: dict[str, list[dict[str, object]]] = {s: [] for s in SETTINGS}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS if s == "native" or s in args.settings}
         for _ in range(args.repeats):  # alternating, so that other load on the machine hurts all alike
-            for setting in SETTINGS:
+            for setting in runs:
                 runs[setting].append(train(setting, data, opts))
-    native = min(float(r["seconds_per_iter"]) for r in runs["native"])  # type: ignore[arg-type]
-    rows = []
-    for setting, mine in runs.items():
-        digests = {str(r["digest"]) for r in mine}
-        best = min(float(r["seconds_per_iter"]) for r in mine)  # type: ignore[arg-type]
-        rows.append({**where, "setting": setting, "iters": args.iters, "digest": " ".join(sorted(digests)),
-                     "repeatable": len(digests) == 1, "cpu_capability": mine[0]["numerics"]["cpu_capability"],  # type: ignore[index]
-                     "seconds_per_iter": round(best, 4), "vs_native": round(best / native, 3)})  # fmt: skip
+    native = min(float(r["seconds_per_iter"]) for r in runs["native"])
+    rows = [{**where, **_row(setting, mine, args.iters, native)} for setting, mine in runs.items()]
     for row in rows:
         print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = list(csv.DictReader(args.out.open())) if args.out.is_file() else []
-    same = ("cpu_vendor", "cpu_model", "cpu_flags", "setting", "iters")
+    same = ("cpu_vendor", "cpu_model", "cpu_flags", "setting", "environment", "iters")
     mine_keys = {tuple(str(r[k]) for k in same) for r in rows}
     kept = [r for r in old if tuple(r[k] for k in same) not in mine_keys]
     with args.out.open("w", newline="") as f:

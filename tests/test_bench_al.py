@@ -40,6 +40,7 @@ from bench.al_benchmark.results import read_csv, write_csvs
 from bench.datasets.cells import CLASSES, STRATA, make_cells_dataset
 from taudis.data.coco import load_coco
 from taudis.data.masks import decode_rle
+from taudis.model import numerics
 from taudis.select.uncertainty import AGGREGATIONS, METRICS, RESCALINGS
 
 
@@ -160,7 +161,7 @@ def test_a_run_parameter_reaches_every_strategy_that_reads_it_under_its_own_name
     assert mine[0].params["metric"] == "product_rank" and mine[0].key != Spec.from_json(plain[0]["spec"]).key
 
 
-def test_portable_numerics_are_a_variant_of_their_own_with_their_own_models(tmp_path: Path) -> None:
+def test_portable_numerics_are_a_variant_of_their_own_with_their_own_models(tmp_path: Path, monkeypatch) -> None:
     argv = ["run", "--seeds", "0", "--variants", "random", "--work", str(tmp_path / "w"), "--results",
             str(tmp_path / "r"), "--dataset", "synthetic", "--images", "24", "--initial", "4"]  # fmt: skip
     plain = Spec.from_json(jobs_for(_parser().parse_args(argv), "campaign")[0]["spec"])
@@ -168,6 +169,10 @@ def test_portable_numerics_are_a_variant_of_their_own_with_their_own_models(tmp_
     portable = Spec.from_json(job["spec"])
     assert portable.variant.name == "random portable" and portable.portable and not plain.portable
     assert portable.key != plain.key and portable.base_key(20) != plain.base_key(20)
+    before = portable.key, portable.base_key(20)
+    monkeypatch.setitem(numerics.PORTABLE, "MKL_CBWR", "AVX2")  # portable numerics redefined: other models
+    assert portable.key != before[0] and portable.base_key(20) != before[1]
+    monkeypatch.undo()
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
     with pytest.raises(SystemExit, match="portable numerics True"):  # a worker started without them

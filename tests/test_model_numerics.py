@@ -1,4 +1,5 @@
-"""Portable numerics: a training asked for them runs the AVX2 path and records it; too late is refused."""
+"""Portable numerics: a training asked for them runs the AVX2 path, MKL's compatible branch and no oneDNN, and
+records it; too late is refused."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_portable_numerics_train_on_the_avx2_path_without_onednn_and_say_so(tmp_
     assert native["numerics"]["portable"] is False and native["numerics"]["onednn"] is True
     portable = train("portable", tmp_path, tiny_opts(4))
     assert portable["numerics"] == {"cpu": numerics.cpu(), "portable": True, "cpu_capability": "AVX2",
-                                    "mkl_cbwr": "AVX2", "onednn": False, "threads": 1}  # fmt: skip
+                                    "mkl_cbwr": "COMPATIBLE", "onednn": False, "threads": 1}  # fmt: skip
     assert train("portable", tmp_path, tiny_opts(4))["digest"] == portable["digest"]  # the same weights to the bit
 
 
@@ -25,7 +26,7 @@ def test_portable_numerics_asked_for_after_torch_chose_other_kernels_are_refused
     monkeypatch.setenv(numerics.SWITCH, "1")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setenv("MKL_CBWR", "AUTO")  # another branch than the portable one
-    with pytest.raises(RuntimeError, match="ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"):
+    with pytest.raises(RuntimeError, match="ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE"):
         numerics.configure(0)
     import torch
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.al_benchmark.files import locked, write_json
 from taudis.data.coco import load_coco, subset_coco
+from taudis.model import numerics
 from taudis.select.pool import UNIVERSES
 from taudis.select.uncertainty import (
     AGGREGATIONS,
@@ -348,8 +349,9 @@ class Spec:
         return f"s{self.seed}-{_digest(shape)}"
 
     def _numerics(self) -> list[str]:
-        # in the keys only when portable: the keys recorded before the choice existed stand for native
-        return ["portable"] if self.portable else []
+        # in the keys only when portable, with what portable means (it changed once: MKL's AVX2
+        # branch was Intel's alone); the keys recorded before the choice existed stand for native
+        return ["portable", numerics.PORTABLE] if self.portable else []
 
     def _config_hash(self) -> str:
         """The config and every config beside it (its _BASE_ chain lives there too)."""

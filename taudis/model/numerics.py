@@ -7,15 +7,18 @@ one for each layer pinned to AVX2 and one with portable numerics (bench/numerics
 seed, images and config train different models on machines of different CPU generations, and a
 comparison of campaigns run on several machines compares their CPUs as well.
 
-Portable numerics (``TAUDIS_PORTABLE_NUMERICS=1``) takes the one path that every Intel CPU with
-AVX2 has: torch's kernels at AVX2 (``ATEN_CPU_CAPABILITY``), MKL in its conditional numerical
-reproducibility mode on the AVX2 branch (``MKL_CBWR``; Intel documents bitwise-equal results on
-every Intel CPU with AVX2 at a fixed number of threads), and convolutions through torch and MKL
-instead of oneDNN, which makes no such promise. Both variables are read when the kernels are
-first used, so they belong in the environment the process starts with
+Portable numerics (``TAUDIS_PORTABLE_NUMERICS=1``) takes a path that every x86-64 CPU with AVX2
+has, Intel's and AMD's alike: torch's kernels at AVX2 (``ATEN_CPU_CAPABILITY``), MKL in its
+conditional numerical reproducibility mode on its ``COMPATIBLE`` branch (``MKL_CBWR``), and
+convolutions through torch and MKL instead of oneDNN, which makes no such promise. MKL's AVX2
+branch is documented for Intel CPUs only: on any other it silently falls back to the CPU's own
+branch, and measured on an AMD EPYC it trained the same weights as with no setting at all, other
+than an Intel Xeon's (bench/numerics.py). ``COMPATIBLE`` is the one branch MKL documents for
+"Intel and compatible" CPUs (SSE2 without the approximate rcpps/rsqrtps). Both variables are
+read when the kernels are first used, so they belong in the environment the process starts with
 (:func:`portable_environment`); :func:`configure` sets them if they are missing and refuses to
-go on if torch has already chosen other kernels. The price, measured there: 1.3 to 1.4 times the
-seconds per training iteration, mostly for leaving oneDNN out.
+go on if torch has already chosen other kernels. The price is in bench/results/numerics.csv
+(``vs_native``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 SWITCH = "TAUDIS_PORTABLE_NUMERICS"
-PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
 
 
 def portable_environment() -> dict[str, str]:
