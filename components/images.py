@@ -10,6 +10,8 @@ pipeline is compiled (:func:`bind_images`), from ``taudis pipeline compile --reg
 ``TAUDIS_IMAGE_REGISTRY`` environment variable. For a cluster target neither given is an error,
 never a silent default. The build command (``scripts/build_images.py``) builds and pushes
 exactly :func:`image_refs` of the same registry, so the compiled YAML names what was built.
+:func:`set_model_environment` gives the steps on the GPU image (the model's) environment variables
+at compile time, such as portable numerics.
 """
 
 from __future__ import annotations
@@ -114,6 +116,28 @@ def bind_images(executors: Mapping[str, Any], registry: str) -> dict[str, str]:
         image.string_value = bare[image.string_value]
         bound[name] = image.string_value
     return bound
+
+
+def set_model_environment(executors: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Give the container of every model step (the executors on the GPU image: train, evaluate,
+    infer) the environment variables ``env``, over any of the same name; returns those executors.
+
+    Args:
+        executors: as :func:`bind_images` takes them, before the images are bound, changed in place.
+    """
+    from google.protobuf import struct_pb2
+
+    changed = []
+    for name, executor in executors.items():
+        container = executor.struct_value.fields["container"].struct_value
+        if container.fields["image"].string_value != image_name("gpu"):
+            continue
+        old = container.fields["env"].list_value if "env" in container.fields else struct_pb2.ListValue()
+        kept = [dict(v.struct_value) for v in old.values if v.struct_value["name"] not in env]
+        container.fields["env"].list_value.Clear()
+        container.fields["env"].list_value.extend([*kept, *({"name": k, "value": v} for k, v in env.items())])
+        changed.append(name)
+    return changed
 
 
 def cpu_component(func: Callable[..., Any]) -> Any:

@@ -63,13 +63,22 @@ def build_pipeline(pipeline: str, strategy: str, *, rounds: int = 3, num_shards:
 
 
 def compile_pipeline(
-    out: str | Path, pipeline: str, strategy: str, *, registry: str | None = None, **options: Any
+    out: str | Path,
+    pipeline: str,
+    strategy: str,
+    *,
+    registry: str | None = None,
+    portable_numerics: bool = False,
+    **options: Any,
 ) -> Path:
     """Compile to a KFP v2 YAML package whose steps run the images of ``registry``; returns its path.
 
     Args:
         registry: where the images live (see taudis_kfp.components.images.resolve_registry):
             required, here or in TAUDIS_IMAGE_REGISTRY, for the kubernetes and vertex targets.
+        portable_numerics: the model steps run on CPU kernels every x86-64 machine with AVX2
+            shares (taudis.model.numerics), wherever the package runs: their containers' own
+            environment says so, not the one the package is started from.
         options: build_pipeline's (rounds, num_shards, target).
 
     Raises:
@@ -77,11 +86,15 @@ def compile_pipeline(
     """
     from kfp import compiler
 
-    from taudis_kfp.components.images import bind_images, resolve_registry
+    from taudis.model import numerics
+    from taudis_kfp.components.images import bind_images, resolve_registry, set_model_environment
 
     images = resolve_registry(registry, options.get("target", "kubernetes"))
     func = build_pipeline(pipeline, strategy, **options)
-    bind_images(func.pipeline_spec.deployment_spec.fields["executors"].struct_value.fields, images)
+    executors = func.pipeline_spec.deployment_spec.fields["executors"].struct_value.fields
+    if portable_numerics:
+        set_model_environment(executors, numerics.portable_environment())
+    bind_images(executors, images)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(func, str(out))
@@ -287,6 +300,12 @@ def _parser() -> argparse.ArgumentParser:
         help="registry of the taudis-cpu and taudis-gpu images, e.g. europe-west4-docker.pkg.dev/PROJECT/taudis "
         "(default: $TAUDIS_IMAGE_REGISTRY; required for kubernetes and vertex, localhost for local)",
     )
+    comp.add_argument(
+        "--portable-numerics",
+        action="store_true",
+        help="train, evaluate and infer on CPU kernels every x86-64 machine with AVX2 shares, so that models "
+        "trained on different machines agree (TAUDIS_PORTABLE_NUMERICS; about 2x the CPU time)",
+    )
     comp.add_argument("--out", required=True, help="YAML file to write")
 
     for action, help_ in (
@@ -373,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds,
                 num_shards=args.shards,
                 target=args.target,
+                portable_numerics=args.portable_numerics,
             )
             print(f"compiled {args.pipeline} pipeline ({args.strategy}, target {args.target}) to {out}")
             return 0

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from taudis import __version__
-from taudis_kfp.components.images import image_refs
+from taudis_kfp.components.images import image_name, image_refs
 from taudis_kfp.pipelines.cli import compile_pipeline, main, pipeline_spec, run_local, typed_arguments
 from tests.docker_runner import KFP_FUNCTION, KFP_MODULE, PodmanService, require, run_docker_container
 
@@ -110,6 +110,32 @@ def test_the_compiled_pipelines_run_exactly_the_images_the_build_command_builds(
     images = {e["container"]["image"] for e in pipeline_spec(package)["deploymentSpec"]["executors"].values()}
     assert images == set(image_refs("ghcr.io/my-org").values()) == set(dry.split()[-2:])
     assert all(image.endswith(f":{__version__}") for image in images)
+
+
+def test_portable_numerics_are_compiled_into_the_model_steps_environment_alone(tmp_path, monkeypatch) -> None:
+    from taudis.model import numerics
+    from taudis_kfp.components.images import set_model_environment
+
+    assert main(["compile", "--pipeline", "campaign", "--target", "kubernetes", "--registry", REGISTRY,
+                 "--portable-numerics", "--out", str(tmp_path / "c.yaml")]) == 0  # fmt: skip
+    executors = pipeline_spec(tmp_path / "c.yaml")["deploymentSpec"]["executors"]
+    env = {name: e["container"].get("env") for name, e in executors.items()}
+    on_gpu = {name for name, e in executors.items() if e["container"]["image"] == image_refs(REGISTRY)["gpu"]}
+    assert {re.sub(r"^exec-|-\d+$", "", n) for n in on_gpu} == {"train-model", "evaluate-model", "infer-instances"}
+    wanted = [{"name": k, "value": v} for k, v in numerics.portable_environment().items()]
+    assert all(env[n] == wanted for n in on_gpu) and not any(env[n] for n in set(executors) - on_gpu)
+    monkeypatch.delenv("TAUDIS_IMAGE_REGISTRY", raising=False)
+    plain = compile_pipeline(tmp_path / "p.yaml", "round", "random", target="local")
+    assert not any("env" in e["container"] for e in pipeline_spec(plain)["deploymentSpec"]["executors"].values())
+    # Set again, a variable is replaced, never listed twice.
+    from google.protobuf import json_format, struct_pb2
+
+    fields = struct_pb2.Struct()
+    json_format.ParseDict({"x": {"container": {"image": image_name("gpu"), "env": wanted}}}, fields)
+    set_model_environment(fields.fields, {"MKL_CBWR": "AUTO"})
+    assert [e["name"] for e in json_format.MessageToDict(fields)["x"]["container"]["env"]] == [
+        "TAUDIS_PORTABLE_NUMERICS", "ATEN_CPU_CAPABILITY", "MKL_CBWR"]  # fmt: skip
+    assert json_format.MessageToDict(fields)["x"]["container"]["env"][-1]["value"] == "AUTO"
 
 
 def test_compiling_for_a_cluster_without_a_registry_fails_and_locally_means_localhost(tmp_path, monkeypatch, capsys):

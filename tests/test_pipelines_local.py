@@ -3,8 +3,9 @@
 The round pipeline keeps its state in a bucket of the test's fake-gcs-server (images and
 annotations too); a second run ingests the annotators' labels (and quarantines a broken file)
 and advances the round. Two runs started at once: one wins the round, the other stops cleanly.
-The campaign pipeline runs with local state and oracle labels. The model trains for a few
-iterations only: these tests check the wiring and the state, not the model's quality.
+The campaign pipeline runs with local state and oracle labels, compiled with portable numerics.
+The model trains for a few iterations only: these tests check the wiring and the state, not the
+model's quality.
 """
 
 from __future__ import annotations
@@ -168,9 +169,11 @@ def test_two_runs_started_at_once_one_wins_the_other_stops_cleanly(tiny_dataset,
     assert check_campaign(campaign.uri) == []
 
 
-def test_campaign_pipeline_runs_with_oracle_labels_and_local_state(tiny_dataset, tmp_path):
+def test_campaign_pipeline_runs_with_oracle_labels_local_state_and_portable_numerics(tiny_dataset, tmp_path):
     campaign = Campaign(str(tmp_path / "campaign"))
-    package = compile_pipeline(tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1, target="local")
+    package = compile_pipeline(
+        tmp_path / "campaign.yaml", "campaign", "random", rounds=1, num_shards=1, target="local", portable_numerics=True
+    )
     arguments = typed_arguments(package, _parameters(str(tiny_dataset), campaign.uri))
     run_local(package, arguments, tmp_path / "kfp-root")
 
@@ -189,3 +192,9 @@ def test_campaign_pipeline_runs_with_oracle_labels_and_local_state(tiny_dataset,
     truth = annotations_by_image(json.loads((tiny_dataset / "annotations" / "pool.json").read_text()))
     truth |= annotations_by_image(json.loads((tiny_dataset / "annotations" / "train.json").read_text()))
     assert check_campaign(campaign.uri, expected=truth) == []
+    # The package, not this process's environment, asked for portable numerics: both trainings ran them.
+    assert not os.environ.get("TAUDIS_PORTABLE_NUMERICS")
+    trained = [json.loads(p.read_text())["numerics"] for p in (tmp_path / "kfp-root").rglob("model/metrics.json")]
+    assert len(trained) == 2
+    assert all(n["portable"] and n["cpu_capability"] == "AVX2" and n["mkl_cbwr"] == "COMPATIBLE" and not n["onednn"]
+               for n in trained)  # fmt: skip
