@@ -3,6 +3,7 @@ records it; too late is refused."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,12 @@ def test_portable_numerics_asked_for_after_torch_chose_other_kernels_are_refused
     import torch
 
     assert torch.backends.mkldnn.enabled  # refused before it changed anything
+
+
+def test_portable_numerics_on_a_cpu_without_avx2_are_refused_by_name(monkeypatch) -> None:
+    monkeypatch.setenv(numerics.SWITCH, "1")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.setattr(numerics, "_cpuinfo", lambda: {"model name": "Old Opteron", "flags": "fpu sse sse2"})
+    with pytest.raises(RuntimeError, match=r"this CPU \(Old Opteron\) has no AVX2 and FMA"):
+        numerics.configure(0)
+    assert "MKL_CBWR" not in os.environ  # refused before it set anything

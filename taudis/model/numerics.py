@@ -49,6 +49,9 @@ def configure(num_threads: int) -> None:
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if portable():
+        if not {"avx2", "fma"} <= _flags():
+            raise RuntimeError(f"{SWITCH}=1, but this CPU ({cpu()['model'] or 'unknown'}) has no AVX2 and FMA: "
+                               "portable numerics need an x86-64 CPU that has them")  # fmt: skip
         for name, value in PORTABLE.items():
             os.environ.setdefault(name, value)
         capability = torch.backends.cpu.get_cpu_capability()
@@ -64,15 +67,27 @@ def configure(num_threads: int) -> None:
 def cpu() -> dict[str, str]:
     """This machine's CPU: vendor, model name and a digest of its flags (the kernels it can run;
     virtual machines often share one generic model name)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if k.strip()}
-    flags = " ".join(sorted(fields.get("flags", "").split()))
+    fields = _cpuinfo()
+    flags = " ".join(sorted(_flags()))
     return {
         "vendor": fields.get("vendor_id", ""),
         "model": fields.get("model name", ""),
         "flags": hashlib.sha256(flags.encode()).hexdigest()[:8],
     }
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    fields: dict[str, str] = {}
+    for key, _, value in (line.partition(":") for line in lines):
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def describe() -> dict[str, Any]:
