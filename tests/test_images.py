@@ -9,8 +9,9 @@ scripts/install-test-tools.sh; required when CI=true) builds both images with th
 command (``--local-base --host-pip --podman-conf``: a Debian bookworm base made here, no registry),
 runs them as they run on a cluster (non-root, read-only root filesystem), and runs a whole round
 under kfp.local's DockerRunner, every step in its image, against the same round under the
-SubprocessRunner. The GPU image here holds the CUDA build of torch 2.14.1 (the only torch and
-torchvision pair that imports on these machines); with no GPU it runs on the CPU.
+SubprocessRunner, both with portable numerics compiled in. The GPU image here holds the CUDA build
+of torch 2.14.1 (the only torch and torchvision pair that imports on these machines); with no GPU
+it runs on the CPU.
 """
 
 from __future__ import annotations
@@ -364,11 +365,13 @@ def round_dataset(tmp_path_factory) -> Path:
 
 
 def _round(root: Path, dataset: Path, **runner) -> Path:
-    """One round (the round pipeline, TAUDIS, 2 inference shards) with its data and campaign under ``root``."""
+    """One round (the round pipeline, TAUDIS, 2 inference shards, portable numerics) with its data
+    and campaign under ``root``."""
     data = _readable_by_all(shutil.copytree(dataset, root / "data"))
     package = compile_pipeline(
-        root / "round.yaml", "round", "taudis", num_shards=2, target="local", registry="localhost"
-    )
+        root / "round.yaml", "round", "taudis", num_shards=2, target="local", registry="localhost",
+        portable_numerics=True,
+    )  # fmt: skip
     arguments = typed_arguments(
         package,
         {
@@ -434,6 +437,9 @@ def test_a_round_with_every_step_in_its_image_equals_the_round_in_this_python(
     gpu_steps = {name for name, e in executors.items() if e["container"]["image"] == images["gpu"]}
     assert {"exec-train-model", "exec-infer-instances"} <= gpu_steps
     assert set(ran) == set(images.values()) and len(ran) >= len(executors)
+    # The package's own environment reached the training in its container.
+    (trained,) = [json.loads(m.read_text()) for m in in_containers.rglob("model/metrics.json")]
+    assert trained["numerics"]["portable"] and trained["numerics"]["mkl_cbwr"] == "COMPATIBLE", trained["numerics"]
     decided = _decisive(in_containers)
     assert {Path(name).name for name in decided} >= {"selection.json", "manifest.jsonl", "metrics.json"}
     assert decided == _decisive(here)
