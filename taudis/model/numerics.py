@@ -12,13 +12,15 @@ has, Intel's and AMD's alike: torch's kernels at AVX2 (``ATEN_CPU_CAPABILITY``),
 conditional numerical reproducibility mode on its ``COMPATIBLE`` branch (``MKL_CBWR``), and
 convolutions through torch and MKL instead of oneDNN, which makes no such promise. MKL's AVX2
 branch is documented for Intel CPUs only: on any other it silently falls back to the CPU's own
-branch, and measured on an AMD EPYC it trained the same weights as with no setting at all, other
-than an Intel Xeon's (bench/numerics.py). ``COMPATIBLE`` is the one branch MKL documents for
-"Intel and compatible" CPUs (SSE2 without the approximate rcpps/rsqrtps). Both variables are
+branch. Measured on an AMD EPYC (bench/numerics.py), ``MKL_CBWR=AVX2`` trained the same weights
+as no setting, and the portable weights so defined differed from an Intel Xeon's.
+``COMPATIBLE`` is the branch MKL documents for Intel and compatible CPUs alike (SSE2 without the
+approximate rcpps/rsqrtps, whose results each CPU design defines). Both variables are
 read when the kernels are first used, so they belong in the environment the process starts with
 (:func:`portable_environment`); :func:`configure` sets them if they are missing and refuses to
-go on if torch has already chosen other kernels. The price is in bench/results/numerics.csv
-(``vs_native``).
+go on if torch has already chosen other kernels; a compiled pipeline carries them in its model
+steps' containers (``taudis pipeline compile --portable-numerics``). The price is in
+bench/results/numerics.csv (``vs_native``).
 """
 
 from __future__ import annotations
