@@ -255,6 +255,14 @@ def test_under_a_change_each_baseline_is_its_own_variant_if_it_reads_the_paramet
     assert "| random | 20.5 ± 0.7 (2) |" in section
     assert "| 30 | 25.0 ± 1.4 (2) | +0.0 ± 1.4 (2) | +4.5 ± 0.7 (2) |" in section
     assert not any("uncertainty | 10.0" in line for line in section)
+    assert section[0].startswith("### Every strategy with metric=product_rank (where it reads it), mask AP")
+    # Portable numerics are every strategy's: each stands in with its own portable campaigns.
+    assert stand_in("random", "portable") == "random portable"
+    portable = [_row("taudis portable", 0, 30, 9.0), _row("random portable", 0, 30, 8.0), *curves]
+    assert changes(portable, "d") == ["metric=product_rank", "portable"]
+    section = change_section(portable, "d", "portable")
+    assert section[0].startswith("### Every strategy with portable, mask AP")
+    assert "| 30 | 9.0 ± 0.0 (1) | +1.0 ± 0.0 (1) |" in section
 
 
 def test_recorded_campaigns_are_skipped_on_a_fresh_work_folder(tmp_path: Path) -> None:

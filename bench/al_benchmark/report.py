@@ -233,8 +233,9 @@ def change_section(curves: list[dict[str, Any]], dataset: str, change: str) -> l
     parameters call for, since a baseline that reads the parameter must get it too."""
     names = under(change)
     table, _ = curve_table(curves, dataset, names)
+    reads = " (where it reads it)" if "=" in change else ""  # a parameter; finetune and portable are everyone's
     return [
-        f"### Every strategy with {change} (where it reads it), mask AP (mean ± sd over seeds, seeds in brackets)",
+        f"### Every strategy with {change}{reads}, mask AP (mean ± sd over seeds, seeds in brackets)",
         "",
         *table,
         "",
