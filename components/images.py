@@ -118,17 +118,16 @@ def bind_images(executors: Mapping[str, Any], registry: str) -> dict[str, str]:
     return bound
 
 
-def set_model_environment(executors: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+def set_model_environment(executors: Mapping[str, Any], env: Mapping[str, str]) -> None:
     """Give the container of every model step (the executors on the GPU image: train, evaluate,
-    infer) the environment variables ``env``, over any of the same name; returns those executors.
+    infer) the environment variables ``env``, over any of the same name.
 
     Args:
         executors: as :func:`bind_images` takes them, before the images are bound, changed in place.
     """
     from google.protobuf import struct_pb2
 
-    changed = []
-    for name, executor in executors.items():
+    for executor in executors.values():
         container = executor.struct_value.fields["container"].struct_value
         if container.fields["image"].string_value != image_name("gpu"):
             continue
@@ -136,8 +135,6 @@ def set_model_environment(executors: Mapping[str, Any], env: Mapping[str, str]) 
         kept = [dict(v.struct_value) for v in old.values if v.struct_value["name"] not in env]
         container.fields["env"].list_value.Clear()
         container.fields["env"].list_value.extend([*kept, *({"name": k, "value": v} for k, v in env.items())])
-        changed.append(name)
-    return changed
 
 
 def cpu_component(func: Callable[..., Any]) -> Any:

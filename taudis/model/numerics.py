@@ -70,7 +70,7 @@ def cpu() -> dict[str, str]:
     """This machine's CPU: vendor, model name and a digest of its flags (the kernels it can run;
     virtual machines often share one generic model name)."""
     fields = _cpuinfo()
-    flags = " ".join(sorted(_flags()))
+    flags = " ".join(sorted(set(fields.get("flags", "").split())))
     return {
         "vendor": fields.get("vendor_id", ""),
         "model": fields.get("model name", ""),
