@@ -31,12 +31,13 @@ def select_max_k_cover(
     sigma: float,
     universe: str,
     centre: bool,
+    whiten: bool,
     cover: Output[Dataset],
 ):
     """A diverse ceil(beta * budget) of the candidates by greedy max k-cover; files: taudis.select.stages.
 
     universe: what the cover must cover, "candidates" or every "pool" instance. centre: centre the
-    embeddings on their mean before the cosine graph.
+    embeddings on their mean before the cosine graph; whiten: whiten them on the pool's statistics.
     """
     from taudis.campaign.steps import gather_shards
     from taudis.select.stages import select_max_k_cover as max_k_cover
@@ -50,6 +51,7 @@ def select_max_k_cover(
         sigma=sigma,
         universe=universe,
         centre=centre,
+        whiten=whiten,
     )
 
 
@@ -76,6 +78,7 @@ def select_baseline(
     seed: int,
     universe: str,
     centre: bool,
+    whiten: bool,
     selection: Output[Dataset],
 ):
     """A baseline strategy (random, uncertainty, diversity) with the run's parameters; the selection JSON."""
@@ -94,6 +97,7 @@ def select_baseline(
         seed=seed,
         universe=universe,
         centre=centre,
+        whiten=whiten,
     ).save(selection.path)
 
 

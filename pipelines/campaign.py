@@ -54,6 +54,7 @@ def build_campaign_pipeline(
         aggregation: str = "mean",
         universe: str = "candidates",
         centre: bool = False,
+        whiten: bool = False,
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

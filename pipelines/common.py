@@ -61,6 +61,7 @@ class RunInputs:
     aggregation: Any
     universe: Any
     centre: Any
+    whiten: Any
     seed: Any
     labelstudio_url_prefix: Any
 
@@ -289,6 +290,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
                 seed=run.seed,
                 universe=run.universe,
                 centre=run.centre,
+                whiten=run.whiten,
             )
             .set_display_name(f"{label}select ({strategy})")
             .outputs["selection"]
@@ -305,6 +307,7 @@ def choose_images(run: RunInputs, strategy: str, shards, start: RoundStart, trai
         sigma=run.sigma,
         universe=run.universe,
         centre=run.centre,
+        whiten=run.whiten,
     ).set_display_name(f"{label}max k-cover")
     vote = vote_images(
         scores=scores.outputs["scores"],

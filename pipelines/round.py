@@ -38,6 +38,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         aggregation: str = "mean",
         universe: str = "candidates",
         centre: bool = False,
+        whiten: bool = False,
         seed: int = 0,
         labelstudio_url_prefix: str = "",
     ):

@@ -72,6 +72,23 @@ def test_every_pipeline_compiles_with_the_stages_of_its_strategy(packages):
         assert spec["pipelineInfo"]["name"] == f"taudis-{pipeline}-{strategy}"
 
 
+def test_the_cover_options_reach_every_step_that_covers(packages):
+    """centre and whiten are run parameters (off by default) wired into each step that builds a cover's graph."""
+    for (_, strategy, _), package in packages.items():
+        spec = _documents(package)[0]
+        declared = spec["root"]["inputDefinitions"]["parameters"]
+        covers = [
+            task
+            for task in _all_tasks(spec).values()
+            if task["componentRef"]["name"].startswith(("comp-select-max-k-cover", "comp-select-baseline"))
+        ]
+        assert bool(covers) == (strategy != "coreset"), (package, strategy)
+        for name in ("centre", "whiten"):
+            assert declared[name] == {"defaultValue": False, "isOptional": True, "parameterType": "BOOLEAN"}
+            for task in covers:
+                assert task["inputs"]["parameters"][name]["componentInputParameter"].endswith(name), package
+
+
 def test_campaign_unrolls_its_rounds_and_a_final_evaluation(packages):
     spec = _documents(packages["campaign", "taudis", "kubernetes"])[0]
     tasks = _all_tasks(spec)

@@ -112,16 +112,22 @@ def test_taudis_follows_the_algorithm(pool: Path) -> None:
         assert im.uncertainty == pytest.approx(img_u[np.searchsorted(scores.image_ids, im.image_id)])
 
 
-@pytest.mark.parametrize("universe", ["candidates", "pool"])
-def test_stages_equal_select(pool: Path, tmp_path: Path, universe: str) -> None:
+@pytest.mark.parametrize(
+    ("universe", "whiten"), [("candidates", False), ("pool", False), ("candidates", True), ("pool", True)]
+)
+def test_stages_equal_select(pool: Path, tmp_path: Path, universe: str, whiten: bool) -> None:
     exclude = [3, 4, 50]
-    kw: dict[str, Any] = {"alpha": 2.5, "beta": 1.5, "sigma": 0.75, "metric": "mean_rank", "aggregation": "max"}
-    direct = select(pool, 30, "taudis", seed=2, exclude=exclude, universe=universe, **kw)
+    sigma = 0.3 if whiten else 0.75  # whitened cosines spread around 0
+    kw: dict[str, Any] = {"alpha": 2.5, "beta": 1.5, "sigma": sigma, "metric": "mean_rank", "aggregation": "max"}
+    direct = select(pool, 30, "taudis", seed=2, exclude=exclude, universe=universe, whiten=whiten, **kw)
     scores = score_uncertainty(pool, tmp_path / "scores")
     cands = oversample_instances(scores, tmp_path / "cands", 30, kw["alpha"], kw["metric"], exclude=exclude)
-    cover = select_max_k_cover(pool, cands, tmp_path / "cover", 30, kw["beta"], kw["sigma"], universe=universe)
+    cover = select_max_k_cover(
+        pool, cands, tmp_path / "cover", 30, kw["beta"], kw["sigma"], universe=universe, whiten=whiten
+    )
     out = vote_images(scores, cover, tmp_path / "selection.json", 30, kw["aggregation"], seed=2)
     assert out.read_text() == direct.to_json()
+    assert direct.params["whiten"] is whiten
     assert not set(direct.image_ids) & set(exclude)
     assert direct.notes[0] == "excluded 3 image ids from the pool"
 
@@ -206,7 +212,17 @@ def test_every_strategy_is_deterministic_and_valid(pool: Path, strategy: str, tm
     assert Selection.load(a.save(tmp_path / "s.json")).to_json() == a.to_json()
     data = json.loads(a.to_json())
     assert set(data) == {"schema", "version", "strategy", "params", "budget", "images", "instances", "notes", "stats"}
-    assert set(data["params"]) == {"alpha", "beta", "sigma", "metric", "aggregation", "seed", "universe", "centre"}
+    assert set(data["params"]) == {
+        "alpha",
+        "beta",
+        "sigma",
+        "metric",
+        "aggregation",
+        "seed",
+        "universe",
+        "centre",
+        "whiten",
+    }
     assert set(data["stats"]) == {
         "pool_images",
         "pool_instances",

@@ -33,6 +33,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--centre", action="store_true", help="centre the embeddings before the cover's graph")
     parser.add_argument(
+        "--whiten", action="store_true", help="whiten the embeddings on the pool's statistics before the cover's graph"
+    )
+    parser.add_argument(
         "--labelled", type=Path, default=None, help="coreset: instance shards of the labelled images (first centers)"
     )
     parser.add_argument("--out", required=True, type=Path, help="where to write the selection JSON")
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             universe=args.universe,
             partitions=args.partitions,
             centre=args.centre,
+            whiten=args.whiten,
             labelled=args.labelled,
         )
     except (InstanceTableError, ValueError, OSError) as err:

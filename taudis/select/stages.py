@@ -24,6 +24,7 @@ from taudis.select.pool import (
     make_pool,
 )
 from taudis.select.selection import Selection
+from taudis.select.space import pool_whitening
 from taudis.select.strategies import (
     check_cover_options,
     cover_notes,
@@ -208,17 +209,19 @@ def select_max_k_cover(
     partitions: int = 1,
     seed: int = 0,
     centre: bool = False,
+    whiten: bool = False,
 ) -> Path:
     """Greedy max k-cover of ceil(beta * B) candidates on the graph cos >= sigma.
 
     ``partitions`` > 1 covers by GreeDi over that many random parts (``seed``); ``centre``
-    centres the embeddings first (taudis.select.strategies.cover_step).
+    centres the embeddings first, ``whiten`` whitens them on the pool's statistics
+    (taudis.select.strategies.cover_step).
 
-    Reads only the candidates' embeddings from the shards (with ``universe="pool"``, every
-    pool instance's). Layout of ``out_dir``::
+    Reads only the candidates' embeddings from the shards (with ``universe="pool"`` or
+    ``whiten``, every pool instance's). Layout of ``out_dir``::
 
         cover.json    {"schema": "taudis.cover", "version": 1, "budget", "alpha", "beta", "sigma",
-                       "metric", "universe", "centre", "num_candidates", "k", "covered", "universe_size",
+                       "metric", "universe", "centre", "whiten", "num_candidates", "k", "covered", "universe_size",
                        "coverage", "shards", "partitions",
                        "notes" (the oversampling's notes, then the cover's)}
         chosen.npy    int64 (k,)  global instance indices in choice order
@@ -238,11 +241,14 @@ def select_max_k_cover(
     excluded = np.load(cdir / "excluded.npy")
     paths, offsets = _shard_paths(Path(instances_dir), header["shards"])
     emb = gather_embeddings(paths, offsets, candidates)
-    pool_emb = pool_rows = None
-    if universe == "pool":
+    pool_emb = pool_rows = whitening = None
+    if universe == "pool" or whiten:
         parts = [np.asarray(read_shard(p, validate=False).instance_image) for p in paths]
         image_of = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         all_rows = np.flatnonzero(~np.isin(image_of, excluded))
+        if whiten:
+            whitening = pool_whitening(paths, offsets, all_rows)
+    if universe == "pool":
         pool_emb = gather_embeddings(paths, offsets, all_rows)
         pool_rows = np.searchsorted(all_rows, candidates)
     images_budget = _pool_budget(budget, paths, excluded)
@@ -258,6 +264,7 @@ def select_max_k_cover(
         partitions=partitions,
         seed=seed,
         centre=centre,
+        whitening=whitening,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +282,7 @@ def select_max_k_cover(
             "metric": header["metric"],
             "universe": universe,
             "centre": bool(centre),
+            "whiten": bool(whiten),
             "num_candidates": int(candidates.size),
             "k": int(result.chosen.size),
             "covered": result.covered,
@@ -332,6 +340,7 @@ def vote_images(
         seed,
         universe=header.get("universe", "candidates"),
         centre=bool(header.get("centre", False)),
+        whiten=bool(header.get("whiten", False)),
     )
     selection: Selection = vote_step(
         strategy="taudis",

@@ -43,6 +43,7 @@ from taudis.select.pool import (
     scaled_budget,
 )
 from taudis.select.selection import ChosenInstance, SelectedImage, Selection
+from taudis.select.space import Whitening, pool_whitening
 from taudis.select.uncertainty import DEFAULT_METRIC, PoolScores, score_pool
 from taudis.select.vote import vote
 
@@ -57,6 +58,7 @@ def make_params(
     *,
     universe: str = "candidates",
     centre: bool = False,
+    whiten: bool = False,
 ) -> dict[str, Any]:
     """The ``params`` object of a Selection: every parameter the strategy was run with."""
     return {
@@ -68,6 +70,7 @@ def make_params(
         "seed": int(seed),
         "universe": universe,
         "centre": bool(centre),
+        "whiten": bool(whiten),
     }
 
 
@@ -108,6 +111,7 @@ def cover_step(
     partitions: int = 1,
     seed: int = 0,
     centre: bool = False,
+    whitening: Whitening | None = None,
 ) -> CoverResult:
     """Greedy max k-cover of k = ceil(beta * budget) candidates (indices into the candidates).
 
@@ -118,20 +122,40 @@ def cover_step(
     centred on the mean of the universe's embeddings before the cosine graph is built: mask-head
     embeddings are post-ReLU (no negative entry), so raw cosines crowd near 1 and a fixed sigma
     links most pairs; centred, a cosine measures how alike two instances are relative to the rest.
+    A ``whitening`` (the pool's: taudis.select.space) is applied to every embedding instead; it
+    centres too, so ``centre`` then adds nothing.
     """
     check_cover_options(universe, partitions)
     k = scaled_budget(beta, budget)
-    if centre:
-        whole = pool_embeddings if universe == "pool" and pool_embeddings is not None else candidate_embeddings
-        mean = whole.mean(axis=0, keepdims=True)
-        candidate_embeddings = candidate_embeddings - mean
-        pool_embeddings = None if pool_embeddings is None else pool_embeddings - mean
+    candidate_embeddings, pool_embeddings = cover_space(
+        candidate_embeddings, pool_embeddings, universe=universe, centre=centre, whitening=whitening
+    )
     if universe == "candidates":
         return cover_embeddings(candidate_embeddings, candidate_uncertainty, k, sigma, partitions=partitions, seed=seed)
     if pool_embeddings is None or candidate_pool_rows is None:
         raise ValueError("universe 'pool' needs the pool's embeddings and each candidate's row among them")
     graph = bipartite_graph(candidate_embeddings, pool_embeddings, sigma, self_cols=candidate_pool_rows)
     return greedy_cover_bipartite(graph, candidate_pool_rows, candidate_uncertainty, k)
+
+
+def cover_space(
+    candidate_embeddings: np.ndarray,
+    pool_embeddings: np.ndarray | None,
+    *,
+    universe: str = "candidates",
+    centre: bool = False,
+    whitening: Whitening | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The candidates' and the pool's embeddings as the cover's cosine graph sees them: whitened
+    (``whitening``), centred on the universe's mean (``centre``), or as they are (cover_step)."""
+    if whitening is not None:
+        pool = None if pool_embeddings is None else whitening.apply(pool_embeddings)
+        return whitening.apply(candidate_embeddings), pool
+    if not centre:
+        return candidate_embeddings, pool_embeddings
+    whole = pool_embeddings if universe == "pool" and pool_embeddings is not None else candidate_embeddings
+    mean = whole.mean(axis=0, keepdims=True)
+    return candidate_embeddings - mean, None if pool_embeddings is None else pool_embeddings - mean
 
 
 def check_cover_options(universe: str, partitions: int) -> None:
@@ -225,6 +249,7 @@ def select(
     universe: str = "candidates",
     partitions: int = 1,
     centre: bool = False,
+    whiten: bool = False,
     labelled: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Choose ``budget`` images to label next from the instance shards under ``instances``.
@@ -251,6 +276,8 @@ def select(
         partitions: 1 (default) for the exact single-worker greedy; more for GreeDi over that
             many random parts (seeded by ``seed``), for candidate sets too big for one graph.
         centre: centre the embeddings on their mean before the cover's cosine graph (cover_step).
+        whiten: whiten the embeddings on the pool's statistics before the cover's cosine graph
+            (taudis.select.space; it centres too).
         labelled: coreset only: instance shards of the labelled images, whose embeddings are
             the first centers (without them, the first center is a random pool image).
 
@@ -260,7 +287,7 @@ def select(
     """
     check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
     check_cover_options(universe, partitions)
-    params = make_params(alpha, beta, sigma, metric, aggregation, seed, universe=universe, centre=centre)
+    params = make_params(alpha, beta, sigma, metric, aggregation, seed, universe=universe, centre=centre, whiten=whiten)
     scores = score_pool(instances, [metric])
     pool = make_pool(scores.image_ids, scores.instance_image, exclude)
     notes = budget_notes(budget, pool)
@@ -311,10 +338,11 @@ def _cover_and_vote(
     notes = notes + cands.notes
     emb = gather_embeddings(scores.shard_paths, scores.shard_offsets, cands.indices)
     pool_emb = pool_rows = None
+    all_rows = np.flatnonzero(pool.eligible)
     if universe == "pool":
-        all_rows = np.flatnonzero(pool.eligible)
         pool_emb = gather_embeddings(scores.shard_paths, scores.shard_offsets, all_rows)
         pool_rows = np.searchsorted(all_rows, cands.indices)
+    whitening = pool_whitening(scores.shard_paths, scores.shard_offsets, all_rows) if params["whiten"] else None
     result = cover_step(
         emb,
         cands.uncertainty,
@@ -327,6 +355,7 @@ def _cover_and_vote(
         partitions=partitions,
         seed=params["seed"],
         centre=params["centre"],
+        whitening=whitening,
     )
     notes = notes + cover_notes(result, cands.indices.size, universe, partitions)
     return vote_step(
