@@ -160,6 +160,45 @@ def test_inference_shard_invariants(trained: tuple[Path, dict[str, Any]], datase
     assert shard.header["embedding_dim"] == 64 and shard.failed_images == []
 
 
+def test_roi_feature_embeddings_are_the_mask_heads_input(
+    trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path
+) -> None:
+    """TAUDIS.EMBEDDING_LAYER roi_features: the same detections, embedded by the features the mask head reads."""
+    from taudis.model.infer import iter_batches, pool_images
+
+    model_dir, _ = trained
+    pool, images = str(dataset / "annotations/pool.json"), str(dataset / "images")
+    default = read_shard(infer_instances(str(model_dir), pool, images, str(tmp_path / "mask_head")))
+    roi = read_shard(
+        infer_instances(str(model_dir), pool, images, str(tmp_path / "roi"), embedding_layer="roi_features")
+    )
+    validate_shard(roi)
+    for column in ("instance_image", "classes", "boxes", "class_probs", "mask_probs"):
+        np.testing.assert_array_equal(np.asarray(getattr(roi, column)), np.asarray(getattr(default, column)))
+    assert [s.header["extra"]["embedding_layer"] for s in (default, roi)] == ["mask_head", "roi_features"]
+    ours, theirs = np.asarray(roi.embeddings, np.float64), np.asarray(default.embeddings, np.float64)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    assert theirs.min() >= 0 > ours.min()  # post-ReLU against FPN features of both signs
+    # by hand: the mask pooler's output on the detections' boxes, averaged over space and normalised
+    model, cfg = load_model(model_dir, opts=["TAUDIS.EMBEDDING_LAYER", "roi_features"])
+    pooled: list[Any] = []
+    model.roi_heads.mask_pooler.register_forward_hook(lambda _m, _i, out: pooled.append(out.mean(dim=(2, 3))))
+    batch = next(iter_batches(pool_images(pool)[:1], images, cfg, 1, []))
+    with torch.inference_mode():
+        (instances,) = model.inference(batch.inputs, do_postprocess=False)
+    assert len(instances) > 0 and model.roi_heads.embedding_dim() == instances.pred_embeddings.shape[1]
+    by_hand = torch.nn.functional.normalize(pooled[0], dim=1)
+    np.testing.assert_allclose(instances.pred_embeddings.numpy(), by_hand.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match=r"TAUDIS\.EMBEDDING_LAYER 'box' is not one of mask_head, roi_features"):
+        load_model(model_dir, opts=["TAUDIS.EMBEDDING_LAYER", "box"])
+    # set at training (a pipeline's train_opts), the model's config carries it to every inference
+    layered = tmp_path / "layered"
+    opts = [*tiny_opts(2), "TAUDIS.EMBEDDING_LAYER", "roi_features"]
+    train_model(str(dataset / "annotations/train.json"), images, str(layered), opts=opts, seed=1)
+    shard = read_shard(infer_instances(str(layered), pool, images, str(tmp_path / "from-config")))
+    assert shard.header["extra"]["embedding_layer"] == "roi_features"
+
+
 def test_inference_rows_match_the_plain_predictor(
     trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path
 ) -> None:

@@ -28,6 +28,9 @@ TAUDIS keys (defaults below):
 - ``TAUDIS.LOG_PERIOD``: iterations between progress lines.
 - ``TAUDIS.VFLIP``: add vertical flips to the training augmentation (overhead imagery has no "up").
 - ``TAUDIS.EMBEDDING_DTYPE``: "float32" or "float16" for the instance table's embeddings.
+- ``TAUDIS.EMBEDDING_LAYER``: what the embeddings are: "mask_head" (the mask head's last conv
+  layer) or "roi_features" (the FPN features it reads, before any head layer); see
+  taudis.model.roi_heads. An inference setting: it changes no weight.
 - ``TAUDIS.CLASS_NAMES`` / ``TAUDIS.CATEGORY_IDS``: written by training from the dataset, so a
   trained model knows its classes and their COCO category ids.
 """
@@ -53,6 +56,11 @@ CPU_CONFIG = str(CONFIG_DIR / "mask_rcnn_R18_slim_cpu.yaml")
 GPU_CONFIG = str(CONFIG_DIR / "mask_rcnn_R50_FPN_gpu.yaml")
 # Below this much shared memory, data loader workers are not used (see loader_workers).
 MIN_SHM_BYTES = 1 << 30
+# TAUDIS.EMBEDDING_LAYER's values (taudis.model.roi_heads), each with the words a shard's header gives it
+EMBEDDING_LAYERS = {
+    "mask_head": "mask head last conv layer, spatial mean, L2-normalised",
+    "roi_features": "FPN features ROIAligned on the box (the mask head's input), spatial mean, L2-normalised",
+}
 
 
 def add_taudis_config(cfg: CfgNode) -> CfgNode:
@@ -75,6 +83,7 @@ def add_taudis_config(cfg: CfgNode) -> CfgNode:
     cfg.TAUDIS.LOG_PERIOD = 20
     cfg.TAUDIS.VFLIP = True
     cfg.TAUDIS.EMBEDDING_DTYPE = "float32"
+    cfg.TAUDIS.EMBEDDING_LAYER = "mask_head"
     cfg.TAUDIS.CLASS_NAMES = []
     cfg.TAUDIS.CATEGORY_IDS = []
     return cfg

@@ -10,7 +10,8 @@ What each instance row holds (see taudis.data.instances for the shard layout):
 - ``mask_probs``: the mask head's unthresholded sigmoid for the predicted class, S x S (28 for the
   standard head, 2 x ROI_MASK_HEAD.POOLER_RESOLUTION in general), float16, in box coordinates.
 - ``boxes``: x0, y0, x1, y1 in pixels of the original image (clipped to it).
-- ``embeddings``: the mask head's last conv layer on the box, mean over space, L2-normalised.
+- ``embeddings``: the mask head's last conv layer on the box, mean over space, L2-normalised; or,
+  with ``embedding_layer="roi_features"``, the FPN features the mask head reads (taudis.model.roi_heads).
 
 Detections are those of the plain detectron2 predictor of the same model: same resize, same
 score threshold (ROI_HEADS.SCORE_THRESH_TEST unless overridden), same NMS and top-k, and boxes
@@ -34,6 +35,7 @@ import numpy as np
 from taudis.data.coco import read_coco_json, validate_coco
 from taudis.data.instances import write_shard
 from taudis.model import numerics
+from taudis.model.config import EMBEDDING_LAYERS
 
 log = logging.getLogger("taudis.model.infer")
 PROGRESS_SECONDS = 10.0  # at most one progress line this often
@@ -137,6 +139,7 @@ def infer_instances(
     num_shards: int = 1,
     batch_size: int = 4,
     score_threshold: float | None = None,
+    embedding_layer: str | None = None,
 ) -> Path:
     """Predict the instances of one shard of the images listed in a COCO file; write one instance shard.
 
@@ -161,6 +164,8 @@ def infer_instances(
         batch_size: images per forward pass.
         score_threshold: detection threshold on the class probability; None keeps the config's
             ROI_HEADS.SCORE_THRESH_TEST.
+        embedding_layer: what the embeddings are (taudis.model.roi_heads.EMBEDDING_LAYERS); None
+            keeps the model's TAUDIS.EMBEDDING_LAYER.
 
     Returns:
         The shard directory.
@@ -172,7 +177,7 @@ def infer_instances(
         log.info("%s exists: skipping", target)
         return target
     images = shard_images(pool_images(annotations), shard, num_shards)
-    model, cfg = load_model(model_dir)
+    model, cfg = load_model(model_dir, opts=["TAUDIS.EMBEDDING_LAYER", embedding_layer] if embedding_layer else ())
     if score_threshold is not None:
         model.roi_heads.box_predictor.test_score_thresh = float(score_threshold)
     threshold = float(model.roi_heads.box_predictor.test_score_thresh)
@@ -202,7 +207,7 @@ def infer_instances(
     mask_size = 2 * int(cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
     return write_shard(
         target,
-        **columns.arrays(len(class_names), mask_size, int(cfg.MODEL.ROI_MASK_HEAD.CONV_DIM), embedding_dtype),
+        **columns.arrays(len(class_names), mask_size, model.roi_heads.embedding_dim(), embedding_dtype),
         class_names=class_names,
         model_id=model_id_of(model_dir),
         failed_images=failed,
@@ -213,7 +218,8 @@ def infer_instances(
             "category_ids": list(cfg.TAUDIS.CATEGORY_IDS),
             "class_probs": "softmax of the box predictor's logits for the detection's proposal (before box "
             "regression), background last",
-            "embeddings": "mask head last conv layer, spatial mean, L2-normalised",
+            "embedding_layer": model.roi_heads.embedding_layer,
+            "embeddings": EMBEDDING_LAYERS[model.roi_heads.embedding_layer],
         },
     )
 
@@ -285,6 +291,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-threshold", type=float, default=None, help="detection threshold (default: the config's)"
     )
+    parser.add_argument(
+        "--embedding-layer",
+        choices=sorted(EMBEDDING_LAYERS),
+        default=None,
+        help="what the embeddings are (default: the model's TAUDIS.EMBEDDING_LAYER, mask_head)",
+    )
     return parser
 
 
@@ -300,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_shards=args.num_shards,
         batch_size=args.batch_size,
         score_threshold=args.score_threshold,
+        embedding_layer=args.embedding_layer,
     )
     print(path)
     return 0
