@@ -197,6 +197,20 @@ def test_campaign_key_changes_with_what_the_strategy_reads_only() -> None:
     assert _spec("taudis").base_key(20) == _spec("random").base_key(20) != _spec("taudis").base_key(30)
 
 
+def test_a_later_parameter_or_layer_at_its_default_keeps_the_recorded_keys() -> None:
+    """Campaigns recorded before ``whiten`` and the embedding layer existed keep their keys (hours of
+    CPU each); setting either makes a key of its own."""
+    recorded = {r["key"] for r in read_csv(Path(__file__).parents[1] / "bench/results/al/campaigns.csv")}
+    for strategy in ("taudis", "diversity"):
+        assert _spec(strategy).key in recorded, "the committed campaigns no longer match their keys"
+        assert _spec(strategy).key != _spec(strategy, whiten=True).key
+    assert _spec("uncertainty").key == _spec("uncertainty", whiten=True).key  # it reads no cover option
+    roi = Variant("taudis roi_features", "taudis", embedding_layer="roi_features")
+    spec = Spec("synthetic", roi, 0, 3, 20, "mask_rcnn_R18_slim_cpu.yaml", "", False, dict(DEFAULT_PARAMS))
+    assert spec.key.removeprefix("taudis_roi_features") != _spec("taudis").key.removeprefix("taudis")
+    assert Spec.from_json(spec.to_json()).key == spec.key and spec.base_key(20) == _spec("taudis").base_key(20)
+
+
 def test_labels_to_reach_interpolates_between_random_rounds() -> None:
     random = [(10, 18.0), (30, 16.0), (50, 22.0), (70, 30.0)]
     assert labels_to_reach(random, 17.0) == 10.0  # already there at the first round

@@ -11,6 +11,7 @@ pipeline's components call (taudis.select.select, train_model, infer_instances, 
 Layout under ``<work>/ablation/<dataset>/s<seed>-<hash of what shapes the base model>/``::
 
     base.json, base-model/, shards/     the base set, its model and the pool's predictions
+    shards-<layer>/                     the same predictions embedded by another layer
     batches/<hash>/                     labelled.json, model/, metrics.json of one chosen set
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from bench.al_benchmark.diagnostics import cover_diagnostics
 from bench.al_benchmark.files import locked, write_json
-from bench.al_benchmark.plan import Dataset, Spec
+from bench.al_benchmark.plan import DEFAULT_EMBEDDING_LAYER, DEFAULT_PARAMS, Dataset, Spec
 from taudis.data.coco import subset_coco
 
 
@@ -81,16 +82,34 @@ def base_state(dataset: Dataset, spec: Spec, base_extra: int, threads: int) -> t
     return base, shards, metrics
 
 
+def layer_shards(shards: Path, dataset: Dataset, layer: str) -> Path:
+    """The base model's predictions of the pool (``shards``) embedded by ``layer`` instead: the same
+    detections (inferred again once, beside them), other embeddings."""
+    from taudis.model.infer import infer_instances
+
+    if layer == DEFAULT_EMBEDDING_LAYER:
+        return shards
+    folder = shards.parent
+    other = folder / f"shards-{layer}"
+    with locked(other):
+        if not (other / "done").is_file():
+            unlabelled, model = folder / "unlabelled.json", folder / "base-model" / "model"
+            infer_instances(str(model), str(unlabelled), str(dataset.image_root), str(other), embedding_layer=layer)
+            (other / "done").write_text("")
+    return other
+
+
 def run_variant(spec: Spec, dataset: Dataset, work: Path, threads: int, base_extra: int) -> dict[str, Any]:
     """One variant's batch from the shared predictions, scored by training on base + batch."""
     from taudis.select import select
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     base, shards, base_metrics = base_state(dataset, spec, base_extra, threads)
+    shards = layer_shards(shards, dataset, spec.variant.embedding_layer)
     params = spec.params
     selection = select(
         shards, spec.budget, spec.variant.strategy, seed=spec.seed,
-        **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe", "centre")},
+        **{k: params[k] for k in DEFAULT_PARAMS},
     )  # fmt: skip
     chosen = sorted(selection.image_ids)
     key = hashlib.sha256(json.dumps([spec.seed, chosen]).encode()).hexdigest()[:12]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.al_benchmark.diagnostics import round_diagnostics
-from bench.al_benchmark.plan import Dataset, Spec
+from bench.al_benchmark.plan import DEFAULT_EMBEDDING_LAYER, DEFAULT_PARAMS, Dataset, Spec
 
 
 def campaign_folder(work: Path, dataset: Dataset, spec: Spec) -> Path:
@@ -73,11 +73,11 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
                 "val_annotations": str(dataset.val),
                 "image_root": str(dataset.image_root),
                 "config": spec.config,
-                "train_opts": f"{spec.train_opts} TAUDIS.NUM_THREADS {threads}".strip(),
+                "train_opts": f"{spec.train_opts} TAUDIS.NUM_THREADS {threads}{_layer_opts(spec)}".strip(),
                 "finetune": spec.finetune,
                 "budget": spec.budget,
                 "seed": spec.seed,
-                **{k: params[k] for k in ("alpha", "beta", "sigma", "metric", "aggregation", "universe", "centre")},
+                **{k: params[k] for k in DEFAULT_PARAMS},
             },
         )
         with open(folder / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -86,6 +86,12 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
     result["seconds"] = round(time.monotonic() - started, 1)
     done.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _layer_opts(spec: Spec) -> str:
+    # a campaign's models carry the layer in their config, so every round's inference embeds by it
+    layer = spec.variant.embedding_layer
+    return "" if layer == DEFAULT_EMBEDDING_LAYER else f" TAUDIS.EMBEDDING_LAYER {layer}"
 
 
 def collect(spec: Spec, dataset: Dataset, folder: Path) -> dict[str, Any]:

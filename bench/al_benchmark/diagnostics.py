@@ -4,7 +4,8 @@ For each selection round of a campaign: how many chosen instances each chosen im
 share of the chosen images are hard tiles (any stratum but the easy one), how far the batch is
 from the one uncertainty-only would have chosen on the same predictions, and for the cover: the
 similarity graph's edge density among the oversampled candidates at several sigmas (on the raw
-embeddings and on embeddings centred on the candidates' mean), and the pick at which the greedy
+embeddings and on embeddings centred on the candidates' mean) and on the graph the cover ran on
+(its sigma, in its space: raw, centred or whitened), and the pick at which the greedy
 cover stopped gaining (after it, picks are decided by the uncertainty tie-break alone).
 """
 
@@ -67,9 +68,10 @@ def _centred(embeddings: np.ndarray) -> np.ndarray:
 def cover_diagnostics(shards: Path, budget: int, params: dict[str, Any]) -> dict[str, Any]:
     """Edge densities among the candidates and the pick at which the cover stopped gaining."""
     from taudis.select.cover import coverage_count, greedy_cover
-    from taudis.select.graph import similarity_graph
+    from taudis.select.graph import similarity_graph, unit_rows
     from taudis.select.pool import gather_embeddings, make_pool, scaled_budget
-    from taudis.select.strategies import oversample_step
+    from taudis.select.space import pool_whitening
+    from taudis.select.strategies import cover_space, oversample_step
     from taudis.select.uncertainty import score_pool
 
     scores = score_pool(shards, [params["metric"]])
@@ -83,10 +85,16 @@ def cover_diagnostics(shards: Path, budget: int, params: dict[str, Any]) -> dict
         out[f"density_raw_{sigma:g}"] = _density(emb, sigma)
         out[f"density_centred_{sigma:g}"] = _density(_centred(emb), sigma)
     if emb.shape[0] >= 2:
-        unit = _centred(emb) if params.get("centre") else emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        whitening = None
+        if params.get("whiten"):
+            rows = np.flatnonzero(pool.eligible)
+            whitening = pool_whitening(scores.shard_paths, scores.shard_offsets, rows)
+        space, _ = cover_space(emb, None, centre=bool(params.get("centre")), whitening=whitening)
+        unit = unit_rows(space)
         pairs = unit @ unit.T
         out["median_cosine"] = float(np.median(pairs[np.triu_indices(emb.shape[0], 1)]))
         graph = similarity_graph(unit, params["sigma"])  # the graph the cover was run on
+        out["density_cover"] = graph.num_edges / (emb.shape[0] * (emb.shape[0] - 1))
         k = scaled_budget(params["beta"], b)
         result = greedy_cover(graph, candidates.uncertainty, k)
         counts = [coverage_count(graph, result.chosen[: i + 1]) for i in range(result.chosen.size)]

@@ -43,7 +43,12 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "aggregation": "mean",
     "universe": "candidates",
     "centre": False,
+    "whiten": False,
 }
+DEFAULT_EMBEDDING_LAYER = "mask_head"
+# Parameters added after campaigns were recorded, at the value that chooses what was chosen
+# before they existed: a key holds one only when it is set otherwise, so recorded keys stand.
+LATER_PARAMS: dict[str, Any] = {"whiten": False}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class Variant:
     name: str
     strategy: str
     params: dict[str, Any] = field(default_factory=dict)
+    # what the pool's embeddings are (TAUDIS.EMBEDDING_LAYER, taudis.model.roi_heads): an
+    # inference setting, so the ablation's variants share the base model whatever their layer
+    embedding_layer: str = DEFAULT_EMBEDDING_LAYER
 
     def full_params(self, defaults: dict[str, Any]) -> dict[str, Any]:
         return {**defaults, **self.params}
@@ -75,8 +83,22 @@ def ablation_variants() -> list[Variant]:
         variants.append(Variant(f"taudis sigma={sigma:g}", "taudis", {"sigma": sigma}))
     for sigma in (0.3, 0.5):
         variants.append(Variant(f"taudis centre sigma={sigma:g}", "taudis", {"centre": True, "sigma": sigma}))
+    # whitened (taudis.select.space): cosines spread out, so the cover binds at lower sigmas; with
+    # wider oversampling it has more candidates to choose among
+    variants.append(Variant("taudis whiten sigma=0.3", "taudis", {"whiten": True, "sigma": 0.3}))
+    for alpha in (5.0, 10.0):
+        variants.append(
+            Variant(
+                f"taudis whiten sigma=0.5 alpha={alpha:g}", "taudis", {"whiten": True, "sigma": 0.5, "alpha": alpha}
+            )
+        )
     for alpha in (5.0, 10.0):
         variants.append(Variant(f"taudis alpha={alpha:g}", "taudis", {"alpha": alpha}))
+    # the FPN features the mask head reads: no ReLU, so cosines spread (median about 0.26 against 0.75)
+    variants.append(Variant("taudis roi_features", "taudis", embedding_layer="roi_features"))
+    variants.append(
+        Variant("taudis roi_features sigma=0.6 alpha=5", "taudis", {"sigma": 0.6, "alpha": 5.0}, "roi_features")
+    )
     variants.append(Variant("taudis universe=pool", "taudis", {"universe": "pool"}))
     for strategy in ("taudis", "uncertainty"):
         for metric in ablation_metrics(strategy):
@@ -297,7 +319,7 @@ USED_PARAMS = {
     "random": (),
     "uncertainty": ("metric", "aggregation"),
     "coreset": (),
-    "diversity": ("beta", "sigma", "metric", "aggregation", "universe", "centre"),
+    "diversity": ("beta", "sigma", "metric", "aggregation", "universe", "centre", "whiten"),
     "taudis": tuple(DEFAULT_PARAMS),
 }
 
@@ -336,9 +358,13 @@ class Spec:
     @property
     def key(self) -> str:
         """A folder name that changes whenever anything that shapes the campaign changes (the config's content too)."""
-        used = {k: self.params[k] for k in USED_PARAMS[self.variant.strategy]}
+        used = {
+            k: self.params[k]
+            for k in USED_PARAMS[self.variant.strategy]
+            if k not in LATER_PARAMS or self.params[k] != LATER_PARAMS[k]
+        }
         shape = [self.variant.strategy, used, self.rounds, self.budget, self._config_hash(), self.train_opts,
-                 self.finetune, *self._numerics()]  # fmt: skip
+                 self.finetune, *self._numerics(), *self._layer()]  # fmt: skip
         slug = self.variant.name.replace(" ", "_").replace("=", "-")
         return f"{slug}-s{self.seed}-{_digest(shape)}"
 
@@ -347,6 +373,11 @@ class Spec:
         set): what shapes that model (seed, extra images, config, schedule), nothing of the variant."""
         shape = [base_extra, self._config_hash(), self.train_opts, *self._numerics()]
         return f"s{self.seed}-{_digest(shape)}"
+
+    def _layer(self) -> list[str]:
+        # in the keys only when not the default, which every key recorded before the choice stands for
+        layer = self.variant.embedding_layer
+        return [] if layer == DEFAULT_EMBEDDING_LAYER else ["embedding_layer", layer]
 
     def _numerics(self) -> list[str]:
         # in the keys only when portable, with what portable means (it changed once: MKL's AVX2

@@ -323,10 +323,11 @@ def _ablation_rows(rows: list[dict[str, Any]]) -> list[str]:
         body.append(
             [name, f"{_fmt(mean, std)} ({k})", versus(ref["taudis"]), versus(ref["uncertainty"]),
              avg("hard_share"), avg("overlap_with_uncertainty"), avg("density_raw_0.8"), avg("density_centred_0.8"),
-             avg("cover_saturated_at"), avg("coverage")]
+             avg("density_cover"), avg("cover_saturated_at"), avg("coverage")]
         )  # fmt: skip
     header = ["variant", "mask AP (seeds)", "vs taudis", "vs uncertainty", "hard share", "overlap with unc.",
-              "density raw@0.8", "density centred@0.8", "cover saturated at pick", "coverage"]  # fmt: skip
+              "density raw@0.8", "density centred@0.8", "density of its graph", "cover saturated at pick",
+              "coverage"]  # fmt: skip
     return _table(header, body)
 
 
