@@ -66,6 +66,13 @@ def _spec(strategy: str, **params: object) -> Spec:
     return Spec("synthetic", variant, 0, 3, 20, "mask_rcnn_R18_slim_cpu.yaml", "", False, dict(DEFAULT_PARAMS))
 
 
+def _png(path: Path, size: tuple[int, int] = (32, 32)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size).save(path)
+
+
 def _coco_folder(root: Path, splits: dict[str, list[str]], categories: list[dict[str, object]] | None = None) -> Path:
     """A user's COCO folder: each split's images numbered from 1 (as exports do), one square each."""
     (root / "annotations").mkdir(parents=True)
@@ -81,7 +88,7 @@ def _coco_folder(root: Path, splits: dict[str, list[str]], categories: list[dict
         doc = {"images": images, "annotations": annotations, "categories": cats}
         (root / "annotations" / f"{split}.json").write_text(json.dumps(doc))
         for name in names:
-            (root / "images" / name).write_bytes(b"")
+            _png(root / "images" / name)
     return root
 
 
@@ -108,7 +115,7 @@ def test_changed_annotation_files_are_another_dataset_and_nothing_stale_is_reuse
     _coco_folder(tmp_path / "extra", {"train": ["a.png", "b.png"]})  # an initial set added later, numbered from 1
     (folder / "annotations" / "train.json").write_text((tmp_path / "extra" / "annotations" / "train.json").read_text())
     for name in ("a.png", "b.png"):
-        (folder / "images" / name).write_bytes(b"")
+        _png(folder / "images" / name)
     after = prepare_dataset(str(folder), tmp_path / "w", initial=2)
     assert after.name != before.name and after.root != before.root  # its own results, its own derived files
     by_id = {im["id"]: im["file_name"] for im in json.loads(after.pool.read_text())["images"]}
@@ -121,6 +128,15 @@ def test_a_coco_folder_that_breaks_the_splits_is_refused_naming_the_file(tmp_pat
     leak = _coco_folder(tmp_path / "leak", {"pool": ["a.png", "b.png"], "val": ["b.png"]})
     with pytest.raises(ValueError, match=r"val\.json and .*pool\.json share 1 image.*'b.png': val must be held out"):
         prepare_dataset(str(leak), tmp_path / "w")
+    dotted = _coco_folder(tmp_path / "dotted", {"train": ["t.png"], "pool": ["./t.png", "p.png"], "val": ["v.png"]})
+    with pytest.raises(ValueError, match=r"train\.json and .*pool\.json share 1 image.*'t.png'"):
+        prepare_dataset(str(dotted), tmp_path / "w")  # one file, however its name is written
+    sized = _coco_folder(tmp_path / "sized", {"pool": ["a.png", "b.png"], "val": ["v.png"]})
+    _png(sized / "images" / "b.png", (32, 24))
+    with pytest.raises(
+        ValueError, match=r"pool\.json: image id 2 .*b\.png\): the file is 32x24, the COCO file says 32x32"
+    ):
+        prepare_dataset(str(sized), tmp_path / "w")  # before any training, not inside the first one
     other = _coco_folder(tmp_path / "cats", {"pool": ["a.png"], "val": ["v.png"]}, [{"id": 1, "name": "car"}])
     with pytest.raises(ValueError, match=r"val\.json: categories \[\(1, 'car'\)\] differ"):
         prepare_dataset(str(other), tmp_path / "w")
@@ -128,7 +144,7 @@ def test_a_coco_folder_that_breaks_the_splits_is_refused_naming_the_file(tmp_pat
     (gone / "images" / "b.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"pool\.json, images\[1\] \(id 2\), field 'file_name': no file"):
         prepare_dataset(str(gone), tmp_path / "w")
-    (gone / "images" / "b.png").write_bytes(b"")  # fixed: checked again, and accepted
+    _png(gone / "images" / "b.png")  # fixed: checked again, and accepted
     assert len(json.loads(prepare_dataset(str(gone), tmp_path / "w").pool.read_text())["images"]) == 2
     with pytest.raises(FileNotFoundError, match=r"--initial given needs .*train\.json"):
         prepare_dataset(str(gone), tmp_path / "w", initial=None)  # the same work folder: nothing cached hides it

@@ -10,7 +10,8 @@ CI=true; elsewhere it runs when datumaro can be installed and says why it skips 
    with its label, as the export sent them.
 2. The export CVAT would write from those annotations (datumaro's ``coco_instances`` exporter as
    CVAT calls it: masks without an ``is_crowd`` attribute, ``merge_images=False``) reads back
-   through read_labels as ``cvat-coco`` with the same masks.
+   through read_labels as ``cvat-coco`` with the same masks; so does datumaro's "CVAT for images
+   1.1" XML export of them, as ``cvat-xml``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ for k, item in enumerate(sorted(dataset, key=lambda i: i.id)):
         mask.attributes.pop("is_crowd", None)
 np.savez(out + "/arrays.npz", **arrays)
 (dataset.export(out + "/cvat", "coco_instances", save_media=False, merge_images=False))
+dataset.export(out + "/cvat-xml", "cvat", save_media=False)  # "CVAT for images 1.1"
 print(json.dumps(items))
 """
 
@@ -144,4 +146,18 @@ def test_cvat_export_reads_back_with_the_same_masks(imported: tuple[Round, list,
         assert all(a.iscrowd == 0 and isinstance(a.segmentation, dict) for a in got)
         # same masks with the same categories, whatever the order CVAT lists them in
         back = sorted((a.category, decode_rle(a.segmentation).tobytes()) for a in got)  # type: ignore[arg-type]
+        assert back == sorted((c, mask.tobytes()) for c, mask in round_.sent[image_id])
+
+
+def test_cvat_for_images_xml_export_reads_back_with_the_same_masks(imported: tuple[Round, list, dict, Path]) -> None:
+    round_, _, _, out = imported
+    (xml,) = sorted((out / "cvat-xml").rglob("*.xml"))
+    labels = read_labels(str(xml))
+    assert labels.format == "cvat-xml" and labels.problems == ()
+    assert sorted(im.ref for im in labels.images) == sorted(round_.file_name(i) for i in CHOSEN)
+    for position, image in enumerate(labels.images):
+        image_id = next(i for i in CHOSEN if round_.file_name(i) == image.ref)
+        back = sorted(
+            (a.category, decode_rle(a.segmentation).tobytes()) for a in labels.annotations if a.image == position
+        )  # type: ignore[arg-type]
         assert back == sorted((c, mask.tobytes()) for c, mask in round_.sent[image_id])

@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from taudis.data.coco import (
     CocoFormatError,
+    check_image_files,
     class_names,
     load_coco,
     subset_coco,
@@ -107,6 +108,13 @@ SEG0 = ("annotations", 0, "segmentation")
         (_set(("images", 0, "height"), 0), "image id 1", "height", "positive integer"),
         (_set(("categories", 0, "name"), KeyError), "category #0", "name", "missing key"),
         (_set(("categories",), KeyError), None, "categories", "missing"),
+        (_set(("images", 1, "file_name"), "./a.png"), "image id 2", "file_name", "also image id 1"),
+        (_set(("images", 1, "file_name"), "sub/../a.png"), "image id 2", "file_name", "also image id 1"),
+        (_set(("categories", 1, "name"), "tree "), "category id 3", "name", "also category id 5"),
+        (_set(("categories", 1, "name"), 7), "category id 3", "name", "non-empty string"),
+        (_set(("images", 1, "id"), 2**63), "image #1", "id", "64-bit"),
+        (_set(("images", 1, "id"), "2"), "image #1", "id", "must be an integer"),
+        (_set(("annotations", 0, "id"), 1.0), "annotation id 1.0", "id", "must be an integer"),
     ],
 )
 def test_validation_errors_name_file_record_and_field(
@@ -175,3 +183,42 @@ def test_register_in_detectron2_catalogs(tmp_path: Path) -> None:
     assert len(DatasetCatalog.get("taudis_test_coco")) == 2
     meta = MetadataCatalog.get("taudis_test_coco")
     assert meta.thing_classes == ["car", "tree"] and meta.thing_dataset_id_to_contiguous_id == {3: 0, 5: 1}
+
+
+def test_uncompressed_rle_reaches_detectron2_compressed_with_the_same_mask(tmp_path: Path) -> None:
+    # pycocotools' decode, which detectron2's mapper calls, reads compressed counts only.
+    data = _valid()
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:6, 3:9] = 1
+    counts, value, run = [], 0, 0
+    for pixel in mask.flatten(order="F"):
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    counts.append(run)
+    data["annotations"][0]["segmentation"] = {"size": [10, 12], "counts": [int(c) for c in counts]}
+    data["annotations"][0]["iscrowd"] = 0
+    record = to_detectron2_dicts(load_coco(_write(tmp_path, data)), tmp_path)[0]["annotations"][0]
+    assert isinstance(record["segmentation"]["counts"], str)
+    np.testing.assert_array_equal(mask_utils.decode(record["segmentation"]), mask)
+
+
+def test_image_files_are_checked_as_training_reads_them(tmp_path: Path) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 20 wide and 10 high, shown (and trained) 10 wide and 20 high
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    Image.new("1", (13_500, 13_400)).save(tmp_path / "big.png")  # beyond PIL's default bomb limit
+    data = {
+        "images": [
+            {"id": 1, "file_name": "r.jpg", "height": 20, "width": 10},
+            {"id": 2, "file_name": "big.png", "height": 13_400, "width": 13_500},
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    assert check_image_files(data, str(tmp_path)) == []
+    data["images"][0].update(height=10, width=20)
+    (problem,) = check_image_files(data, str(tmp_path))
+    assert "image id 1" in problem and "10x20 after its EXIF rotation" in problem

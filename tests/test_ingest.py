@@ -214,6 +214,37 @@ def test_a_base_name_shared_by_two_pool_images_is_ambiguous() -> None:
     assert match_image("gs://b/a/x.png", index)[0] == 1
 
 
+@pytest.mark.parametrize(
+    ("ref", "expected", "words"),
+    [
+        ("cat/001.png", 1, ""),
+        ("001.png", 1, ""),  # a tool that keeps the base name only
+        ("gs://bucket/pool/data/cat/001.png", 1, ""),
+        ("https://storage.googleapis.com/bucket/data/cat/001.png?X-Goog-Signature=ab12&X-Goog-Expires=900", 1, ""),
+        ("dog/001.png", None, "other folders"),  # another file of the same base name
+        ("/home/me/other/dir/002.png", None, "other folders"),
+        ("gs://bucket/raw/001.png", None, "other folders"),
+    ],
+)
+def test_a_reference_whose_folders_contradict_the_pools_is_never_matched_by_base_name(
+    ref: str, expected: int | None, words: str
+) -> None:
+    pool = make_pool(2)
+    pool["images"][0]["file_name"] = "data/cat/001.png"
+    pool["images"][1]["file_name"] = "data/cat/002.png"
+    found, why = match_image(ref, PoolIndex.of(pool))
+    assert found == expected and words in why
+    if expected is None:
+        assert "data/cat/" in why and ref in why  # both paths named
+
+
+def test_a_file_of_no_image_is_rejected_not_filed_as_a_repeat(campaign) -> None:
+    campaign, pool, pool_uri = campaign
+    _drop(campaign, "empty.json", {**subset(pool, []), "images": []})
+    (outcome,) = ingest_incoming(campaign.uri, pool_uri)
+    assert outcome.status == "rejected" and "lists no image" in _report(campaign, "empty.json")["problems"][0]
+
+
 def test_cli_ingest_and_check(campaign, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from taudis.campaign.cli import main
 

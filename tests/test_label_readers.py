@@ -231,13 +231,44 @@ def test_a_task_whose_results_disagree_on_the_size_is_refused() -> None:
     assert labels.images == ()
 
 
+def test_the_image_is_found_under_whatever_data_key_the_label_config_reads() -> None:
+    polygon = _polygon("r1", [[10, 10], [30, 10], [30, 30]])
+    task = _task(5, [polygon])
+    task["data"] = {"img": "/data/local-files/?d=img/5.png", "caption": "north field"}  # <Image value="$img"/>
+    labels = read_document([task], "t.json")
+    assert labels.problems == () and [image.ref for image in labels.images] == ["img/5.png"]
+    task["data"]["thumbnail"] = "gs://bucket/thumbs/5.jpg"
+    (problem,) = read_document([task], "t.json").problems
+    assert "several keys" in problem.message and "'img'" in problem.message and "'thumbnail'" in problem.message
+    task["data"] = {"caption": "north field"}
+    (problem,) = read_document([task], "t.json").problems
+    assert problem.record == "task 5" and "its keys: ['caption']" in problem.message
+
+
+def test_polygon_points_within_the_percent_tolerance_land_inside_even_a_large_image() -> None:
+    # 0.3% past the edge of a 4000-pixel image is 12 pixels: onto the edge, not past it
+    polygon = _polygon("r1", [[90, 10], [100.3, 10], [100.3, 30], [-0.2, 30]], size=4000)
+    labels = read_document([_task(5, [polygon])], "t.json")
+    (annotation,) = labels.annotations
+    xs = annotation.segmentation[0][0::2]  # type: ignore[index]
+    assert labels.problems == () and min(xs) == 0.0 and max(xs) == 4000.0
+
+
 # ------------------------------------------------------------------------------ Label Studio COCO
 
 
 def test_label_studio_coco_export_is_read_by_file_and_category_name() -> None:
     labels = read_labels(str(DATA / "ls-polygons-coco.zip"))
     truth = _sent("sent-polygons.json")
-    assert labels.format == "labelstudio-coco" and labels.problems == ()
+    assert labels.format == "labelstudio-coco"
+    # the one image labelled empty: the export cannot tell it from a brush-only image (whose masks it drops)
+    (problem,) = labels.problems
+    empty = next(image for image in labels.images if image.record == problem.record)
+    assert (
+        truth[_tile(empty.ref)] == []
+        and problem.field == "annotations"
+        and "export the project as JSON" in problem.message
+    )
     # renumbered: images 0..N-1 in its own order, so neither id is the pool's
     assert [image.tool_id for image in labels.images] == list(range(6))
     assert all(not image.ids_are_pool_ids and image.pool_id is None for image in labels.images)
@@ -255,10 +286,120 @@ def test_label_studio_coco_export_is_read_by_file_and_category_name() -> None:
 
 def test_label_studio_coco_exports_that_lose_regions_are_refused() -> None:
     brush = read_labels(str(DATA / "ls-brush-coco.zip"))  # a brush project: Label Studio drops every region
-    assert [(p.field, "brush regions" in p.message) for p in brush.problems] == [("annotations", True)]
+    assert brush.images and {(p.field, "brush regions" in p.message) for p in brush.problems} == {("annotations", True)}
+    assert sorted(p.record for p in brush.problems) == sorted(image.record for image in brush.images)
     converted = read_labels(str(DATA / "ls-brush-to-coco.zip"))  # BRUSH_TO_COCO: polygons, holes filled
     assert converted.format == "labelstudio-coco" and converted.images == ()
     assert ["BRUSH_TO_COCO" in p.message for p in converted.problems] == [True]
+
+
+def _ls_coco(images: list[dict[str, Any]], annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Label Studio's COCO export as its converter writes it (info, renumbered ids, categories of the config)."""
+    return {
+        "images": images,
+        "categories": [{"id": 0, "name": "house"}],
+        "annotations": annotations,
+        "info": {"year": 2026, "version": "1.0", "description": "", "contributor": "Label Studio", "url": ""},
+    }
+
+
+def test_label_studio_coco_images_without_instances_are_refused_whatever_their_size_says() -> None:
+    polygon = {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [[1, 1, 5, 1, 5, 5]], "bbox": [1, 1, 4, 4],
+               "ignore": 0, "iscrowd": 0, "area": 8}  # fmt: skip
+    images = [
+        {"width": 10, "height": 10, "id": 0, "file_name": "gs://bucket/pool/img1.png"},
+        # submitted empty, or brush strokes only: the converter could not open a cloud image, so no size
+        {"width": None, "height": None, "id": 1, "file_name": "gs://bucket/pool/img4.png"},
+        {"width": 10, "height": 10, "id": 2, "file_name": "images/1a2b3c4d__img2.png"},  # brush strokes only
+    ]
+    labels = read_document(_ls_coco(images, [polygon]), "ls.json")
+    assert [(p.record, p.field) for p in labels.problems] == [
+        ("image id 1 (index 1)", "annotations"),
+        ("image id 2 (index 2)", "annotations"),
+    ]
+    assert all("export the project as JSON" in p.message for p in labels.problems)
+    # a brush-only project of cloud images: the converter writes no image at all
+    (problem,) = read_document(_ls_coco([], []), "ls.json").problems
+    assert problem.field == "images" and "no image" in problem.message
+
+
+CVAT_XML = b"""<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><name>round 0</name></task></meta>
+  <image id="0" name="cat/001.png" subset="default" task_id="3" width="20" height="10">
+    <tag label="cloudy" source="manual"></tag>
+    <polygon label="car" source="manual" occluded="0" points="1.00,1.00;5.00,1.00;5.00,5.00" z_order="0">
+      <attribute name="score">0.9</attribute>
+    </polygon>
+    <mask label="house" source="manual" occluded="1" rle="2, 3, 17, 3" left="3" top="2" width="5" height="5"
+      z_order="1">
+    </mask>
+  </image>
+  <image id="1" name="cat/002.png" subset="default" task_id="3" width="20" height="10"></image>
+</annotations>
+"""
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_cvat_for_images_xml_gives_polygons_and_masks_by_name(tmp_path: Path, zipped: bool) -> None:
+    path = tmp_path / ("task.zip" if zipped else "annotations.xml")
+    if zipped:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("annotations.xml", CVAT_XML)
+    else:
+        path.write_bytes(CVAT_XML)
+    labels = read_labels(str(path))
+    assert labels.format == "cvat-xml" and labels.problems == ()
+    assert [(im.ref, im.tool_id, im.ids_are_pool_ids, im.height, im.width) for im in labels.images] == [
+        ("cat/001.png", 0, False, 10, 20),
+        ("cat/002.png", 1, False, 10, 20),  # no shape: labelled empty
+    ]
+    polygon, mask = labels.annotations
+    assert (polygon.image, polygon.category, polygon.segmentation) == (0, "car", [[1.0, 1.0, 5.0, 1.0, 5.0, 5.0]])
+    want = np.zeros((10, 20), bool)
+    want[2, 5:8] = True  # runs over the 5x5 box at (3, 2), row by row: 2 background, 3 mask,
+    want[6, 5:8] = True  # 17 background (rows 1 to 3 of the box, two pixels of row 4), 3 mask
+    assert (mask.image, mask.category, mask.iscrowd) == (0, "house", 0)
+    np.testing.assert_array_equal(decode_rle(mask.segmentation), want)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "words"),
+    [
+        (
+            (b'<tag label="cloudy" source="manual"></tag>', b'<box label="car" xtl="1" ytl="1" xbr="4" ybr="4"/>'),
+            "box",
+            "outlines no mask",
+        ),
+        ((b'rle="2, 3, 17, 3"', b'rle="2, 3, 17, 2"'), "rle", "cover the 5x5 box"),
+        ((b'left="3"', b'left="17"'), "left/top/width/height", "past the 20x10 image"),
+        ((b'points="1.00,1.00;5.00,1.00;5.00,5.00"', b'points="1.00,1.00;5.00"'), "points", "expected 'x,y;x,y"),
+        ((b'points="1.00,1.00;5.00,1.00;5.00,5.00"', b'points="1,1;5,1"'), "segmentation[0]", "needs"),
+        ((b'<polygon label="car"', b'<polygon label=""'), "label", "no label"),
+    ],
+)
+def test_cvat_xml_problems_name_the_image_the_shape_and_the_field(
+    edit: tuple[bytes, bytes], field: str, words: str
+) -> None:
+    labels = read_document_bytes(CVAT_XML.replace(*edit))
+    (problem,) = labels.problems
+    assert problem.record.startswith("image id 0 ('cat/001.png'), <") and problem.field == field
+    assert words in problem.message
+
+
+def test_cvat_for_video_xml_is_refused_naming_what_to_export() -> None:
+    video = b"<annotations><version>1.1</version><track id='0' label='car'></track></annotations>"
+    (problem,) = read_document_bytes(video).problems
+    assert "CVAT for video" in problem.message and "'CVAT for images 1.1'" in problem.message
+    (problem,) = read_document_bytes(b"<annotations><image id='0'").problems
+    assert "not well-formed XML" in problem.message
+
+
+def read_document_bytes(data: bytes) -> ToolLabels:
+    from taudis.labeling.cvat_xml import read_cvat_xml
+
+    return read_cvat_xml(data, "annotations.xml")
 
 
 # ------------------------------------------------------------------------------------------- CVAT

@@ -187,7 +187,9 @@ def test_brush_round_trip_push_images_annotate_pull_read_ingest(
     # Label Studio's own COCO export of a brush project drops every region: refused, not read as empty.
     coco = tmp_path / "brush-coco.zip"
     coco.write_bytes(client.export(project, "COCO"))
-    assert [p.field for p in read_labels(str(coco)).problems] == ["annotations"]
+    problems = read_labels(str(coco)).problems
+    assert [p.field for p in problems] == ["annotations"] * len(finished)  # each image named, none read empty
+    assert all("brush regions" in p.message for p in problems)
     # The export as someone would download it by hand: the skipped and untouched tasks are in it,
     # so an image's position in the file (ToolImage.index) is not its position in labels.images.
     by_hand = tmp_path / "by-hand" / "ls-export-by-hand.json"
@@ -268,7 +270,9 @@ def test_polygon_round_trip_json_and_coco_exports(
     coco_file = tmp_path / "coco.zip"
     coco_file.write_bytes(exported)
     coco = read_labels(str(coco_file))
-    assert coco.format == "labelstudio-coco" and coco.problems == ()
+    # the image submitted empty is refused: the export writes a brush-only image the same way
+    assert coco.format == "labelstudio-coco" and [p.field for p in coco.problems] == ["annotations"]
+    assert next(im.ref for im in coco.images if im.record == coco.problems[0].record).endswith(f"tile {EMPTY:03d}.png")
     assert all(not image.ids_are_pool_ids and image.pool_id is None for image in coco.images)
     # Label Studio writes the path of the file it read, relative to its export folder.
     assert sorted(im.ref.rsplit(f"{IMAGES_PATH}/", 1)[1] for im in coco.images) == sorted(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taudis.model.images import ImageReadError, load_for_inference, output_size, read_image, to_rgb
+from taudis.model.images import ImageReadError, displayed_size, load_for_inference, output_size, read_image, to_rgb
 
 
 def test_modes_become_three_channel_uint8() -> None:
@@ -67,3 +67,33 @@ def test_large_images_are_shrunk_to_the_model_size(tmp_path: Path) -> None:
     loaded = load_for_inference(tmp_path / "big.jpg", 128, 256)
     assert (loaded.height, loaded.width) == (1500, 2000)
     assert loaded.pixels.shape == (*output_size(1500, 2000, 128, 256), 3)
+
+
+def test_normalised_float_images_are_scaled_to_eight_bits() -> None:
+    unit = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32))
+    assert to_rgb(unit)[..., 0].tolist() == [[0, 128], [255, 64]]
+    counts = Image.fromarray(np.array([[0, 1], [1, 0]], np.int32))
+    assert to_rgb(counts)[..., 0].tolist() == [[0, 1], [1, 0]], "integer images keep values that fit"
+
+
+@pytest.mark.parametrize("mode", ["1", "P"])
+def test_large_palette_and_bilevel_images_are_shrunk_like_the_others(tmp_path: Path, mode: str) -> None:
+    # Image.reduce, the early shrink of large images, refuses these modes.
+    pixels = np.zeros((600, 800), np.uint8)
+    pixels[100:300, 200:500] = 255
+    image = Image.fromarray(pixels).convert(mode)
+    image.save(tmp_path / "big.png")
+    loaded = load_for_inference(tmp_path / "big.png", 64, 128)
+    whole = read_image(tmp_path / "big.png")
+    expected = np.asarray(Image.fromarray(whole).resize((loaded.pixels.shape[1], loaded.pixels.shape[0])))
+    assert loaded.pixels.shape == (*output_size(600, 800, 64, 128), 3)
+    assert np.abs(loaded.pixels.astype(int) - expected.astype(int)).mean() < 8, "the same picture, shrunk"
+
+
+def test_the_displayed_size_follows_the_exif_rotation(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: a 20-wide stored image is shown 10 wide
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    with Image.open(tmp_path / "r.jpg") as image:
+        assert image.size == (20, 10) and displayed_size(image) == (10, 20)
+    assert read_image(tmp_path / "r.jpg").shape[:2] == (20, 10)

@@ -183,3 +183,28 @@ def test_images_added_to_the_pool_file_are_chosen_from_the_next_round(data: dict
     _commit(data, 1, "run-b", [512, 587], tmp_path)  # new images can be chosen and committed
     assert {512, 587} <= read_ledger(campaign.ledger).pending
     assert check_campaign(campaign.uri) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda images: images[1].update(id=str(images[0]["id"])), "id must be an integer"),
+        (lambda images: images[1].update(file_name=images[0]["file_name"]), "also image id"),
+    ],
+)
+def test_a_pool_file_that_would_merge_or_split_images_is_refused_before_the_ledger_changes(
+    data: dict[str, str], tmp_path: Path, edit, words: str
+) -> None:
+    from taudis.data.coco import CocoFormatError
+
+    _claim(data, "run-a")
+    rounds.record_evaluation(Campaign(data["campaign"]), 0, "run-a", METRICS)
+    _commit(data, 0, "run-a", [5, 6], tmp_path)
+    before = storage.read_bytes(Campaign(data["campaign"]).ledger)
+    pool = storage.read_json(data["pool"])
+    edit(pool["images"])
+    storage.write_json(data["pool"], pool)
+    with pytest.raises(CocoFormatError, match=words) as caught:
+        _claim(data, "run-b")
+    assert data["pool"] in str(caught.value) and "image" in str(caught.value)
+    assert storage.read_bytes(Campaign(data["campaign"]).ledger) == before

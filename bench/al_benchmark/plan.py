@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.al_benchmark.files import locked, write_json
-from taudis.data.coco import load_coco, subset_coco
+from taudis.data.coco import check_image_files, load_coco, normal_file_name, subset_coco
 from taudis.model import numerics
 from taudis.select.pool import UNIVERSES
 from taudis.select.uncertainty import (
@@ -279,7 +279,7 @@ def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], imag
     for split, cats in categories.items():
         if cats != categories["pool"]:
             raise ValueError(f"{paths[split]}: categories {cats} differ from {paths['pool']}'s {categories['pool']}")
-    names = {split: {im["file_name"] for im in d["images"]} for split, d in found.items()}
+    names = {split: {normal_file_name(im["file_name"]) for im in d["images"]} for split, d in found.items()}
     for a, b in (("train", "pool"), ("val", "pool"), ("val", "train")):
         shared = sorted(names.get(a, set()) & names.get(b, set()))
         if shared:
@@ -292,6 +292,10 @@ def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], imag
             if not (images / image["file_name"]).is_file():
                 raise FileNotFoundError(f"{paths[split]}, images[{i}] (id {image['id']}), field 'file_name': "
                                         f"no file {images / image['file_name']}")  # fmt: skip
+        problems = check_image_files(d, str(images))  # sizes as training reads them, before hours of it
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(f"{paths[split]}: {problems[0]}{more}")
 
 
 def _merge(train: dict[str, Any] | None, pool: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:

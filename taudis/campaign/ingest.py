@@ -1,7 +1,7 @@
 """Labels in: every annotators' file in <campaign>/incoming is ingested or quarantined, never both, never stuck.
 
-For each file (a COCO JSON, a Label Studio JSON or COCO export, a CVAT COCO 1.0 archive or JSON;
-taudis.labeling.read_labels tells them apart):
+For each file (a COCO JSON, a Label Studio JSON or COCO export, a CVAT COCO 1.0 archive or JSON,
+a CVAT for images 1.1 XML, bare or zipped; taudis.labeling.read_labels tells them apart):
 
 1. Read it as the tool wrote it, then match every image to the pool by what the tools keep, its
    file name or URI (never by a tool's own numbering), and every category by name. An image
@@ -30,7 +30,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pycocotools import mask as mask_utils
 
@@ -79,8 +79,12 @@ class PoolIndex:
 
 
 def _normal(ref: str) -> str:
-    """A file name or reference as compared: URL-decoded, forward slashes, no leading "./"."""
-    text = unquote(str(ref)).replace("\\", "/")
+    """A file name or reference as compared: URL-decoded, forward slashes, no leading "./", and for a
+    URL no query or fragment (a signed URL's signature names no file)."""
+    text = str(ref)
+    if "://" in text:
+        text = urlsplit(text)._replace(query="", fragment="").geturl()
+    text = unquote(text).replace("\\", "/")
     while text.startswith("./"):
         text = text[2:]
     return text
@@ -90,8 +94,11 @@ def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
     """The pool image a tool's image reference names, or (None, why not).
 
     Tried in order: the pool file name itself; the longest pool file name that the reference
-    ends with at a path boundary (a URI or a longer path to the same file); the base name, if
-    exactly one pool image has it.
+    ends with at a path boundary (a URI or a longer path to the same file); the one pool file
+    name that ends with the reference at a path boundary (a tool that kept only the last
+    folders). A reference whose base name is a pool image's but whose folders contradict the
+    pool's (``dog/001.png`` against ``cat/001.png``) names another file: it is refused, never
+    matched by its base name.
     """
     text = _normal(ref)
     if text in pool.by_name:
@@ -104,11 +111,17 @@ def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
             return pool.by_name[best[0]], ""
         return None, f"{ref!r} matches several pool images: {sorted(best)[:5]}"
     candidates = pool.by_base.get(posixpath.basename(text), [])
-    if len(candidates) == 1:
-        return candidates[0], ""
+    tails = [i for i in candidates if _normal(pool.by_id[i]["file_name"]).endswith("/" + text)]
+    if len(tails) == 1:
+        return tails[0], ""
+    names = sorted(pool.by_id[i]["file_name"] for i in (tails or candidates))[:5]
+    if tails:
+        return None, f"{ref!r} matches several pool images: {names}"
     if candidates:
-        names = sorted(pool.by_id[i]["file_name"] for i in candidates)[:5]
-        return None, f"{ref!r} matches several pool images by base name: {names}"
+        return None, (
+            f"{ref!r} has the base name of pool image(s) {names} but other folders: another file, or a path "
+            "the pool names otherwise (give the pool's file name)"
+        )
     return None, f"no pool image has the file name {ref!r}"
 
 
@@ -127,6 +140,8 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
     def problem(record: str, field_name: str, message: str) -> None:
         out.problems.append(LabelProblem(labels.uri, record, field_name, message))
 
+    if not labels.images and not labels.problems:
+        problem("document", "images", "the file lists no image: nothing to ingest (an empty export?)")
     for position, image in enumerate(labels.images):  # annotations name images by position in this list
         pool_id, why = match_image(image.ref, pool)
         if pool_id is None:

@@ -23,6 +23,20 @@ from taudis.storage.ledger import LabelPart, Ledger, create_ledger, update_ledge
 log = logging.getLogger(__name__)
 
 
+def load_pool(pool_annotations: str) -> dict[str, Any]:
+    """The pool file, validated as COCO: every image id an integer, every file and category name once.
+
+    The team edits this file by hand or by script for months; an id of "7" beside 7, or one
+    file under two ids, would merge or split images in the ledger without a word.
+
+    Raises:
+        taudis.data.coco.CocoFormatError: naming the file, the record and the field.
+    """
+    from taudis.data.coco import load_coco
+
+    return load_coco(pool_annotations)
+
+
 def pool_ids(pool: Mapping[str, Any]) -> frozenset[int]:
     return frozenset(int(image["id"]) for image in pool["images"])
 

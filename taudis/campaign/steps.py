@@ -36,7 +36,7 @@ from taudis.campaign import rounds
 from taudis.campaign.ingest import ingest_incoming, summarize
 from taudis.campaign.labels import labelled_dataset, part_document, reveal_oracle_labels, write_part
 from taudis.campaign.layout import Campaign
-from taudis.campaign.pool import ensure_ledger, sync_pool
+from taudis.campaign.pool import ensure_ledger, load_pool, sync_pool
 from taudis.data.instances import InstanceTableError, list_shards
 from taudis.storage.ledger import LabelPart, read_ledger
 
@@ -111,7 +111,7 @@ def claim_round(campaign_uri: str, pool_annotations: str, labelled_annotations: 
         taudis.campaign.rounds.RoundBusyError: another live run owns the round; nothing was changed.
     """
     campaign = Campaign(campaign_uri)
-    pool = storage.read_json(pool_annotations)
+    pool = load_pool(pool_annotations)
     seed = None
     if labelled_annotations and not storage.exists(campaign.ledger):
         seed = seed_part(campaign, labelled_annotations)
@@ -159,7 +159,7 @@ def ingest_labels(
     """
     campaign = Campaign(campaign_uri)
     rounds.renew_claim(campaign, round_index, run_id)
-    pool = storage.read_json(pool_annotations)
+    pool = load_pool(pool_annotations)
     facts: dict[str, Any] = {"pool": sync_pool(campaign, pool)}
     if oracle:
         facts["oracle"] = reveal_oracle_labels(campaign, pool)

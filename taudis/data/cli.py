@@ -8,42 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from taudis.data.coco import CocoFormatError, load_coco
+from taudis.data.coco import CocoFormatError, check_image_files, load_coco
 from taudis.data.synth import SynthConfig, make_synthetic_dataset
 
 _DEFAULTS = SynthConfig()
-
-
-def check_images(data: dict[str, Any], image_root: str) -> list[str]:
-    """Problems with a dataset's image files: missing, unreadable, or a size that differs from the COCO file.
-
-    Returns:
-        One message per problem, naming the image id and file (empty when all is well).
-    """
-    from PIL import Image
-
-    problems = []
-    for image in data["images"]:
-        path = os.path.join(image_root, image["file_name"])
-        where = f"image id {image['id']} ({path})"
-        try:
-            with Image.open(path) as opened:
-                width, height = opened.size
-                opened.load()
-        except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
-            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
-            continue
-        if (height, width) != (image["height"], image["width"]):
-            problems.append(
-                f"{where}: the file is {width}x{height}, the COCO file says {image['width']}x{image['height']}"
-            )
-    return problems
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocoFormatError as err:
         print(f"taudis data check: {err}", file=sys.stderr)
         return 1
-    problems = check_images(data, args.images) if args.images else []
+    problems = check_image_files(data, args.images) if args.images else []
     for problem in problems:
         print(f"taudis data check: {problem}", file=sys.stderr)
     print(json.dumps(summarize(data), indent=1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
 REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")
 REQUIRED_CATEGORY_KEYS = ("id", "name")
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 class CocoFormatError(ValueError):
@@ -83,6 +85,7 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
         raise CocoFormatError(source, "non-list top-level key 'annotations'", field="annotations")
     categories = _check_records(data["categories"], "category", REQUIRED_CATEGORY_KEYS, source)
     images = _check_records(data["images"], "image", REQUIRED_IMAGE_KEYS, source)
+    _check_unique_names(categories, source)
     for image_id, image in images.items():
         where = f"image id {image_id}"
         for key in ("height", "width"):
@@ -92,6 +95,7 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
                 )
         if not isinstance(image["file_name"], str) or not image["file_name"]:
             raise CocoFormatError(source, "must be a non-empty string", record=where, field="file_name")
+    _check_unique_files(images, source)
     seen: set[int] = set()
     for position, ann in enumerate(annotations):
         record = f"annotation #{position}"
@@ -101,8 +105,7 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
             if key not in ann:
                 raise CocoFormatError(source, "missing key", record=record, field=key)
         record = f"annotation id {ann['id']} (#{position})"
-        if not _is_int(ann["id"]):
-            raise CocoFormatError(source, f"id must be an integer, got {ann['id']!r}", record=record, field="id")
+        _check_id(ann["id"], source, record)
         if ann["id"] in seen:
             raise CocoFormatError(source, f"duplicate annotation id {ann['id']}", record=record, field="id")
         seen.add(ann["id"])
@@ -130,12 +133,56 @@ def _check_records(records: list[Any], kind: str, required: Sequence[str], sourc
         for key in required:
             if key not in record:
                 raise CocoFormatError(source, "missing key", record=where, field=key)
-        if not _is_int(record["id"]):
-            raise CocoFormatError(source, f"id must be an integer, got {record['id']!r}", record=where, field="id")
+        _check_id(record["id"], source, where)
         if record["id"] in by_id:
             raise CocoFormatError(source, f"duplicate {kind} id {record['id']}", record=where, field="id")
         by_id[record["id"]] = record
     return by_id
+
+
+def _check_id(value: Any, source: str, record: str) -> None:
+    """An id is an integer that fits the int64 columns of the instance tables (no float, no string)."""
+    if not _is_int(value):
+        raise CocoFormatError(source, f"id must be an integer, got {value!r}", record=record, field="id")
+    if not ID_MIN <= value <= ID_MAX:
+        raise CocoFormatError(source, f"id {value} is outside the 64-bit signed range", record=record, field="id")
+
+
+def normal_file_name(name: str) -> str:
+    """A file name as two records are compared: forward slashes, ``.`` and ``..`` resolved."""
+    return posixpath.normpath(name.replace("\\", "/"))
+
+
+def _check_unique_files(images: dict[int, dict[str, Any]], source: str) -> None:
+    # Labels come back from the tools by file name: two records of one file would split its labels.
+    seen: dict[str, int] = {}
+    for image_id, image in images.items():
+        name = normal_file_name(image["file_name"])
+        if name in seen:
+            raise CocoFormatError(
+                source,
+                f"the file {image['file_name']!r} is also image id {seen[name]}: one file, one image record",
+                record=f"image id {image_id}",
+                field="file_name",
+            )
+        seen[name] = image_id
+
+
+def _check_unique_names(categories: dict[int, dict[str, Any]], source: str) -> None:
+    # Labels come back from the tools by category name: two ids of one name would merge classes.
+    seen: dict[str, int] = {}
+    for category_id, category in categories.items():
+        where = f"category id {category_id}"
+        if not isinstance(category["name"], str) or not category["name"].strip():
+            raise CocoFormatError(
+                source, f"must be a non-empty string, got {category['name']!r}", record=where, field="name"
+            )
+        name = category["name"].strip()
+        if name in seen:
+            raise CocoFormatError(
+                source, f"the name {name!r} is also category id {seen[name]}", record=where, field="name"
+            )
+        seen[name] = category_id
 
 
 def _check_bbox(bbox: Any, image: dict[str, Any], source: str, record: str) -> None:
@@ -153,6 +200,35 @@ def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: st
     if problem is not None:
         field, message = problem
         raise CocoFormatError(source, message, record=record, field=field)
+
+
+def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
+    """Problems with a dataset's image files: missing, unreadable, or a size that differs from the COCO file.
+
+    Returns:
+        One message per problem, naming the image id and file (empty when all is well).
+    """
+    # The model's own reader: its size limit, and the EXIF orientation that training applies.
+    from taudis.model.images import displayed_size, open_image
+
+    problems = []
+    for image in data["images"]:
+        path = os.path.join(image_root, image["file_name"])
+        where = f"image id {image['id']} ({path})"
+        try:
+            with open_image(path) as opened:
+                width, height = displayed_size(opened)
+                rotated = (width, height) != opened.size
+                opened.load()
+        except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
+            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
+            continue
+        if (height, width) != (image["height"], image["width"]):
+            problems.append(
+                f"{where}: the file is {width}x{height}{' after its EXIF rotation' if rotated else ''}, "
+                f"the COCO file says {image['width']}x{image['height']}"
+            )
+    return problems
 
 
 def write_coco(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -211,13 +287,14 @@ def to_detectron2_dicts(data: dict[str, Any], image_root: str | os.PathLike[str]
     xywh_abs = 1  # detectron2.structures.BoxMode.XYWH_ABS, without importing detectron2
     contiguous = {cid: index for index, cid in enumerate(category_ids(data))}
     by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in data["images"]}
+    img_sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in data["images"]}
     for ann in data.get("annotations", []):
         by_image[ann["image_id"]].append(
             {
                 "bbox": [float(v) for v in ann["bbox"]],
                 "bbox_mode": xywh_abs,
                 "category_id": contiguous[ann["category_id"]],
-                "segmentation": ann["segmentation"],
+                "segmentation": _detectron2_segmentation(ann["segmentation"], img_sizes[ann["image_id"]]),
                 "iscrowd": int(ann.get("iscrowd", 0)),
             }
         )
@@ -232,6 +309,19 @@ def to_detectron2_dicts(data: dict[str, Any], image_root: str | os.PathLike[str]
         }
         for img in data["images"]
     ]
+
+
+def _detectron2_segmentation(segmentation: Any, size: tuple[int, int]) -> Any:
+    """Polygons and compressed RLE as they are; uncompressed RLE (counts a list) compressed.
+
+    detectron2's mapper decodes RLE with pycocotools, which reads compressed counts only (its own
+    COCO loader converts the same way).
+    """
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        from taudis.data.labels import rle_json, segmentation_rle
+
+        return rle_json(segmentation_rle(segmentation, *size))
+    return segmentation
 
 
 def register_coco_dataset(name: str, annotations: str | os.PathLike[str], image_root: str | os.PathLike[str]) -> None:

@@ -2,7 +2,8 @@
 
 Out: ``export_for_labeling`` (tasks.py) writes COCO pre-annotations (coco.py), a Label Studio task
 list and labelling config (labelstudio.py), a CVAT COCO 1.0 archive (cvat.py) and a manifest.
-In: ``read_labels`` (read.py) reads any of the tools' exports into ``ToolLabels`` (toollabels.py).
+In: ``read_labels`` (read.py) reads any of the tools' exports into ``ToolLabels`` (toollabels.py),
+CVAT's own XML with cvat_xml.py.
 ``taudis labelstudio`` (labelstudio_sync.py) pushes tasks into a Label Studio project and pulls
 its finished annotations back.
 """

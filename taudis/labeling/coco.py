@@ -74,6 +74,7 @@ def read_coco_document(
     ids_are_pool_ids: bool = True,
     ref: Callable[[str], str] = _keep_ref,
     record_prefix: str = "",
+    sizes_optional: bool = False,
 ) -> ToolLabels:
     """Read a COCO instance document as the tool wrote it: images, instances and every problem.
 
@@ -91,6 +92,8 @@ def read_coco_document(
         ids_are_pool_ids: whether the file's image ids are meant to be the pool's.
         ref: normalises a file name into the image reference.
         record_prefix: put before each record (e.g. the archive member).
+        sizes_optional: an image may state no size (``null``), as Label Studio's COCO export
+            writes for images it could not open; the pool's size is then the one that counts.
     """
     problems = Problems(uri, record_prefix)
     if not isinstance(doc, dict):
@@ -102,7 +105,7 @@ def read_coco_document(
     if problems:
         return ToolLabels(uri, fmt, (), (), tuple(problems.items))
     names = _category_names(doc["categories"], problems)
-    images = _images(doc["images"], problems, ref, ids_are_pool_ids)
+    images = _images(doc["images"], problems, ref, ids_are_pool_ids, sizes_optional)
     annotations = _annotations(doc["annotations"], problems, images, names)
     return ToolLabels(uri, fmt, tuple(images.values()), tuple(annotations), tuple(problems.items))
 
@@ -127,7 +130,7 @@ def _category_names(categories: list[Any], problems: Problems) -> dict[int, str]
 
 
 def _images(
-    records: list[Any], problems: Problems, ref: Callable[[str], str], ids_are_pool_ids: bool
+    records: list[Any], problems: Problems, ref: Callable[[str], str], ids_are_pool_ids: bool, sizes_optional: bool
 ) -> dict[int, ToolImage]:
     """The valid images by id, in file order."""
     images: dict[int, ToolImage] = {}
@@ -143,8 +146,9 @@ def _images(
         seen.add(image["id"])
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
             problems.add(record, "file_name", f"expected the image's file name, got {image.get('file_name')!r}")
+        unsized = sizes_optional and image.get("height") is None and image.get("width") is None
         for key in ("height", "width"):
-            if not _is_int(image.get(key)) or image[key] <= 0:
+            if not unsized and (not _is_int(image.get(key)) or image[key] <= 0):
                 problems.add(record, key, f"expected a positive integer, got {image.get(key)!r}")
         if len(problems) > before:
             images.pop(image["id"], None)  # an id listed twice names no image for sure
@@ -156,8 +160,8 @@ def _images(
             tool_id=image["id"],
             pool_id=None,
             ids_are_pool_ids=ids_are_pool_ids,
-            height=int(image["height"]),
-            width=int(image["width"]),
+            height=None if unsized else int(image["height"]),
+            width=None if unsized else int(image["width"]),
         )
     return images
 

@@ -254,14 +254,34 @@ def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problem
     return finished[0] if finished else None
 
 
-def _image_ref(data: Mapping[str, Any], results: Sequence[Any]) -> str | None:
+def _image_ref(data: Mapping[str, Any], results: Sequence[Any]) -> tuple[str | None, str]:
+    """The task's image reference, or (None, why not).
+
+    The Image tag's ``value`` (``$img`` reads ``data["img"]``) is in the label config, not in the
+    export, so: ``data["image"]`` (taudis's own tasks and Label Studio's default), then the key
+    named like the results' Image tag, then the one value of the data that looks like an image
+    reference (a URL, or a path with an image file's extension).
+    """
     if isinstance(data.get(TO_NAME), str):
-        return str(data[TO_NAME])
+        return str(data[TO_NAME]), ""
     names = dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict))  # in result order
     for name in names:
         if isinstance(name, str) and isinstance(data.get(name), str):
-            return str(data[name])
-    return None
+            return str(data[name]), ""
+    found = [key for key, value in data.items() if isinstance(value, str) and _looks_like_image(value)]
+    if len(found) == 1:
+        return str(data[found[0]]), ""
+    if found:
+        return None, f"several keys of the task's data name an image ({found}): keep one, or call it 'image'"
+    return None, f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
+
+
+def _looks_like_image(value: str) -> bool:
+    path = urlsplit(value.strip()).path.lower()
+    return "://" in value or value.startswith("/data/") or path.endswith(IMAGE_SUFFIXES)
 
 
 MASK_TYPES = ("brushlabels", "polygonlabels")
@@ -330,6 +350,9 @@ def _polygon(value: Mapping[str, Any], height: int, width: int, where: str, prob
     if value.get("closed") is False:
         problems.add(where, "value.closed", "an open polygon outlines no area")
         return None
+    # Onto the edge: the tolerance is in percent, and 0.5% of a large image is many pixels more
+    # than the ingest's pixel tolerance (taudis.data.labels.EDGE_TOLERANCE).
+    array = np.clip(array, 0.0, 100.0)
     return (array * [width / 100.0, height / 100.0]).ravel().tolist()
 
 
@@ -407,11 +430,11 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         results = annotation["result"]
         where = f"{record}, annotation {annotation.get('id')}"
-        ref = _image_ref(task["data"], results)
+        ref, why = _image_ref(task["data"], results)
         pool_id = task["data"].get("image_id")
         count = len(problems.items)
         if ref is None:
-            problems.add(record, f"data.{TO_NAME}", "no image URL in the task's data")
+            problems.add(record, f"data.{TO_NAME}", why)
         if pool_id is not None and not _is_int(pool_id):
             problems.add(record, "data.image_id", f"expected an integer pool image id, got {pool_id!r}")
         size = _image_size(results, where, problems)
@@ -428,6 +451,12 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
 
 LABEL_STUDIO_CONTRIBUTOR = "Label Studio"
 
+LOST_BRUSH = (
+    "Label Studio's COCO export leaves brush regions out (and images it cannot open whose regions were all "
+    "brush strokes), so nothing here tells an image labelled empty from one whose masks were lost; "
+    "export the project as JSON instead (taudis labelstudio pull does)"
+)
+
 
 def is_labelstudio_coco(doc: Any) -> bool:
     """Whether a COCO document was written by Label Studio's COCO export (its ``info`` says so)."""
@@ -440,16 +469,22 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
 
     File names are normalised with :func:`normalise_ref`. Label Studio writes polygons one
     annotation each (the parts of one instance come apart) and leaves brush regions out without
-    a word, so a file with images but no instance at all is refused: it is what a brush
-    project's COCO export looks like. Its JSON export keeps both.
+    a word: an image whose only regions were brush strokes comes out with no instance, or not at
+    all when Label Studio could not open it (a cloud URL). So an image without instances here
+    cannot be told from one whose masks were lost, and each is refused, as is a file of no image;
+    the JSON export keeps both (taudis labelstudio pull reads it).
     """
     from taudis.labeling.coco import read_coco_document
 
-    labels = read_coco_document(doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref)
-    if labels.images and not labels.annotations and not labels.problems:
-        message = (
-            f"{len(labels.images)} images and no instance: Label Studio's COCO export leaves brush regions out; "
-            "export the project as JSON instead (taudis labelstudio pull does)"
-        )
-        return replace(labels, problems=(LabelProblem(uri, "document", "annotations", message),))
-    return labels
+    labels = read_coco_document(
+        doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref, sizes_optional=True
+    )
+    masked = {annotation.image for annotation in labels.annotations}
+    lost = [
+        LabelProblem(uri, image.record, "annotations", f"no instance: {LOST_BRUSH}")
+        for position, image in enumerate(labels.images)
+        if position not in masked
+    ]
+    if not labels.images and not labels.problems:
+        lost.append(LabelProblem(uri, "document", "images", f"no image: {LOST_BRUSH}"))
+    return replace(labels, problems=(*labels.problems, *lost)) if lost else labels

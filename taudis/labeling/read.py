@@ -8,6 +8,7 @@ format                 what the file is
                        ``info.contributor`` "Label Studio"
 ``cvat-coco``          CVAT's COCO 1.0 export: a zip with ``annotations/instances_<subset>.json``,
                        or that JSON alone (datumaro's empty ``info`` and licence)
+``cvat-xml``           CVAT's "CVAT for images 1.1" export: ``annotations.xml``, bare or zipped
 ``coco``               any other COCO instance JSON; its image ids are taken to be the pool's
 =====================  ======================================================================
 
@@ -28,6 +29,7 @@ from typing import Any
 from taudis import storage
 from taudis.labeling.coco import read_coco
 from taudis.labeling.cvat import is_cvat_coco, read_cvat_archive, read_cvat_coco
+from taudis.labeling.cvat_xml import is_cvat_xml, read_cvat_xml
 from taudis.labeling.labelstudio import is_labelstudio_coco, read_labelstudio_coco, read_labelstudio_json
 from taudis.labeling.toollabels import ToolLabels, unreadable
 
@@ -35,6 +37,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 LABEL_STUDIO_COCO_MEMBER = "result.json"
 LABEL_STUDIO_BRUSH_COCO_MEMBER = "result_coco.json"
 LABEL_STUDIO_CONVERTER = "Label Studio Converter"  # info.contributor of its BRUSH_TO_COCO export
+CVAT_XML_MEMBER = "annotations.xml"  # CVAT for images / for video 1.1, zipped
 USE_JSON = "export the project as JSON instead (taudis labelstudio pull does)"
 
 
@@ -53,6 +56,8 @@ def read_labels(uri: str | os.PathLike[str]) -> ToolLabels:
     data = storage.read_bytes(uri)
     if data.startswith(ZIP_MAGIC):
         return _read_zip(data, uri)
+    if is_cvat_xml(data):
+        return read_cvat_xml(data, uri)
     try:
         doc = json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -98,4 +103,6 @@ def _read_zip(data: bytes, uri: str) -> ToolLabels:
         return read_labelstudio_coco(doc, uri)
     if LABEL_STUDIO_BRUSH_COCO_MEMBER in names:
         return _brush_to_coco(uri)
+    if CVAT_XML_MEMBER in names:
+        return read_cvat_xml(zipfile.ZipFile(io.BytesIO(data)).read(CVAT_XML_MEMBER), uri)
     return read_cvat_archive(data, uri)

@@ -1,6 +1,6 @@
 """What a labelling tool's export holds, in one shape whatever the tool: images, instances, problems.
 
-Every reader (``taudis.labeling.labelstudio``, ``.cvat``, ``.coco``) returns a :class:`ToolLabels`;
+Every reader (``taudis.labeling.labelstudio``, ``.cvat``, ``.cvat_xml``, ``.coco``) returns a :class:`ToolLabels`;
 ``taudis.labeling.read.read_labels`` picks the reader from the file's content. The types say only
 what the file says: matching its images to the pool (by file name, checked against any pool id it
 carries) and its categories to the pool's (by name) is the ingest's job.
@@ -38,7 +38,7 @@ from typing import Any
 
 from taudis.data.labels import LabelProblem, LabelValidationError
 
-FORMATS = ("coco", "cvat-coco", "labelstudio-json", "labelstudio-coco")
+FORMATS = ("coco", "cvat-coco", "cvat-xml", "labelstudio-json", "labelstudio-coco")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ the same thing everywhere. Mode handling:
 - 8-bit grayscale (L), palette (P), RGBA/LA/PA (alpha dropped, colour kept), CMYK, YCbCr: PIL's
   conversion to RGB.
 - 16-bit and 32-bit integer or float images (I;16*, I, F): scaled linearly so that the image's
-  maximum maps to 255 (values <= 255 are kept as is), then replicated to three channels.
+  maximum maps to 255 (values <= 255 are kept as is), then replicated to three channels. A float
+  image whose values all lie in 0..1 is normalised imagery and is scaled by 255.
 - EXIF orientation is applied, as detectron2's own reader does.
 
 Pixels come back in the model's channel order (``cfg.INPUT.FORMAT``, "BGR" or "RGB").
@@ -26,6 +27,7 @@ from PIL import Image, ImageOps
 # absurd sizes (decompression bombs), well above any real tile.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_NO_REDUCE_MODES = ("1", "P", "PA")
 
 
 class ImageReadError(OSError):
@@ -72,11 +74,21 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         top = float(values.max()) if values.size else 0.0
         if top > 255:
             values = values * (255.0 / top)
+        elif image.mode == "F" and top <= 1.0:
+            values = values * 255.0
         gray = np.rint(values).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the model sees the image: after its EXIF orientation, which may swap the sides."""
+    width, height = image.size
+    if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        return height, width
+    return width, height
 
 
 def read_image(path: str | os.PathLike[str], fmt: str = "BGR") -> np.ndarray:
@@ -115,9 +127,7 @@ def load_for_inference(path: str | os.PathLike[str], short_edge: int, max_size: 
     """
     image = open_image(path)
     try:
-        width, height = image.size
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations swap the sides
-            width, height = height, width
+        width, height = displayed_size(image)
         if width <= 0 or height <= 0:
             raise ValueError(f"image has size {width}x{height}")
         new_h, new_w = output_size(height, width, short_edge, max_size)
@@ -128,6 +138,8 @@ def load_for_inference(path: str | os.PathLike[str], short_edge: int, max_size: 
             image.draft("RGB", (side, side))
         pixels_image = ImageOps.exif_transpose(image) or image
         if factor >= 2 and pixels_image.mode not in _HIGH_DEPTH_MODES:
+            if pixels_image.mode in _NO_REDUCE_MODES:  # Image.reduce refuses them; to_rgb converts anyway
+                pixels_image = pixels_image.convert("L" if pixels_image.mode == "1" else "RGB")
             shrink = max(1, math.floor(min(pixels_image.height / new_h, pixels_image.width / new_w) / 2))
             if shrink > 1:
                 pixels_image = pixels_image.reduce(shrink)
