@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from taudis.data.coco import (
     load_coco,
     subset_coco,
     to_detectron2_dicts,
+    validate_coco,
     write_coco,
 )
 
@@ -97,6 +99,7 @@ SEG0 = ("annotations", 0, "segmentation")
         (_set(("annotations", 0, "bbox"), [3, 2, -6, 4]), "annotation id 10", "bbox", "negative"),
         (_set(("annotations", 0, "bbox"), [3, 2, 60, 4]), "annotation id 10", "bbox", "outside the image"),
         (_set(("annotations", 0, "bbox"), [3, 2, 6]), "annotation id 10", "bbox", "[x, y, width, height]"),
+        (_set(("annotations", 1, "bbox"), [6, 5, 4, 4]), "annotation id 11", "bbox", "not its mask's"),
         (_set((*SEG0, "size"), [10, 13]), "annotation id 10", "segmentation.size", "differs"),
         (_set((*SEG0, "counts"), 7), "annotation id 10", "segmentation.counts", "string or a list"),
         (_set((*SEG0, "counts"), [5, 3]), "annotation id 10", "segmentation.counts", "runs cover 8 pixels"),
@@ -222,3 +225,21 @@ def test_image_files_are_checked_as_training_reads_them(tmp_path: Path) -> None:
     data["images"][0].update(height=10, width=20)
     (problem,) = check_image_files(data, str(tmp_path))
     assert "image id 1" in problem and "10x20 after its EXIF rotation" in problem
+
+
+def test_a_file_named_in_another_unicode_form_is_found_and_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    decomposed = unicodedata.normalize("NFD", "café.png")  # as macOS writes it
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / decomposed)
+    data = {"images": [{"id": 1, "file_name": "café.png", "height": 4, "width": 4}], "categories": []}
+    (problem,) = check_image_files(data, str(tmp_path))
+    assert "image id 1" in problem and "another Unicode form" in problem and repr(decomposed) in problem
+
+
+def test_file_names_in_two_unicode_forms_are_one_file() -> None:
+    data = _valid()
+    data["images"][0]["file_name"] = unicodedata.normalize("NFC", "é.png")
+    data["images"][1]["file_name"] = unicodedata.normalize("NFD", "é.png")
+    with pytest.raises(CocoFormatError, match="also image id 1"):
+        validate_coco(data)

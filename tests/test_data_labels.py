@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from taudis.data.labels import bbox_problem, decode_counts_string, segmentation_problem
+from taudis.data.labels import (
+    bbox_problem,
+    box_mask_problem,
+    decode_counts_string,
+    segmentation_problem,
+    segmentation_rle,
+)
 
 
 def test_counts_string_decoder_matches_pycocotools() -> None:
@@ -46,3 +54,30 @@ def test_box_rules() -> None:
     assert "negative" in bbox_problem([0, 0, -1, 4], 4, 4)
     assert "outside" in bbox_problem([3, 0, 4, 4], 4, 4)
     assert "finite" in bbox_problem([0, 0, float("nan"), 4], 4, 4)
+
+
+def _box_rle(x: int, y: int, w: int, h: int) -> dict[str, Any]:
+    return segmentation_rle([[x, y, x + w, y, x + w, y + h, x, y + h]], 100, 120)
+
+
+@pytest.mark.parametrize(
+    ("bbox", "agrees"),
+    [
+        ([20.0, 30.0, 40.0, 10.0], True),  # the polygon's own box
+        ([19.4, 29.6, 41.3, 10.8], True),  # rounded outward, as tools do
+        ([18.0, 30.0, 48.0, 10.0], True),  # a loose hand-drawn box
+        ([20.0, 30.0, 60.0, 40.0], False),  # [x1, y1, x2, y2] read as [x, y, w, h]
+        ([0.2, 0.3, 0.4, 0.1], False),  # a box in normalised coordinates
+        ([60.0, 30.0, 40.0, 10.0], False),  # another object's box
+    ],
+)
+def test_a_box_must_be_its_masks(bbox: list[float], agrees: bool) -> None:
+    problem = box_mask_problem(bbox, _box_rle(20, 30, 40, 10))
+    assert (problem is None) is agrees
+    if not agrees:
+        assert "not its mask's" in problem and "[20.0, 30.0, 40.0, 10.0]" in problem
+
+
+def test_an_empty_mask_has_no_box_to_disagree_with() -> None:
+    empty = mask_utils.encode(np.zeros((4, 4), np.uint8, order="F"))
+    assert box_mask_problem([1.0, 1.0, 2.0, 2.0], empty) is None

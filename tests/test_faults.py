@@ -1,7 +1,8 @@
 """Fault injection against the real fake-gcs-server: every step of a round killed or cut off at every write.
 
 A campaign lives in a bucket. Round 0 runs cleanly and chooses images; annotators return their
-labels, plus a broken file, a re-export and a conflicting file. Round 1 then runs with one fault:
+labels, plus a broken file, a re-export, a conflicting file and a correction (in
+incoming/corrections/, relabelling a seed image). Round 1 then runs with one fault:
 after the k-th write request of one step, for every k of every step that writes,
 
 - ``kill``: the process dies right after the write landed (a pod killed at the worst moment);
@@ -87,6 +88,7 @@ class Env:
     transport: Transport
     runs: int = 0
     writes: dict[str, int] = field(default_factory=dict)  # step -> write requests of a clean round 1
+    corrected: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # labels that replace the truth
 
 
 def small_report(
@@ -175,16 +177,20 @@ def annotators_return(env: Env) -> dict[str, Any]:
         "c-repeat.json": subset(env.pool, labelled[:2]),
     }
     conflict = copy.deepcopy(subset(env.pool, labelled[2:3]))
-    conflict["annotations"][0]["segmentation"] = square(0, 0, 2)
+    conflict["annotations"][0].update(segmentation=square(0, 0, 2), bbox=[0, 0, 2, 2])
     files["d-conflict.json"] = conflict
     for name, doc in files.items():
         storage.write_json(storage.join(env.campaign.incoming, name), doc)
-    return {"done": {"a-good.json", "c-repeat.json"}, "rejected": {"b-broken.json", "d-conflict.json"}}
+    fix = copy.deepcopy(subset(env.pool, labelled[3:4]))  # a review redraws a seed image's first instance
+    fix["annotations"][0].update(segmentation=square(1, 1, 3), bbox=[1, 1, 3, 3])
+    storage.write_json(storage.join(env.campaign.corrections, "e-fix.json"), fix)
+    env.corrected = annotations_by_image(fix)
+    return {"done": {"a-good.json", "c-repeat.json", "e-fix.json"}, "rejected": {"b-broken.json", "d-conflict.json"}}
 
 
 def check(env: Env, files: dict[str, set[str]]) -> list[str]:
     """The campaign's invariants, and every incoming file in exactly one of done/ and rejected/."""
-    truth = annotations_by_image(env.pool)
+    truth = {**annotations_by_image(env.pool), **env.corrected}
     problems = check_campaign(env.campaign.uri, expected=truth)
     names = {
         where: {
@@ -194,7 +200,7 @@ def check(env: Env, files: dict[str, set[str]]) -> list[str]:
         }
         for where in ("done", "rejected")
     }
-    waiting = {os.path.basename(u) for u in env.campaign.incoming_files()}
+    waiting = {os.path.basename(u) for u in env.campaign.incoming_files() + env.campaign.correction_files()}
     if waiting:
         problems.append(f"files stuck in incoming/: {sorted(waiting)}")
     for where, expected in files.items():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from campaign_fixtures import SIZE, make_pool, selection_doc, square, subset, write_dataset
@@ -18,6 +20,7 @@ from taudis.campaign.labels import annotations_by_image, labelled_dataset
 from taudis.campaign.layout import Campaign
 from taudis.campaign.pool import sync_pool
 from taudis.campaign.steps import claim_round
+from taudis.labeling.labelstudio import upload_file_name
 from taudis.storage.ledger import read_ledger
 
 
@@ -128,6 +131,7 @@ def test_a_re_export_is_a_no_op_and_a_changed_one_a_conflict(campaign) -> None:
     _drop(campaign, "a-again.json", again)
     changed = subset(pool, [6])
     changed["annotations"][0]["segmentation"] = square(0, 0, 3)
+    changed["annotations"][0]["bbox"] = [0, 0, 3, 3]
     _drop(campaign, "b.json", changed)
     outcomes = {o.file: o for o in ingest_incoming(campaign.uri, pool_uri)}
     assert outcomes["a-again.json"].status == "repeat" and outcomes["a-again.json"].repeats == [5, 6]
@@ -135,6 +139,58 @@ def test_a_re_export_is_a_no_op_and_a_changed_one_a_conflict(campaign) -> None:
     assert "already labelled" in _report(campaign, "b.json")["problems"][0]
     assert read_ledger(campaign.ledger).revision == revision  # neither changed the ledger
     assert storage.exists(storage.join(campaign.done, "a-again.json"))
+    assert check_campaign(campaign.uri) == []
+
+
+def _labels_of(campaign: Campaign, image_id: int) -> list[tuple[int, str]]:
+    return annotations_by_image(labelled_dataset(campaign))[image_id]
+
+
+def test_a_file_moved_to_corrections_replaces_the_labels_it_conflicted_with(campaign) -> None:
+    campaign, pool, pool_uri = campaign
+    _drop(campaign, "a.json", subset(pool, [5, 6, 7]))
+    ingest_incoming(campaign.uri, pool_uri)
+    before = {i: _labels_of(campaign, i) for i in (5, 6, 7)}
+    fixed = copy.deepcopy(subset(pool, [6, 8]))  # the review redraws image 6's car; image 8 comes in with it
+    fixed["annotations"][0].update(segmentation=square(0, 0, 3), bbox=[0, 0, 3, 3])
+    _drop(campaign, "fixed.json", fixed)
+    (refused,) = ingest_incoming(campaign.uri, pool_uri)
+    assert refused.status == "conflict" and "incoming/corrections/" in _report(campaign, "fixed.json")["problems"][-1]
+    assert 8 in read_ledger(campaign.ledger).pending  # a conflict changes nothing
+
+    storage.move(storage.join(campaign.rejected, "fixed.json"), storage.join(campaign.corrections, "fixed.json"))
+    (outcome,) = ingest_incoming(campaign.uri, pool_uri)
+    assert outcome.status == "ingested" and outcome.images == [8] and outcome.replaced == [6]
+    ledger = read_ledger(campaign.ledger)
+    assert {5, 6, 7, 8} <= ledger.labelled and 8 not in ledger.pending
+    assert _labels_of(campaign, 6) != before[6] and len(_labels_of(campaign, 6)) == len(before[6])
+    assert {i: _labels_of(campaign, i) for i in (5, 7)} == {5: before[5], 7: before[7]}  # the rest of a.json stays
+    assert sum(len(p.images) for p in ledger.parts) == len(ledger.labelled)  # parts stay disjoint
+    assert campaign.correction_files() == [] and storage.exists(storage.join(campaign.done, "fixed.json"))
+    assert check_campaign(campaign.uri) == []
+
+    revision = ledger.revision
+    storage.copy(storage.join(campaign.done, "fixed.json"), storage.join(campaign.corrections, "fixed-again.json"))
+    _drop(campaign, "a-again.json", subset(pool, [5, 6, 7]))  # the export from before the review
+    outcomes = {o.file: o for o in ingest_incoming(campaign.uri, pool_uri)}
+    assert outcomes["fixed-again.json"].status == "ingested"  # already applied: only moved
+    assert outcomes["a-again.json"].status == "conflict"  # it no longer matches what is in
+    assert read_ledger(campaign.ledger).revision == revision and check_campaign(campaign.uri) == []
+
+
+def test_a_correction_can_empty_an_image_and_again_be_corrected(campaign) -> None:
+    campaign, pool, pool_uri = campaign
+    _drop(campaign, "a.json", subset(pool, [6]))
+    ingest_incoming(campaign.uri, pool_uri)
+    truth = _labels_of(campaign, 6)
+    emptied = subset(pool, [6])
+    emptied["annotations"] = []
+    storage.write_json(storage.join(campaign.corrections, "1-empty.json"), emptied)
+    storage.write_json(storage.join(campaign.corrections, "2-back.json"), subset(pool, [6]))
+    first, second = ingest_incoming(campaign.uri, pool_uri)
+    assert first.replaced == [6] and first.empty == [6] and second.replaced == [6] and second.empty == []
+    assert _labels_of(campaign, 6) == truth
+    assert len(read_ledger(campaign.ledger).parts) == 2  # the seed's, and the last correction's
     assert check_campaign(campaign.uri) == []
 
 
@@ -238,6 +294,27 @@ def test_a_reference_whose_folders_contradict_the_pools_is_never_matched_by_base
         assert "data/cat/" in why and ref in why  # both paths named
 
 
+def test_a_file_label_studio_renamed_on_upload_matches_its_pool_image() -> None:
+    pool = make_pool(3)
+    pool["images"][0]["file_name"] = "site A/tile 3 (copy).png"
+    pool["images"][1]["file_name"] = "site A/tile 4.png"
+    index = PoolIndex.of(pool)
+    assert match_image("tile_3_copy.png", index, upload_file_name) == (1, "")
+    assert match_image("tile_4.png", index, upload_file_name) == (2, "")
+    assert match_image("tile_3_copy.png", index)[0] is None  # not a name of the pool's own
+    pool["images"][2]["file_name"] = "site B/tile_3_copy.png"  # an upload of either comes back so named
+    found, why = match_image("tile_3_copy.png", PoolIndex.of(pool), upload_file_name)
+    assert found is None and "site A/tile 3 (copy).png" in why and "site B/tile_3_copy.png" in why
+
+
+def test_a_reference_in_another_unicode_form_names_the_same_file() -> None:
+    pool = make_pool(2)
+    pool["images"][0]["file_name"] = unicodedata.normalize("NFC", "été/café.png")
+    decomposed = unicodedata.normalize("NFD", "été/café.png")  # as a macOS tool writes it
+    assert match_image(decomposed, PoolIndex.of(pool))[0] == 1
+    assert match_image("gs://b/" + quote(decomposed), PoolIndex.of(pool))[0] == 1
+
+
 def test_a_file_of_no_image_is_rejected_not_filed_as_a_repeat(campaign) -> None:
     campaign, pool, pool_uri = campaign
     _drop(campaign, "empty.json", {**subset(pool, []), "images": []})
@@ -281,6 +358,7 @@ BAD_CASES = {
         _set_ann(0, segmentation=[[2, 2, 40, 2, 40, 9, 2, 9]]), "segmentation[0]", "x outside the image",
     ),
     "box outside the image": (_set_ann(0, bbox=[12, 2, 10, 5]), "bbox", "outside the image"),
+    "box as [x1, y1, x2, y2]": (_set_ann(0, bbox=[6, 1, 10, 5]), "bbox", "not its mask's"),
     "duplicate annotation": (
         lambda d: d["annotations"].append(dict(copy.deepcopy(d["annotations"][1]), id=999)),
         "segmentation", "duplicate",

@@ -17,6 +17,7 @@ TAUDIS_CAPTURE_FIXTURES=<folder> to save the tool's exports there (how tests/dat
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -28,11 +29,14 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from taudis import storage
+from taudis.campaign.ingest import PoolIndex, resolve
 from taudis.data.masks import encode_rle
 from taudis.labeling import ToolLabels, read_labels
+from taudis.labeling.labelstudio import label_config
 from taudis.labeling.labelstudio_sync import Client, pull, push
 from tests import labelstudio_server, tool_venv
 from tests.labeling_round import CHOSEN, IMAGES_PATH, Round, iou, make_round
@@ -310,6 +314,34 @@ def _polygons_sent(task: dict[str, Any], count: int) -> list[tuple[str, np.ndarr
         (category, np.logical_or.reduce(p))
         for category, p in zip(list(categories.values())[:count], parts, strict=True)
     ]
+
+
+def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(client: Client, tmp_path: Path) -> None:
+    """Label Studio stores an upload as ``upload/<project>/<8 hex>-NAME`` with NAME's spaces and
+    punctuation rewritten; the export names that file only, and the ingest still finds its image."""
+    image = io.BytesIO()
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(image, "PNG")
+    project = client.create_project("uploaded files", label_config(["car"], regions="polygons"))["id"]
+    files = {"file": ("tile 3 (copy).png", image.getvalue(), "image/png")}
+    client.request("POST", f"/api/projects/{project}/import", files=files, retry=False)
+    (task,) = client.tasks(project)
+    assert re.search(r"/upload/\d+/[0-9a-f]{8}-tile_3_copy\.png$", task["data"]["image"]), task["data"]
+    region = {"points": [[10, 10], [60, 10], [60, 60]], "polygonlabels": ["car"]}
+    result = {"id": "r1", "type": "polygonlabels", "from_name": "label", "to_name": "image", "value": region}
+    body = {"result": [{**result, "original_width": 20, "original_height": 16, "image_rotation": 0}]}
+    client.request("POST", f"/api/tasks/{task['id']}/annotations", json=body, retry=False)
+    export = tmp_path / "uploaded.json"
+    export.write_bytes(client.export(project, "JSON"))
+    labels = read_labels(str(export))
+    pool = {
+        "images": [
+            {"id": 7, "file_name": "site A/tile 3 (copy).png", "height": 16, "width": 20},
+            {"id": 8, "file_name": "site A/tile 3.png", "height": 16, "width": 20},
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    resolved = resolve(labels, PoolIndex.of(pool))
+    assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
 
 
 SDK_SCRIPT = """

@@ -102,14 +102,30 @@ def test_compaction_writes_a_snapshot_and_keeps_the_state(tmp_path: Path) -> Non
     assert read_ledger(uri) == state and state.pending == frozenset(range(COMPACT_AFTER + 3))
 
 
-def test_an_update_never_drops_or_rewrites_a_label_part(tmp_path: Path) -> None:
+def test_an_update_never_unlabels_an_image_or_rewrites_a_label_part(tmp_path: Path) -> None:
     uri = str(tmp_path / "ledger.json")
     create_ledger(uri, range(5))
     update_ledger(uri, "p", _add_pending(1))
     update_ledger(uri, "l", _label({1}, "ingest-a"))
-    with pytest.raises(LedgerError, match="never drop or rewrite") as err:
+    with pytest.raises(LedgerError, match="may not unlabel images") as err:
         update_ledger(uri, "drop", lambda led: dataclasses.replace(led, parts=()))
     assert err.value.field == "parts"
+    rewritten = LabelPart("ingest-a", "labels/other.json", frozenset({1}), "test")
+    with pytest.raises(LedgerError, match="never rewrite one"):
+        update_ledger(uri, "rewrite", lambda led: dataclasses.replace(led, parts=(rewritten,)))
+
+
+def test_a_part_replaced_by_others_holding_its_images_leaves_in_a_change_segment(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(5))
+    update_ledger(uri, "p", _add_pending(1))
+    update_ledger(uri, "p2", _add_pending(2))
+    update_ledger(uri, "l", _label({1, 2}, "ingest-a"))
+    rest = LabelPart("ingest-a~fix", "labels/rest.json", frozenset({1}), "test")
+    fix = LabelPart("fix", "labels/fix.json", frozenset({2}), "test")
+    state = update_ledger(uri, "fix", lambda led: dataclasses.replace(led, parts=(rest, fix)))
+    assert _segments(uri)[-1]["parts_removed"] == ["ingest-a"]
+    assert read_ledger(uri) == state and state.parts == (rest, fix) and state.labelled == {1, 2}
 
 
 def test_a_no_op_update_writes_nothing(tmp_path: Path) -> None:

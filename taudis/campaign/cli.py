@@ -64,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("campaign")
     check.set_defaults(run=_check)
     ingest = commands.add_parser(
-        "ingest", help="ingest or quarantine every file in <campaign>/incoming (a round does this first)"
+        "ingest",
+        help="ingest or quarantine every file in <campaign>/incoming, then apply incoming/corrections "
+        "(a round does this first)",
     )
     ingest.add_argument("campaign")
     ingest.add_argument("--pool", required=True, help="the pool's COCO JSON")

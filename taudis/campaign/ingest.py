@@ -16,6 +16,11 @@ a CVAT for images 1.1 XML, bare or zipped; taudis.labeling.read_labels tells the
    beside it (written first). A good file's new labels become one immutable label part, listed
    by one ledger update (op id ``ingest:<sha256 of the file>``), and the file moves to
    incoming/done/. A file of repeats only moves to done/ too.
+4. A file in incoming/corrections/ (after those in incoming/) is read the same way, but labels
+   that differ from those already in replace them (op id ``correct:<sha256>``): the corrected
+   images leave the parts that held them, each replaced by a part without them, in the same
+   ledger update (taudis.campaign.labels.replace_labels). This is how a review's fixes, or a
+   conflict that should win, get in: move the file from rejected/ to corrections/.
 
 Every step is idempotent: a step killed anywhere leaves the file in incoming/ (or already in
 done/ or rejected/), and a rerun finishes the job without applying anything twice.
@@ -27,7 +32,8 @@ import datetime as dt
 import hashlib
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,9 +41,17 @@ from urllib.parse import unquote, urlsplit
 from pycocotools import mask as mask_utils
 
 from taudis import storage
-from taudis.campaign.labels import add_part, annotations_by_image, labelled_annotations, part_document, write_part
+from taudis.campaign.labels import (
+    add_part,
+    annotations_by_image,
+    labelled_annotations,
+    part_document,
+    part_without,
+    replace_labels,
+    write_part,
+)
 from taudis.campaign.layout import Campaign
-from taudis.data.labels import LabelProblem, bbox_problem, segmentation_problem, segmentation_rle
+from taudis.data.labels import LabelProblem, bbox_problem, box_mask_problem, segmentation_problem, segmentation_rle
 from taudis.storage.ledger import Ledger, LedgerError, read_ledger
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,8 @@ class FileOutcome:
     moved_to: str
     images: list[int] = field(default_factory=list)  # pool ids of the new labels (ingested)
     repeats: list[int] = field(default_factory=list)  # already labelled, identical
+    replaced: list[int] = field(default_factory=list)  # already labelled, relabelled by a correction
+    empty: list[int] = field(default_factory=list)  # new or replaced labels with no instance
     annotations: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -67,6 +83,7 @@ class PoolIndex:
     by_name: dict[str, int]
     by_base: dict[str, list[int]]
     categories: dict[str, int]
+    _renamed: dict[Callable[[str], str], dict[str, list[int]]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, pool: Mapping[str, Any]) -> PoolIndex:
@@ -77,23 +94,36 @@ class PoolIndex:
             by_base.setdefault(posixpath.basename(name), []).append(image_id)
         return cls(by_id, by_name, by_base, {str(c["name"]): int(c["id"]) for c in pool["categories"]})
 
+    def renamed(self, rule: Callable[[str], str]) -> dict[str, list[int]]:
+        """The pool's images by their base names rewritten by a tool's upload ``rule`` (made once per rule)."""
+        if rule not in self._renamed:
+            index: dict[str, list[int]] = {}
+            for base, image_ids in self.by_base.items():
+                index.setdefault(rule(base), []).extend(image_ids)
+            self._renamed[rule] = index
+        return self._renamed[rule]
+
 
 def _normal(ref: str) -> str:
-    """A file name or reference as compared: URL-decoded, forward slashes, no leading "./", and for a
-    URL no query or fragment (a signed URL's signature names no file)."""
+    """A file name or reference as compared: URL-decoded, Unicode NFC (macOS writes "é" as "e" and
+    a combining accent), forward slashes, no leading "./", and for a URL no query or fragment (a
+    signed URL's signature names no file)."""
     text = str(ref)
     if "://" in text:
         text = urlsplit(text)._replace(query="", fragment="").geturl()
-    text = unquote(text).replace("\\", "/")
+    text = unicodedata.normalize("NFC", unquote(text)).replace("\\", "/")
     while text.startswith("./"):
         text = text[2:]
     return text
 
 
-def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
+def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None = None) -> tuple[int | None, str]:
     """The pool image a tool's image reference names, or (None, why not).
 
-    Tried in order: the pool file name itself; the longest pool file name that the reference
+    A file the tool renamed on upload (``renamed``, its rule: Label Studio's drops spaces and
+    punctuation) is the one pool image whose base name the rule rewrites to the reference; two
+    such images are ambiguous, none falls through to the file-name rules. Otherwise, tried in
+    order: the pool file name itself; the longest pool file name that the reference
     ends with at a path boundary (a URI or a longer path to the same file); the one pool file
     name that ends with the reference at a path boundary (a tool that kept only the last
     folders). A reference whose base name is a pool image's but whose folders contradict the
@@ -101,6 +131,11 @@ def match_image(ref: str, pool: PoolIndex) -> tuple[int | None, str]:
     matched by its base name.
     """
     text = _normal(ref)
+    if renamed is not None and (uploads := sorted(pool.renamed(renamed).get(text, []))):
+        if len(uploads) == 1:
+            return uploads[0], ""
+        names = [pool.by_id[i]["file_name"] for i in uploads[:5]]
+        return None, f"{ref!r} is the name the labelling tool gives to an upload of any of {names}: rename them apart"
     if text in pool.by_name:
         return pool.by_name[text], ""
     suffixes = [name for name in pool.by_name if text.endswith("/" + name)]
@@ -143,7 +178,7 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
     if not labels.images and not labels.problems:
         problem("document", "images", "the file lists no image: nothing to ingest (an empty export?)")
     for position, image in enumerate(labels.images):  # annotations name images by position in this list
-        pool_id, why = match_image(image.ref, pool)
+        pool_id, why = match_image(image.ref, pool, image.renamed)
         if pool_id is None:
             problem(image.record, "file_name", why)
             continue
@@ -193,6 +228,9 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
         if int(mask_utils.area(rle)) == 0:
             problem(ann.record, "segmentation", "the mask is empty (no pixel inside the image)")
             continue
+        if ann.bbox is not None and (message := box_mask_problem(ann.bbox, rle)) is not None:
+            problem(ann.record, "bbox", message)
+            continue
         key = (pool_id, category, bytes(rle["counts"]))
         if key in seen:
             problem(ann.record, "segmentation", f"duplicate: same image, category and mask as {seen[key]}")
@@ -212,41 +250,83 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
 # ------------------------------------------------------------------------------------ one file
 
 
-def ingest_file(campaign: Campaign, uri: str, pool: Mapping[str, Any], index: PoolIndex | None = None) -> FileOutcome:
-    """Ingest or quarantine one incoming file (module docstring); returns what became of it."""
+RACE_RETRIES = 3  # times a file is classified again after another writer changed the ledger under it
+
+
+def ingest_file(
+    campaign: Campaign,
+    uri: str,
+    pool: Mapping[str, Any],
+    index: PoolIndex | None = None,
+    *,
+    correction: bool = False,
+    attempt: int = 0,
+) -> FileOutcome:
+    """Ingest or quarantine one incoming file (module docstring); returns what became of it.
+
+    ``correction`` (a file from incoming/corrections/): labels that differ from those already in
+    replace them instead of being a conflict. ``attempt`` counts the classifications redone
+    because the ledger changed under this one.
+    """
     from taudis.labeling import read_labels
 
     index = index or PoolIndex.of(pool)
     data = storage.read_bytes(uri)
-    op_id = f"ingest:{hashlib.sha256(data).hexdigest()[:16]}"
+    op_id = f"{'correct' if correction else 'ingest'}:{hashlib.sha256(data).hexdigest()[:16]}"
     ledger = read_ledger(campaign.ledger)
     landed = ledger.part(op_id)
     if landed is not None:  # ingested by an earlier attempt: only the move is left
         return _finish(campaign, uri, data, "ingested", images=sorted(landed.images))
     labels = read_labels(uri)
     resolved = resolve(labels, index)
-    new, repeats, conflicts = _classify(campaign, ledger, resolved, index, labels.uri)
-    if resolved.problems or conflicts:
-        status = "conflict" if conflicts and not resolved.problems else "rejected"
-        return _quarantine(campaign, uri, data, status, [*map(str, resolved.problems), *conflicts])
-    if not new:
+    new, repeats, changed = _classify(campaign, ledger, resolved, index, labels.uri)
+    if resolved.problems:
+        return _quarantine(campaign, uri, data, "rejected", [*map(str, resolved.problems), *changed.values()])
+    if changed and not correction:
+        return _quarantine(campaign, uri, data, "conflict", [*changed.values(), CORRECTION_HINT])
+    chosen = set(new) | set(changed)
+    if not chosen:
         return _finish(campaign, uri, data, "repeat", repeats=repeats)
-    images = [index.by_id[i] for i in new]
-    annotations = [a for a in resolved.annotations if a["image_id"] in set(new)]
-    document = part_document(images, annotations, pool["categories"], op_id=op_id, source=posixpath.basename(uri))
+    images = [index.by_id[i] for i in sorted(chosen)]
+    annotations = [a for a in resolved.annotations if a["image_id"] in chosen]
+    source = posixpath.basename(uri)
+    part = write_part(
+        campaign,
+        part_document(images, annotations, pool["categories"], op_id=op_id, source=source),
+        op_id=op_id,
+        source=source,
+    )
     try:
-        add_part(campaign, write_part(campaign, document, op_id=op_id, source=posixpath.basename(uri)))
+        if changed:
+            holders = [p for p in ledger.parts if p.images & set(changed)]
+            remainders = {p.op_id: part_without(campaign, p, changed, op_id=f"{p.op_id}~{op_id}") for p in holders}
+            replace_labels(campaign, part, remainders)
+        else:
+            add_part(campaign, part)
     except LedgerError as err:
-        if err.field != "pending":
+        if err.field not in ("pending", "parts") or attempt >= RACE_RETRIES:
             raise
-        return ingest_file(campaign, uri, pool, index)  # another file labelled some of them meanwhile
-    return _finish(campaign, uri, data, "ingested", images=new, repeats=repeats, annotations=len(annotations))
+        # another file labelled or corrected some of them meanwhile: classify again
+        return ingest_file(campaign, uri, pool, index, correction=correction, attempt=attempt + 1)
+    empty = sorted(chosen - {a["image_id"] for a in annotations})
+    if empty:
+        log.warning("incoming %s: images %s labelled with no instance", source, empty[:20])
+    return _finish(
+        campaign, uri, data, "ingested", images=sorted(new), repeats=repeats, replaced=sorted(changed),
+        empty=empty, annotations=len(annotations),
+    )  # fmt: skip
+
+
+CORRECTION_HINT = (
+    "to replace the labels already in with this file's (a fix after review), move the file to incoming/corrections/"
+)
 
 
 def _classify(
     campaign: Campaign, ledger: Ledger, resolved: _Resolved, pool: PoolIndex, file: str
-) -> tuple[list[int], list[int], list[str]]:
-    """(new pending images, identical repeats, conflict messages); other states become problems."""
+) -> tuple[list[int], list[int], dict[int, str]]:
+    """(new pending images, identical repeats, labelled images whose labels differ -> why);
+    other states become problems."""
     ids = sorted(set(resolved.images.values()))
     labelled = [i for i in ids if i in ledger.labelled]
     mine = annotations_by_image(
@@ -256,7 +336,7 @@ def _classify(
         }
     )
     before = labelled_annotations(campaign, ledger, labelled)
-    new, repeats, conflicts = [], [], []
+    new, repeats, changed = [], [], {}
     for image_id in ids:
         name = pool.by_id[image_id]["file_name"]
         if image_id in ledger.pending:
@@ -265,7 +345,7 @@ def _classify(
             if mine.get(image_id, []) == before.get(image_id, []):
                 repeats.append(image_id)
             else:
-                conflicts.append(
+                changed[image_id] = (
                     f"{file}: image {image_id} ({name!r}), field 'annotations': already labelled with "
                     f"{len(before.get(image_id, []))} annotations, this file gives {len(mine.get(image_id, []))} "
                     "different ones (a conflict: nothing was changed)"
@@ -277,7 +357,7 @@ def _classify(
                     file, f"image {image_id} ({name!r})", "file_name", f"this image is {state}: nothing to label"
                 )
             )
-    return new, repeats, conflicts
+    return new, repeats, changed
 
 
 def _finish(campaign: Campaign, uri: str, data: bytes, status: str, **facts: Any) -> FileOutcome:
@@ -327,7 +407,8 @@ def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]
     campaign = Campaign(campaign_uri)
     pool = storage.read_json(pool_annotations) if isinstance(pool_annotations, str) else pool_annotations
     index = PoolIndex.of(pool)
-    return [ingest_file(campaign, uri, pool, index) for uri in campaign.incoming_files()]
+    outcomes = [ingest_file(campaign, uri, pool, index) for uri in campaign.incoming_files()]
+    return outcomes + [ingest_file(campaign, uri, pool, index, correction=True) for uri in campaign.correction_files()]
 
 
 def summarize(outcomes: Sequence[FileOutcome]) -> dict[str, list[Any]]:

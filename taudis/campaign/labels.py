@@ -94,6 +94,50 @@ def add_part(campaign: Campaign, part: LabelPart) -> Ledger:
     return update_ledger(campaign.ledger, part.op_id, apply, kind="add_label_part")
 
 
+def part_without(campaign: Campaign, part: LabelPart, images: Iterable[int], *, op_id: str) -> LabelPart | None:
+    """``part`` less ``images``: a new part (written once, its source kept), or None when nothing is left."""
+    drop = set(images)
+    document = read_part(campaign, part)
+    kept = [im for im in document["images"] if int(im["id"]) not in drop]
+    if not kept:
+        return None
+    annotations = [a for a in document["annotations"] if int(a["image_id"]) not in drop]
+    rest = part_document(kept, annotations, document["categories"], op_id=op_id, source=part.source)
+    return write_part(campaign, rest, op_id=op_id, source=part.source)
+
+
+def replace_labels(campaign: Campaign, part: LabelPart, remainders: Mapping[str, LabelPart | None]) -> Ledger:
+    """List a correction part in one ledger update: its labelled images leave the parts that held
+    them, its pending images become labelled.
+
+    Parts are immutable, so each part holding a corrected image gives way to its remainder
+    (``remainders``: that part's op id -> :func:`part_without` of it, written beforehand; None when
+    nothing is left). The parts stay disjoint, and the labels they replace stay in storage.
+
+    Raises:
+        LedgerError: field "parts" when the parts holding the images are no longer those the
+            remainders were made from (the ledger changed meanwhile: make them again); field
+            "pending" when an image is neither labelled nor pending.
+    """
+
+    def apply(ledger: Ledger) -> Ledger:
+        replaced = part.images & ledger.labelled
+        holders = {p.op_id: p for p in ledger.parts if p.images & replaced}
+        stale = set(holders) != set(remainders) or any(
+            (rest.images if rest is not None else frozenset()) != holders[op].images - part.images
+            for op, rest in remainders.items()
+        )
+        if stale:
+            raise LedgerError(ledger.uri, "the label parts changed while a correction was made", field="parts")
+        unknown = sorted(part.images - ledger.labelled - ledger.pending)
+        if unknown:
+            raise LedgerError(ledger.uri, f"images {unknown[:10]} are neither labelled nor pending", field="pending")
+        kept = tuple(q for p in ledger.parts if (q := remainders[p.op_id] if p.op_id in holders else p) is not None)
+        return dataclasses.replace(ledger, pending=ledger.pending - part.images, parts=(*kept, part))
+
+    return update_ledger(campaign.ledger, part.op_id, apply, kind="replace_labels")
+
+
 def read_part(campaign: Campaign, part: LabelPart) -> dict[str, Any]:
     """A part's COCO document.
 

@@ -7,6 +7,8 @@ A campaign lives under one URI (a local directory or gs://bucket/prefix)::
     <campaign>/labelled.json               the labelled COCO dataset: a view of the parts, rewritten
                                            by every round's ingest step (read-only for people)
     <campaign>/incoming/*.json|*.zip       annotators' exports waiting to be ingested
+    <campaign>/incoming/corrections/       exports whose labels replace those already in (a fix
+                                           after review, a re-labelled image)
     <campaign>/incoming/done/              files ingested (or repeating labels already there)
     <campaign>/incoming/rejected/          files refused, each with <name>.report.json beside it
     <campaign>/staging/round-<r>-<run>.zip what a run produced for round r before the ledger said
@@ -57,6 +59,10 @@ class Campaign:
         return storage.join(self.incoming, "rejected")
 
     @property
+    def corrections(self) -> str:
+        return storage.join(self.incoming, "corrections")
+
+    @property
     def learning_curve(self) -> str:
         return storage.join(self.uri, "learning_curve.png")
 
@@ -73,10 +79,18 @@ class Campaign:
 
     def incoming_files(self) -> list[str]:
         """The annotators' files waiting in ``incoming/`` itself (not its subfolders), sorted."""
-        folder = self.incoming.rstrip("/")
-        listed = storage.list_uris(folder + "/")
-        parent = folder if storage.is_gcs(folder) else str(storage.local_path(folder))
-        return [uri for uri in listed if uri.lower().endswith(INCOMING_SUFFIXES) and uri.rsplit("/", 1)[0] == parent]
+        return _files_in(self.incoming)
+
+    def correction_files(self) -> list[str]:
+        """The files waiting in ``incoming/corrections/`` (not its subfolders), sorted."""
+        return _files_in(self.corrections)
+
+
+def _files_in(folder: str) -> list[str]:
+    folder = folder.rstrip("/")
+    listed = storage.list_uris(folder + "/")
+    parent = folder if storage.is_gcs(folder) else str(storage.local_path(folder))
+    return [uri for uri in listed if uri.lower().endswith(INCOMING_SUFFIXES) and uri.rsplit("/", 1)[0] == parent]
 
 
 def safe_name(text: str) -> str:

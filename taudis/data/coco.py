@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
         image = images[ann["image_id"]]
         _check_bbox(ann["bbox"], image, source, record)
         _check_segmentation(ann["segmentation"], image, source, record)
+        _check_box_mask(ann["bbox"], ann["segmentation"], image, source, record)
 
 
 def _is_int(value: Any) -> bool:
@@ -149,8 +151,8 @@ def _check_id(value: Any, source: str, record: str) -> None:
 
 
 def normal_file_name(name: str) -> str:
-    """A file name as two records are compared: forward slashes, ``.`` and ``..`` resolved."""
-    return posixpath.normpath(name.replace("\\", "/"))
+    """A file name as two records are compared: Unicode NFC, forward slashes, ``.`` and ``..`` resolved."""
+    return posixpath.normpath(unicodedata.normalize("NFC", name).replace("\\", "/"))
 
 
 def _check_unique_files(images: dict[int, dict[str, Any]], source: str) -> None:
@@ -202,6 +204,14 @@ def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: st
         raise CocoFormatError(source, message, record=record, field=field)
 
 
+def _check_box_mask(bbox: Any, seg: Any, image: dict[str, Any], source: str, record: str) -> None:
+    from taudis.data.labels import box_mask_problem, segmentation_rle
+
+    problem = box_mask_problem(bbox, segmentation_rle(seg, int(image["height"]), int(image["width"])))
+    if problem is not None:
+        raise CocoFormatError(source, problem, record=record, field="bbox")
+
+
 def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
     """Problems with a dataset's image files: missing, unreadable, or a size that differs from the COCO file.
 
@@ -221,7 +231,8 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
                 rotated = (width, height) != opened.size
                 opened.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
-            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
+            hint = "" if os.path.exists(path) else _other_form_hint(path)
+            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}{hint}")
             continue
         if (height, width) != (image["height"], image["width"]):
             problems.append(
@@ -229,6 +240,22 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
                 f"the COCO file says {image['width']}x{image['height']}"
             )
     return problems
+
+
+def _other_form_hint(path: str) -> str:
+    """A hint when the folder holds the file under its name in another Unicode form (NFC, NFD)."""
+    folder, name = os.path.split(path)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    others = [n for n in names if n != name and unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", name)]
+    if not others:
+        return ""
+    return (
+        f" (the folder holds {others[0]!r}, the same name in another Unicode form, as macOS writes it: "
+        "rename the file, or the file_name, to one form)"
+    )
 
 
 def write_coco(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,7 @@
 
 Every reader and check of annotators' labels reports through LabelProblem / LabelValidationError,
 so that a refused file lists all of its problems at once, in one format, whichever tool wrote it.
-The geometry rules (segmentation_problem, bbox_problem) are the one place that says what a valid
+The geometry rules (segmentation_problem, bbox_problem, box_mask_problem) are the one place that says what a valid
 COCO segmentation or box is, for datasets (taudis.data.coco) and labels (taudis.campaign.ingest).
 """
 
@@ -43,6 +43,11 @@ class LabelValidationError(ValueError):
 # The one place for the rules a segmentation or a box must keep, for datasets and for labels.
 
 EDGE_TOLERANCE = 1.0  # pixels: polygons and boxes may touch the border, with rounding
+# A box agrees with its mask when each edge is within this many pixels plus BOX_SLACK_SHARE of the
+# mask's extent of the mask's own box: loose enough for hand-drawn or rounded boxes, tight enough
+# to catch [x1, y1, x2, y2] boxes and masks in other coordinates (normalised, another image size).
+BOX_SLACK_PIXELS = 2.0
+BOX_SLACK_SHARE = 0.25
 
 
 def decode_counts_string(counts: str) -> list[int]:
@@ -148,6 +153,29 @@ def bbox_problem(bbox: Any, height: int, width: int) -> str | None:
     if x < -EDGE_TOLERANCE or y < -EDGE_TOLERANCE or x + w > width + EDGE_TOLERANCE or y + h > height + EDGE_TOLERANCE:
         return f"box {bbox} is outside the image ({width}x{height})"
     return None
+
+
+def box_mask_problem(bbox: Sequence[float], rle: Mapping[str, Any]) -> str | None:
+    """The problem of a valid COCO box that is not its (non-empty) mask's box, or None.
+
+    A Mask R-CNN learns its boxes from these: a box elsewhere than its mask teaches the box head
+    one object and the mask head another, and it is the mark of a format mix-up upstream.
+    """
+    from pycocotools import mask as mask_utils
+
+    if int(mask_utils.area(rle)) == 0:
+        return None  # nothing to compare with: the mask's own rule reports it where it matters
+    mx, my, mw, mh = (float(v) for v in mask_utils.toBbox(rle))
+    x, y, w, h = (float(v) for v in bbox)
+    slack_x = BOX_SLACK_PIXELS + BOX_SLACK_SHARE * mw
+    slack_y = BOX_SLACK_PIXELS + BOX_SLACK_SHARE * mh
+    if max(abs(x - mx), abs(x + w - mx - mw)) <= slack_x and max(abs(y - my), abs(y + h - my - mh)) <= slack_y:
+        return None
+    mask_box = [round(v, 1) for v in (mx, my, mw, mh)]
+    return (
+        f"box {[round(v, 1) for v in (x, y, w, h)]} is not its mask's, which spans {mask_box} ([x, y, width, height]): "
+        "a box given as [x1, y1, x2, y2], or a mask in other coordinates than the image's pixels?"
+    )
 
 
 def segmentation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:

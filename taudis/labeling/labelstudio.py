@@ -205,11 +205,16 @@ def normalise_ref(ref: str) -> str:
     - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``;
     - ``gs://``, ``s3://`` and other http(s) URLs, and plain paths, are kept whole.
     """
+    return _parse_ref(ref)[0]
+
+
+def _parse_ref(ref: str) -> tuple[str, bool]:
+    """(:func:`normalise_ref` of ``ref``, whether it names a file uploaded to Label Studio)."""
     text = ref.strip()
     parts = urlsplit(text)
     query = parse_qs(parts.query)
     if parts.path.endswith(LOCAL_FILES_PATH) and query.get("d"):
-        return query["d"][0]
+        return query["d"][0], False
     if parts.path.rstrip("/").endswith(STORAGE_DATA_PATH) and query.get("filepath"):
         text = query["filepath"][0]
         parts = urlsplit(text)
@@ -218,8 +223,18 @@ def normalise_ref(ref: str) -> str:
         for pattern in (UPLOAD_PATH, DOWNLOAD_CACHE_PATH):
             found = pattern.search(path)
             if found:
-                return found.group("name")
-    return unquote(text)
+                return found.group("name"), pattern is UPLOAD_PATH
+    return unquote(text), False
+
+
+def upload_file_name(name: str) -> str:
+    """The name Label Studio stores an uploaded file under, after its 8-hex prefix.
+
+    Django's ``get_valid_filename`` rewrites it: spaces become underscores, and every character
+    but letters, digits (any script's), ``-``, ``_`` and ``.`` is dropped, so ``tile 3 (copy).png``
+    comes back as ``tile_3_copy.png``.
+    """
+    return re.sub(r"[^-\w.]", "", name.strip().replace(" ", "_"))
 
 
 # -------------------------------------------------------------------------------- JSON in
@@ -442,7 +457,9 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         height, width = size if size is not None else (None, None)
         tool_id = task["id"] if _is_int(task.get("id")) else None
-        images.append(ToolImage(index, record, normalise_ref(str(ref)), tool_id, pool_id, False, height, width))
+        name, uploaded = _parse_ref(str(ref))
+        renamed = upload_file_name if uploaded else None
+        images.append(ToolImage(index, record, name, tool_id, pool_id, False, height, width, renamed))
         annotations += _task_annotations(results, size, len(images) - 1, where, problems)
     return ToolLabels(uri, "labelstudio-json", tuple(images), tuple(annotations), tuple(problems.items))
 

@@ -18,7 +18,9 @@ Contract:
   Label Studio task's data), else None. ``ids_are_pool_ids`` is True only for plain COCO, whose
   image ids are meant to be the pool's; tools that renumber (Label Studio's COCO export, CVAT)
   and Label Studio's task ids give False. ``height`` and ``width`` are the size the file states
-  (None when it states none, e.g. a Label Studio task without results).
+  (None when it states none, e.g. a Label Studio task without results). ``renamed`` is the rule
+  by which the tool rewrote the file's name when it was uploaded to it (Label Studio's), None
+  when the name is the file's own: the ingest applies it to the pool's names to match.
 - :class:`ToolAnnotation` is one instance: ``image`` indexes ``ToolLabels.images`` (not the file);
   ``category`` is the category's name, never a tool's number; ``segmentation`` is COCO polygons in
   pixels (a list of flat ``[x0, y0, x1, y1, ...]`` lists; several for an instance in parts) or a
@@ -32,7 +34,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +55,7 @@ class ToolImage:
     ids_are_pool_ids: bool
     height: int | None
     width: int | None
+    renamed: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,10 @@ INTAKE_LABELS = {
     "ingested": "ingested",
     "repeat": "repeats of labels already in (no change)",
     "rejected": "rejected (see incoming/rejected/, a report beside each file)",
-    "conflict": "in conflict with labels already in (see incoming/rejected/)",
+    "conflict": (
+        "in conflict with labels already in (see incoming/rejected/; moved to incoming/corrections/, "
+        "a file replaces them)"
+    ),
 }
 
 

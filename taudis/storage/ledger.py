@@ -21,13 +21,15 @@ Segment (``kind`` "snapshot" holds the whole state, "change" what one update cha
     {"schema": "taudis.ledger.segment", "version": 2, "revision": int, "kind": "snapshot" | "change",
      "pool": ids, "pending": ids, "parts": [part, ...], "round_images": {"<round>": [id, ...]},  # snapshot
      "pool_added": ids, "pool_removed": ids, "pending_added": ids, "pending_removed": ids,     # change
-     "parts_added": [part, ...], "round_images": {...}}
+     "parts_added": [part, ...], "parts_removed": [op_id, ...], "round_images": {...}}
 
 ``ids`` are sorted image ids as inclusive ranges ``[[first, last], ...]`` (a contiguous pool is one
 pair). A label part ``{"op_id", "name", "images": ids, "source"}`` names an immutable COCO file
 (relative to the head's folder) holding the annotations of its images: the labelled set is the
 union of the parts' images, so the labels and the ledger can never disagree about what is
-labelled. Round records and their images are written by taudis.campaign.
+labelled. A part leaves the ledger only when others take over its images (a correction:
+taudis.campaign.labels.replace_labels), so an image once labelled stays labelled. Round records
+and their images are written by taudis.campaign.
 
 Every update is a compare-and-swap of the head (``taudis.storage.write_if_generation``): read the
 head and its segments, apply a pure function, write the new segment under a fresh name, then
@@ -287,6 +289,10 @@ def _apply_segment(state: _State, doc: Mapping[str, Any], uri: str) -> None:
     state.pool -= decode_ids(doc.get("pool_removed", []), uri, "pool_removed")
     state.pending |= decode_ids(doc.get("pending_added", []), uri, "pending_added")
     state.pending -= decode_ids(doc.get("pending_removed", []), uri, "pending_removed")
+    removed = doc.get("parts_removed", [])
+    if not (isinstance(removed, list) and all(isinstance(op, str) for op in removed)):
+        raise LedgerError(uri, f"expected a list of op ids, got {removed!r}", field="parts_removed")
+    state.parts = [p for p in state.parts if p.op_id not in set(removed)]
     state.parts += [_parse_part(p, uri) for p in doc.get("parts_added", [])]
     state.round_images.update(_round_images(doc, uri))
 
@@ -308,12 +314,16 @@ def _change(old: Ledger, new: Ledger, revision: int, uri: str) -> dict[str, Any]
     """The segment that turns ``old`` into ``new``.
 
     Raises:
-        LedgerError: ``new`` drops a label part or rewrites one (labels are never taken back).
+        LedgerError: ``new`` rewrites a label part, or unlabels an image (labels are never taken
+            back; a part may leave only when others hold its images).
     """
     old_parts = {p.op_id: p for p in old.parts}
     new_ids = {p.op_id for p in new.parts}
-    if set(old_parts) - new_ids or any(old_parts.get(p.op_id, p) != p for p in new.parts):
-        raise LedgerError(uri, "an update may add label parts, never drop or rewrite one", field="parts")
+    if any(old_parts.get(p.op_id, p) != p for p in new.parts):
+        raise LedgerError(uri, "an update may add or replace label parts, never rewrite one", field="parts")
+    if old.labelled - new.labelled:
+        lost = sorted(old.labelled - new.labelled)[:10]
+        raise LedgerError(uri, f"an update may not unlabel images ({lost})", field="parts")
     old_images = {r["round"]: r.get("images") for r in old.rounds}
     return {
         "schema": SEGMENT_SCHEMA,
@@ -325,6 +335,7 @@ def _change(old: Ledger, new: Ledger, revision: int, uri: str) -> dict[str, Any]
         "pending_added": encode_ids(new.pending - old.pending),
         "pending_removed": encode_ids(old.pending - new.pending),
         "parts_added": [p.to_json() for p in new.parts if p.op_id not in old_parts],
+        "parts_removed": sorted(set(old_parts) - new_ids),
         "round_images": {
             str(r["round"]): list(r["images"])
             for r in new.rounds
