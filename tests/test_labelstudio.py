@@ -318,7 +318,7 @@ def _polygons_sent(task: dict[str, Any], count: int) -> list[tuple[str, np.ndarr
 
 def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(client: Client, tmp_path: Path) -> None:
     """Label Studio stores an upload as ``upload/<project>/<8 hex>-NAME`` with NAME's spaces and
-    punctuation rewritten; the export names that file only, and the ingest still finds its image."""
+    punctuation rewritten; its JSON and COCO exports name that file only, and ingest still finds the image."""
     image = io.BytesIO()
     Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(image, "PNG")
     project = client.create_project("uploaded files", label_config(["car"], regions="polygons"))["id"]
@@ -341,6 +341,11 @@ def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(cl
         "categories": [{"id": 1, "name": "car"}],
     }
     resolved = resolve(labels, PoolIndex.of(pool))
+    assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
+    coco_file = tmp_path / "uploaded-coco.zip"
+    coco_file.write_bytes(client.export(project, "COCO"))
+    coco = read_labels(str(coco_file))
+    resolved = resolve(coco, PoolIndex.of(pool))
     assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
 
 
