@@ -475,12 +475,6 @@ LOST_BRUSH = (
 )
 
 
-def _upload_renamed(image: ToolImage, doc: Mapping[str, Any]) -> ToolImage:
-    """``image`` with Label Studio's upload naming rule when its COCO file name is an upload's."""
-    raw = next(im["file_name"] for im in doc["images"] if im.get("id") == image.tool_id)
-    return replace(image, renamed=upload_file_name) if _parse_ref(raw)[1] else image
-
-
 def is_labelstudio_coco(doc: Any) -> bool:
     """Whether a COCO document was written by Label Studio's COCO export (its ``info`` says so)."""
     info = doc.get("info") if isinstance(doc, dict) else None
@@ -502,7 +496,10 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
     labels = read_coco_document(
         doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref, sizes_optional=True
     )
-    labels = replace(labels, images=tuple(_upload_renamed(image, doc) for image in labels.images))
+    records = doc.get("images") if labels.images else None  # read and valid when it gave images
+    uploads = {r.get("id") for r in records or () if isinstance(r, dict) and _parse_ref(str(r.get("file_name")))[1]}
+    images = tuple(replace(im, renamed=upload_file_name) if im.tool_id in uploads else im for im in labels.images)
+    labels = replace(labels, images=images)
     masked = {annotation.image for annotation in labels.annotations}
     lost = [
         LabelProblem(uri, image.record, "annotations", f"no instance: {LOST_BRUSH}")
