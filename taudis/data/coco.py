@@ -222,6 +222,7 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
     from taudis.model.images import displayed_size, open_image
 
     problems = []
+    folders: dict[str, dict[str, list[str]]] = {}  # folder -> NFC name -> its names there (listed once)
     for image in data["images"]:
         path = os.path.join(image_root, image["file_name"])
         where = f"image id {image['id']} ({path})"
@@ -231,7 +232,7 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
                 rotated = (width, height) != opened.size
                 opened.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
-            hint = "" if os.path.exists(path) else _other_form_hint(path)
+            hint = "" if os.path.exists(path) else _other_form_hint(path, folders)
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}{hint}")
             continue
         if (height, width) != (image["height"], image["width"]):
@@ -242,14 +243,18 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
     return problems
 
 
-def _other_form_hint(path: str) -> str:
+def _other_form_hint(path: str, folders: dict[str, dict[str, list[str]]]) -> str:
     """A hint when the folder holds the file under its name in another Unicode form (NFC, NFD)."""
     folder, name = os.path.split(path)
-    try:
-        names = os.listdir(folder or ".")
-    except OSError:
-        return ""
-    others = [n for n in names if n != name and unicodedata.normalize("NFC", n) == unicodedata.normalize("NFC", name)]
+    if folder not in folders:
+        try:
+            listed = os.listdir(folder or ".")
+        except OSError:
+            listed = []
+        folders[folder] = {}
+        for entry in listed:
+            folders[folder].setdefault(unicodedata.normalize("NFC", entry), []).append(entry)
+    others = [n for n in folders[folder].get(unicodedata.normalize("NFC", name), []) if n != name]
     if not others:
         return ""
     return (
