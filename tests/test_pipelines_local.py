@@ -3,7 +3,8 @@
 The round pipeline keeps its state in a bucket of the test's fake-gcs-server (images and
 annotations too); a second run ingests the annotators' labels (and quarantines a broken file)
 and advances the round. Two runs started at once: one wins the round, the other stops cleanly.
-The campaign pipeline runs with local state and oracle labels, compiled with portable numerics.
+The campaign pipeline runs with local state and oracle labels, compiled with portable numerics,
+and `taudis demo` (the README's first command) runs as a user runs it, shrunk.
 The model trains for a few iterations only: these tests check the wiring and the state, not the
 model's quality.
 """
@@ -198,3 +199,36 @@ def test_campaign_pipeline_runs_with_oracle_labels_local_state_and_portable_nume
     assert len(trained) == 2
     assert all(n["portable"] and n["cpu_capability"] == "AVX2" and n["mkl_cbwr"] == "COMPATIBLE" and not n["onednn"]
                for n in trained)  # fmt: skip
+
+
+def test_the_demo_command_runs_both_campaigns_and_writes_its_reports(tmp_path):
+    """`make demo`'s command end to end, shrunk: dataset, two campaigns side by side, comparison report."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "taudis.cli", "demo", "--out", str(out), "--images", "40", "--rounds", "1",
+         "--budget", str(BUDGET), "--train-opts", TINY_TRAINING],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    campaigns = sorted((out / "campaigns").iterdir())
+    assert [c.name.split("-")[0] for c in campaigns] == ["random", "taudis"]
+    seeds = {img["id"] for img in json.loads((out / "data" / "annotations" / "train.json").read_text())["images"]}
+    chosen = {}
+    for folder in campaigns:
+        strategy = folder.name.split("-")[0]
+        curve = learning_curve(str(folder))
+        assert [(p["strategy"], p["labelled_images"]) for p in curve] == [
+            (strategy, len(seeds)),
+            (strategy, len(seeds) + BUDGET),
+        ]
+        (selected, _final) = read_ledger(Campaign(str(folder)).ledger).rounds
+        chosen[strategy] = set(selected["images"])
+        assert len(chosen[strategy]) == BUDGET and not chosen[strategy] & seeds
+        assert (Path(Campaign(str(folder)).round_dir(0)) / "report.html").is_file()
+        assert check_campaign(str(folder)) == []
+    report = (out / "report.html").read_text()
+    assert "4 completed rounds over 2 strategies" in report
+    assert "<tr><td>taudis</td>" in report and "<tr><td>random</td>" in report  # a row per strategy
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str((out / "report.html").resolve()) in done.stdout  # it tells the user where to look
