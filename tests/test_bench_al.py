@@ -73,12 +73,14 @@ def _png(path: Path, size: tuple[int, int] = (32, 32)) -> None:
     Image.new("L", size).save(path)
 
 
-def _coco_folder(root: Path, splits: dict[str, list[str]], categories: list[dict[str, object]] | None = None) -> Path:
-    """A user's COCO folder: each split's images numbered from 1 (as exports do), one square each."""
+def _coco_folder(
+    root: Path, splits: dict[str, list[str]], categories: list[dict[str, object]] | None = None, side: int = 32
+) -> Path:
+    """A user's COCO folder: each split's images (``side`` px) numbered from 1 (as exports do), one 8 px square each."""
     (root / "annotations").mkdir(parents=True)
     (root / "images").mkdir()
     for split, names in splits.items():
-        images = [{"id": i, "file_name": n, "width": 32, "height": 32} for i, n in enumerate(names, 1)]
+        images = [{"id": i, "file_name": n, "width": side, "height": side} for i, n in enumerate(names, 1)]
         annotations = [
             {"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 8, 8], "area": 64, "iscrowd": 0,
              "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]], "note": n}
@@ -88,7 +90,7 @@ def _coco_folder(root: Path, splits: dict[str, list[str]], categories: list[dict
         doc = {"images": images, "annotations": annotations, "categories": cats}
         (root / "annotations" / f"{split}.json").write_text(json.dumps(doc))
         for name in names:
-            _png(root / "images" / name)
+            _png(root / "images" / name, (side, side))
     return root
 
 
@@ -106,6 +108,21 @@ def test_a_coco_folder_numbered_per_file_merges_without_misplacing_labels(tmp_pa
     drawn = prepare_dataset(str(folder), tmp_path / "w", initial=3)
     assert len(json.loads(drawn.initial(1).read_text())["images"]) == 3  # drawn from all five
     assert drawn.name.startswith("mine-") and dataset.name == drawn.name.removesuffix("-i3") + "-given"
+
+
+def test_a_folder_whose_objects_the_models_input_would_shrink_below_the_anchors_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    splits = {"pool": ["c.png", "d.png"], "val": ["v.png"]}
+    fine = _coco_folder(tmp_path / "tiles", splits)  # 8 px squares in 32 px tiles: 32 px at the 128 px input
+    large = _coco_folder(tmp_path / "scenes", splits, side=512)  # 8 px in 512 px scenes: 2 px at 128
+    for folder in (fine, large):
+        args = _parser().parse_args(["run", "--dataset", str(folder), "--initial", "1", "--work", str(tmp_path / "w"),
+                                     "--results", str(tmp_path / "r")])  # fmt: skip
+        jobs_for(args, "campaign")
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: scenes-") and "2.0 px across" in warnings[0]
+    assert "INPUT.MIN_SIZE_TEST 512" in warnings[0] and "ANCHOR" not in warnings[0]  # 8 px at full size: enough
 
 
 def test_changed_annotation_files_are_another_dataset_and_nothing_stale_is_reused(tmp_path: Path) -> None:

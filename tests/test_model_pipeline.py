@@ -54,6 +54,24 @@ def test_training_writes_model_config_and_metrics(trained: tuple[Path, dict[str,
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert state["iteration"] == 3 and "roi_heads.mask_head.predictor.weight" in state["model"]
     assert not list(out.glob("model_0*.pth")), "periodic checkpoints are removed once training is complete"
+    scale = metrics["object_scale"]  # 64 px tiles at a 64 px input: every object, as labelled
+    assert scale["median_resize"] == 1.0 and scale["objects"] == metrics["num_instances"]
+
+
+def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
+    dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    opts = [*tiny_opts(1), "INPUT.MIN_SIZE_TEST", "16", "INPUT.MAX_SIZE_TEST", "32"]
+    with caplog.at_level("WARNING", logger="taudis.model.train"):
+        metrics = train_model(
+            str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path), opts=opts
+        )
+    assert (
+        metrics["object_scale"]["median_resize"] == 0.25
+        and "INPUT.MIN_SIZE_TEST" in metrics["object_scale"]["suggested_opts"]
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if "smallest anchor" in r.getMessage()]
+    assert warning.startswith(str(dataset / "annotations/train.json")) and "try the config overrides" in warning
 
 
 def test_training_resumes_after_an_interruption(dataset: Path, tmp_path: Path) -> None:

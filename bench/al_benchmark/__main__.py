@@ -44,6 +44,7 @@ from bench.al_benchmark.plan import (
     parse_initial,
     parse_param,
     prepare_dataset,
+    scale_problem,
 )
 from bench.al_benchmark.results import collect, recorded, write_csvs
 from taudis.model import numerics
@@ -82,6 +83,9 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
     datasets = {
         name: prepare_dataset(name, args.work, initial=args.initial, images=args.images) for name in args.dataset
     }
+    for dataset in datasets.values():
+        if (problem := scale_problem(dataset, args.config, args.train_opts)) is not None:
+            print(f"warning: {problem}; pass them with --train-opts", flush=True)
     for seed in args.seeds:  # seed-major: results of every strategy arrive together
         for name, dataset in datasets.items():
             dataset.initial(seed)  # drawn once here, not by workers side by side

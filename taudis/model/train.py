@@ -20,6 +20,8 @@ from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2
 from taudis.model import numerics
 from taudis.model.collapse import TrainingCollapsedError, collapse_reason
 from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
+from taudis.model.scale import ObjectScale
+from taudis.model.scale import for_config as object_scale
 
 log = logging.getLogger("taudis.model.train")
 # A retry after a collapse trains with seed + RETRY_SEED_STEP * attempt: far from the seeds a user
@@ -102,7 +104,8 @@ def train_model(
           metrics.json         iterations, start_iter, seconds, seconds_per_iter, losses (median of
                                the last LOG_PERIOD iterations), loss_history, num_images,
                                num_instances, class_names, device, seed (the attempt's),
-                               collapsed_attempts (seed, reason and seconds of each discarded attempt)
+                               collapsed_attempts (seed, reason and seconds of each discarded attempt),
+                               object_scale (the objects' size at the model's input, taudis.model.scale)
           init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
 
     A run from scratch whose classification loss did not fall (a collapsed model, see
@@ -143,13 +146,16 @@ def train_model(
     # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
     cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
     cfg.OUTPUT_DIR = str(out)
+    scale = object_scale(data, cfg)
+    if scale is not None and (problem := scale.problem()) is not None:
+        log.warning("%s: %s", annotations, problem)
     numerics.configure(int(cfg.TAUDIS.NUM_THREADS))
     check = cfg.TAUDIS.COLLAPSE
     collapsed: list[dict[str, Any]] = []
     while True:
         attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
         cfg.SEED = attempt_seed
-        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed)
+        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, scale)
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
             return metrics
@@ -172,6 +178,7 @@ def _train_attempt(
     weights: str,
     on_iteration: Callable[[int], None] | None,
     collapsed: list[dict[str, Any]],
+    scale: ObjectScale | None,
 ) -> dict[str, Any]:
     """One training run into ``out``, seeded by ``cfg.SEED`` (resumed from its last checkpoint with
     ``resume``); its metrics."""
@@ -281,6 +288,7 @@ def _train_attempt(
         "collapsed_attempts": collapsed,
         "config": config_summary(cfg),
         "numerics": numerics.describe(),
+        "object_scale": scale.as_dict() if scale is not None else None,
     }
     _write_text(metrics_file, json.dumps(metrics, indent=1))
     return metrics
