@@ -43,8 +43,9 @@ class ObjectScale:
         return (
             f"the median object is {self.median_side:.1f} px across once images are resized for the model "
             f"(x{self.median_resize:.2f}: images of {self.median_image_short_side:.0f} px on the short side), "
-            f"smaller than the smallest anchor ({self.smallest_anchor:g} px): most objects cannot be found. "
-            f"try the config overrides {self.suggested_opts!r} (training time grows with the input's area)"
+            f"smaller than the smallest anchor ({self.smallest_anchor:g} px), so the model will find and outline "
+            f"most objects poorly; try the config overrides {self.suggested_opts!r} "
+            "(training time grows with the input's area)"
         )
 
     def as_dict(self) -> dict[str, Any]:
