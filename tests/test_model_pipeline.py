@@ -54,8 +54,8 @@ def test_training_writes_model_config_and_metrics(trained: tuple[Path, dict[str,
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert state["iteration"] == 3 and "roi_heads.mask_head.predictor.weight" in state["model"]
     assert not list(out.glob("model_0*.pth")), "periodic checkpoints are removed once training is complete"
-    scale = metrics["object_scale"]  # 64 px tiles at a 64 px input: every object, as labelled
-    assert scale["median_resize"] == 1.0 and scale["objects"] == metrics["num_instances"]
+    fit = metrics["data_fit"]  # 64 px tiles at a 64 px input: every object, as labelled
+    assert fit["median_resize"] == 1.0 and fit["objects"] == metrics["num_instances"]
 
 
 def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
@@ -66,10 +66,7 @@ def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
         metrics = train_model(
             str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path), opts=opts
         )
-    assert (
-        metrics["object_scale"]["median_resize"] == 0.25
-        and "INPUT.MIN_SIZE_TEST" in metrics["object_scale"]["suggested_opts"]
-    )
+    assert metrics["data_fit"]["median_resize"] == 0.25 and "INPUT.MIN_SIZE_TEST" in metrics["data_fit"]["size_opts"]
     (warning,) = [r.getMessage() for r in caplog.records if "smallest anchor" in r.getMessage()]
     assert warning.startswith(str(dataset / "annotations/train.json")) and "try the config overrides" in warning
 

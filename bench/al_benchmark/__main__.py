@@ -40,11 +40,11 @@ from bench.al_benchmark.plan import (
     Spec,
     Variant,
     ablation_variants,
+    fit_problems,
     main_variants,
     parse_initial,
     parse_param,
     prepare_dataset,
-    scale_problem,
 )
 from bench.al_benchmark.results import collect, recorded, write_csvs
 from taudis.model import numerics
@@ -84,7 +84,7 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         name: prepare_dataset(name, args.work, initial=args.initial, images=args.images) for name in args.dataset
     }
     for dataset in datasets.values():
-        if (problem := scale_problem(dataset, args.config, args.train_opts)) is not None:
+        for problem in fit_problems(dataset, args.config, args.train_opts):
             print(f"warning: {problem}; pass them with --train-opts", flush=True)
     for seed in args.seeds:  # seed-major: results of every strategy arrive together
         for name, dataset in datasets.items():

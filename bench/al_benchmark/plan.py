@@ -228,17 +228,16 @@ def prepare_dataset(name: str, work: Path, *, initial: int | None = INITIAL, ima
     return coco_folder(label + suffix, data, work / "datasets" / label, initial)
 
 
-def scale_problem(dataset: Dataset, config: str, train_opts: str) -> str | None:
-    """Whether the pool's objects are too small for the model at ``config``'s input (taudis.model.scale):
-    said before hours of campaigns, which would otherwise run and learn little."""
+def fit_problems(dataset: Dataset, config: str, train_opts: str) -> list[str]:
+    """What of the pool does not fit ``config`` (taudis.model.fit: objects too small for its input,
+    too many for its detections), said before hours of campaigns that would learn little."""
     import shlex
 
     from taudis.model.config import load_config
-    from taudis.model.scale import for_config
+    from taudis.model.fit import for_config
 
-    scale = for_config(load_coco(dataset.pool), load_config(config, shlex.split(train_opts)))
-    problem = scale.problem() if scale is not None else None
-    return f"{dataset.name}: {problem}" if problem else None
+    fit = for_config(load_coco(dataset.pool), load_config(config, shlex.split(train_opts)))
+    return [f"{dataset.name}: {problem}" for problem in (fit.problems() if fit is not None else ())]
 
 
 def _generate(name: str, data: Path, images: int) -> None:

@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from taudis.data.coco import category_ids, class_names, load_coco
 
 log = logging.getLogger("taudis.model.evaluate")
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COCO_MAX_DETS = 100  # COCO's own count of detections per image
 
 
 def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -35,8 +37,10 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
             ``segmentation`` (RLE or polygons), for images of ``ground_truth``.
 
     Returns:
-        ``{"bbox": {...}, "segm": {...}, "num_images", "num_predictions"}`` where each of bbox and
-        segm holds AP, AP50, AP75, APs, APm, APl and ``per_class`` {class name: AP or None}.
+        ``{"bbox": {...}, "segm": {...}, "num_images", "num_predictions", "max_dets"}`` where each
+        of bbox and segm holds AP, AP50, AP75, APs, APm, APl and ``per_class`` {class name: AP or
+        None}, counting up to ``max_dets`` detections per image: COCO's 100, or more where an image
+        has more predictions.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -50,16 +54,19 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
         gt.dataset = gt_data
         gt.createIndex()
         dt = gt.loadRes(results) if results else None
-    report: dict[str, Any] = {"num_images": len(images), "num_predictions": len(results)}
+    # COCO counts at most 100 detections per image; a model that keeps more (dense data, see
+    # taudis.model.fit) is scored on all it keeps, or its AP would be capped at 100 objects.
+    max_dets = max([COCO_MAX_DETS, *Counter(r["image_id"] for r in results).values()])
+    report: dict[str, Any] = {"num_images": len(images), "num_predictions": len(results), "max_dets": max_dets}
     for iou_type in ("bbox", "segm"):
         if dt is None:
             report[iou_type] = _empty_summary(gt_data, names)
             continue
         evaluator = COCOeval(gt, dt, iouType=iou_type)
+        evaluator.params.maxDets = [1, 10, max_dets]
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()
-            evaluator.summarize()
         report[iou_type] = _summary(evaluator, names)
     return report
 
@@ -107,17 +114,35 @@ def _as_rle_result(prediction: dict[str, Any], images: dict[int, dict[str, Any]]
 
 
 def _summary(evaluator: Any, names: dict[int, str]) -> dict[str, Any]:
-    stats = [float(s) * 100 for s in evaluator.stats[: len(SUMMARY_KEYS)]]
-    out: dict[str, Any] = {k: (v if v >= 0 else None) for k, v in zip(SUMMARY_KEYS, stats, strict=True)}
-    # precision: [IoU thresholds, recall, classes, area ranges, max dets]; area "all", most detections.
-    precision = evaluator.eval["precision"]
-    per_class: dict[str, float | None] = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        per_class[names[cat_id]] = float(values.mean() * 100) if values.size else None
-    out["per_class"] = per_class
+    """COCO's AP, AP50, AP75, APs/m/l and AP per class at the evaluator's most detections per image.
+
+    Read from the accumulated precision as COCOeval.summarize does, which itself reads AP at 100
+    detections only (its maxDets default) and so could not score more.
+    """
+    # precision: [IoU thresholds, recall, classes, area ranges, max dets]; the last max dets.
+    precision = evaluator.eval["precision"][..., -1]
+    thresholds = list(np.round(evaluator.params.iouThrs, 2))
+    areas = evaluator.params.areaRngLbl  # all, small, medium, large
+    picks = {
+        "AP": precision[:, :, :, areas.index("all")],
+        "AP50": precision[thresholds.index(0.5), :, :, areas.index("all")],
+        "AP75": precision[thresholds.index(0.75), :, :, areas.index("all")],
+        "APs": precision[:, :, :, areas.index("small")],
+        "APm": precision[:, :, :, areas.index("medium")],
+        "APl": precision[:, :, :, areas.index("large")],
+    }
+    out: dict[str, Any] = {key: _mean_percent(picks[key]) for key in SUMMARY_KEYS}
+    out["per_class"] = {
+        names[cat_id]: _mean_percent(precision[:, :, k, areas.index("all")])
+        for k, cat_id in enumerate(evaluator.params.catIds)
+    }
     return out
+
+
+def _mean_percent(precision: np.ndarray) -> float | None:
+    """Mean of the defined entries (COCOeval marks undefined ones -1), as a percentage; None if none is."""
+    values = precision[precision > -1]
+    return float(np.mean(values) * 100) if values.size else None
 
 
 def _empty_summary(gt_data: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:

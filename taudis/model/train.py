@@ -20,8 +20,8 @@ from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2
 from taudis.model import numerics
 from taudis.model.collapse import TrainingCollapsedError, collapse_reason
 from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
-from taudis.model.scale import ObjectScale
-from taudis.model.scale import for_config as object_scale
+from taudis.model.fit import DataFit
+from taudis.model.fit import for_config as data_fit
 
 log = logging.getLogger("taudis.model.train")
 # A retry after a collapse trains with seed + RETRY_SEED_STEP * attempt: far from the seeds a user
@@ -105,7 +105,8 @@ def train_model(
                                the last LOG_PERIOD iterations), loss_history, num_images,
                                num_instances, class_names, device, seed (the attempt's),
                                collapsed_attempts (seed, reason and seconds of each discarded attempt),
-                               object_scale (the objects' size at the model's input, taudis.model.scale)
+                               data_fit (the data against the config's input size, anchors and
+                               detection limits: taudis.model.fit)
           init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
 
     A run from scratch whose classification loss did not fall (a collapsed model, see
@@ -146,8 +147,8 @@ def train_model(
     # Short schedules (small labelled sets, tests) must not spend most of their steps warming up.
     cfg.SOLVER.WARMUP_ITERS = min(int(cfg.SOLVER.WARMUP_ITERS), max_iter // 4)
     cfg.OUTPUT_DIR = str(out)
-    scale = object_scale(data, cfg)
-    if scale is not None and (problem := scale.problem()) is not None:
+    fit = data_fit(data, cfg)
+    for problem in fit.problems() if fit is not None else ():
         log.warning("%s: %s", annotations, problem)
     numerics.configure(int(cfg.TAUDIS.NUM_THREADS))
     check = cfg.TAUDIS.COLLAPSE
@@ -155,7 +156,7 @@ def train_model(
     while True:
         attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
         cfg.SEED = attempt_seed
-        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, scale)
+        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, fit)
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
             return metrics
@@ -178,7 +179,7 @@ def _train_attempt(
     weights: str,
     on_iteration: Callable[[int], None] | None,
     collapsed: list[dict[str, Any]],
-    scale: ObjectScale | None,
+    fit: DataFit | None,
 ) -> dict[str, Any]:
     """One training run into ``out``, seeded by ``cfg.SEED`` (resumed from its last checkpoint with
     ``resume``); its metrics."""
@@ -288,7 +289,7 @@ def _train_attempt(
         "collapsed_attempts": collapsed,
         "config": config_summary(cfg),
         "numerics": numerics.describe(),
-        "object_scale": scale.as_dict() if scale is not None else None,
+        "data_fit": fit.as_dict() if fit is not None else None,
     }
     _write_text(metrics_file, json.dumps(metrics, indent=1))
     return metrics

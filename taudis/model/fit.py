@@ -1,0 +1,185 @@
+"""Does the labelled data fit the model's config: its objects' size at the input, their number per image?
+
+A config reads images at one input size (``INPUT.MIN_SIZE_TEST`` on the short side, at most
+``INPUT.MAX_SIZE_TEST`` on the long one), proposes boxes from anchors of fixed sizes, and keeps at
+most ``TEST.DETECTIONS_PER_IMAGE`` detections from ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals.
+Data it was not made for breaks these silently:
+
+- The CPU config reads 128 px with anchors from 8 px: a folder of 1,024 px scenes is shrunk 8x,
+  and a 30 px building becomes 4 px, smaller than any anchor and than one cell of the mask head's
+  features. The model learns little; nothing fails.
+- An image of 300 nuclei, read with 100 detections from 128 proposals, loses two thirds of its
+  instances to the cap: their uncertainty never reaches the selection, and recall stops there.
+
+So training measures the data against the config and, where it does not fit, warns with the
+config overrides that would (for ``train_opts``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from taudis.model.images import output_size
+
+# The suggested input brings the median object to this many times the smallest anchor.
+TARGET_ANCHOR_MULTIPLE = 2.0
+# Input sides a suggestion is rounded up to (the FPN's coarsest stride).
+SIZE_STEP = 32
+# Proposals per kept detection: the box head's NMS discards some, so the proposals need room
+# (detectron2's own defaults keep 1,000 proposals for 100 detections).
+PROPOSALS_PER_DETECTION = 2
+# Headroom over the most objects an image holds when suggesting new limits, and their rounding.
+DETECTION_HEADROOM = 1.5
+LIMIT_STEP = 50
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a config allows: input size, anchors, proposals and detections per image."""
+
+    short_edge: int
+    max_size: int
+    anchors: tuple[tuple[float, ...], ...]  # MODEL.ANCHOR_GENERATOR.SIZES, per feature level
+    detections: int
+    proposals: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> Limits:
+        """A detectron2 config's limits at test time (where the selection's predictions come from)."""
+        return cls(
+            short_edge=int(cfg.INPUT.MIN_SIZE_TEST),
+            max_size=int(cfg.INPUT.MAX_SIZE_TEST),
+            anchors=tuple(tuple(float(s) for s in level) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES),
+            detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            proposals=int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
+        )
+
+    @property
+    def smallest_anchor(self) -> float:
+        return min(size for level in self.anchors for size in level)
+
+
+@dataclass(frozen=True)
+class DataFit:
+    """A COCO dataset measured against a config's limits (object sides are sqrt(box width x height), px)."""
+
+    objects: int
+    median_image_short_side: float  # before resizing
+    median_resize: float  # the model's input size / the image's size, median over images
+    median_side: float  # median object side after resizing
+    smallest_anchor: float
+    most_objects_per_image: int
+    images_over_the_cap: int  # images holding more objects than the detections or proposals allow
+    detections_per_image: int
+    proposals_per_image: int
+    size_opts: str  # overrides that keep the objects visible; "" when they are
+    count_opts: str  # overrides that keep every object of the fullest image; "" when they do
+
+    @property
+    def suggested_opts(self) -> str:
+        return " ".join(opts for opts in (self.size_opts, self.count_opts) if opts)
+
+    def problems(self) -> list[str]:
+        """What does not fit, each in words a user can act on (empty when everything fits)."""
+        found = []
+        if self.size_opts:
+            found.append(
+                f"the median object is {self.median_side:.1f} px across once images are resized for the model "
+                f"(x{self.median_resize:.2f}: images of {self.median_image_short_side:.0f} px on the short side), "
+                f"smaller than the smallest anchor ({self.smallest_anchor:g} px), so the model will find and "
+                f"outline most objects poorly; try the config overrides {self.size_opts!r} "
+                "(training time grows with the input's area)"
+            )
+        if self.count_opts:
+            found.append(
+                f"{self.images_over_the_cap} image(s) hold more objects (up to {self.most_objects_per_image}) than "
+                f"the model keeps: {self.detections_per_image} detections from {self.proposals_per_image} "
+                f"proposals per image, so the rest are never predicted, scored or counted; "
+                f"try the config overrides {self.count_opts!r}"
+            )
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"suggested_opts": self.suggested_opts}
+
+
+def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:
+    """COCO ``data`` against ``limits``; None without any object to measure."""
+    sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in data["images"]}
+    resize = {
+        i: output_size(h, w, limits.short_edge, limits.max_size)[0] / h
+        for i, (h, w) in sizes.items()
+        if h > 0 and w > 0
+    }
+    objects = [
+        a
+        for a in data["annotations"]
+        if not a.get("iscrowd") and a.get("image_id") in resize and len(a.get("bbox") or ()) == 4
+    ]
+    if not objects:
+        return None
+    sides = [math.sqrt(float(a["bbox"][2]) * float(a["bbox"][3])) * resize[a["image_id"]] for a in objects]
+    per_image = Counter(a["image_id"] for a in objects).values()
+    cap = min(limits.detections, limits.proposals // PROPOSALS_PER_DETECTION)
+    median_side, median_resize = statistics.median(sides), statistics.median(resize.values())
+    return DataFit(
+        objects=len(objects),
+        median_image_short_side=round(statistics.median(min(hw) for hw in sizes.values()), 1),
+        median_resize=round(median_resize, 4),
+        median_side=round(median_side, 2),
+        smallest_anchor=limits.smallest_anchor,
+        most_objects_per_image=max(per_image),
+        images_over_the_cap=sum(1 for n in per_image if n > cap),
+        detections_per_image=limits.detections,
+        proposals_per_image=limits.proposals,
+        size_opts=_size_opts(median_side, median_resize, limits),
+        count_opts=_count_opts(max(per_image), cap, limits),
+    )
+
+
+def for_config(data: Mapping[str, Any], cfg: Any) -> DataFit | None:
+    """:func:`measure` against a detectron2 config."""
+    return measure(data, Limits.of(cfg))
+
+
+def _size_opts(median_side: float, resize: float, limits: Limits) -> str:
+    """Overrides that bring the median object to TARGET_ANCHOR_MULTIPLE anchors, or "" if it is one already.
+
+    A larger input is the first remedy, up to the images' own size (more gives the model nothing
+    new); objects small at full size need smaller anchors too.
+    """
+    anchor, short_edge = limits.smallest_anchor, limits.short_edge
+    if median_side >= anchor:
+        return ""
+    wanted = short_edge * TARGET_ANCHOR_MULTIPLE * anchor / median_side
+    full = short_edge / resize  # the input size that reads the median image at its own size
+    edge = _step_up(min(wanted, max(full, short_edge)), SIZE_STEP)
+    longest = _step_up(limits.max_size * edge / short_edge, SIZE_STEP)
+    opts = (
+        f"INPUT.MIN_SIZE_TRAIN ({edge},) INPUT.MIN_SIZE_TEST {edge} "
+        f"INPUT.MAX_SIZE_TRAIN {longest} INPUT.MAX_SIZE_TEST {longest}"
+    )
+    if edge > short_edge and median_side * edge / short_edge >= anchor:
+        return opts
+    # Even at full size the median object is under one anchor: halve the anchors until it is not.
+    shrink = 2 ** math.ceil(math.log2(anchor / (median_side * edge / short_edge)))
+    levels = ",".join("[" + ",".join(f"{max(1.0, s / shrink):g}" for s in level) + "]" for level in limits.anchors)
+    return (opts + " " if edge > short_edge else "") + f"MODEL.ANCHOR_GENERATOR.SIZES [{levels}]"
+
+
+def _count_opts(most: int, cap: int, limits: Limits) -> str:
+    """Overrides that keep every object of the fullest image, with headroom; "" if the limits do already."""
+    if most <= cap:
+        return ""
+    detections = max(limits.detections, _step_up(most * DETECTION_HEADROOM, LIMIT_STEP))
+    proposals = max(limits.proposals, PROPOSALS_PER_DETECTION * detections)
+    return f"TEST.DETECTIONS_PER_IMAGE {detections} MODEL.RPN.POST_NMS_TOPK_TEST {proposals}"
+
+
+def _step_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)

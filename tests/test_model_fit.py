@@ -1,0 +1,88 @@
+"""The labelled data against the config: objects' size at its input, their number per image, overrides that fix both."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+pytest.importorskip("detectron2", reason="install it with scripts/install-detectron2.sh")
+
+from taudis.model.config import CPU_CONFIG, GPU_CONFIG, load_config
+from taudis.model.fit import Limits, for_config, measure
+
+pytestmark = pytest.mark.model
+SLIM = Limits(short_edge=128, max_size=256, anchors=((8,), (16,), (32,), (64,), (128,)), detections=100, proposals=128)
+
+
+def _coco(side: float, image: tuple[int, int], objects: int = 9, images: int = 1, **extra: Any) -> dict[str, Any]:
+    """``images`` images of ``image`` (height, width), each holding ``objects`` boxes of ``side`` px."""
+    height, width = image
+    annotations = [
+        {"id": n * objects + i + 1, "image_id": n + 1, "bbox": [0, 0, side, side], **extra}
+        for n in range(images)
+        for i in range(objects)
+    ]
+    return {
+        "images": [{"id": n + 1, "height": height, "width": width} for n in range(images)],
+        "annotations": annotations,
+    }
+
+
+def test_data_that_fits_the_config_raises_no_problem() -> None:
+    fit = measure(_coco(20, (128, 128)), SLIM)
+    assert fit is not None and fit.median_side == 20 and fit.median_resize == 1.0 and fit.most_objects_per_image == 9
+    assert fit.suggested_opts == "" and fit.problems() == []
+
+
+def test_big_scenes_shrunk_to_the_cpu_input_are_named_with_a_larger_input_that_fixes_them() -> None:
+    data = _coco(20, (512, 768))  # shrunk 4x at 128 px: 5 px objects against 8 px anchors
+    fit = for_config(data, load_config(CPU_CONFIG))
+    assert fit is not None and fit.median_side == 5.0 and fit.median_resize == 0.25
+    (problem,) = fit.problems()
+    assert "5.0 px across" in problem and "smallest anchor (8 px)" in problem
+    assert "INPUT.MIN_SIZE_TEST 416" in fit.size_opts and "ANCHOR" not in fit.size_opts and not fit.count_opts
+    # The overrides are valid detectron2 options and bring the objects back above the anchors.
+    fixed = for_config(data, load_config(CPU_CONFIG, shlex.split(fit.suggested_opts)))
+    assert fixed is not None and fixed.problems() == [] and fixed.median_side >= 16
+
+
+def test_objects_small_even_at_full_size_get_smaller_anchors_too() -> None:
+    data = _coco(4, (1024, 1024))
+    fit = for_config(data, load_config(CPU_CONFIG))
+    assert fit is not None and fit.problems()
+    assert "INPUT.MIN_SIZE_TEST 1024" in fit.size_opts  # no larger than the images themselves
+    assert "MODEL.ANCHOR_GENERATOR.SIZES [[4],[8],[16],[32],[64]]" in fit.size_opts
+    fixed = for_config(data, load_config(CPU_CONFIG, shlex.split(fit.suggested_opts)))
+    assert fixed is not None and fixed.problems() == []
+    at_input = measure(_coco(3, (128, 128)), SLIM)
+    assert at_input is not None and at_input.size_opts == "MODEL.ANCHOR_GENERATOR.SIZES [[2],[4],[8],[16],[32]]"
+
+
+def test_images_fuller_than_the_detection_limits_get_limits_that_keep_every_object() -> None:
+    data = _coco(40, (512, 512), objects=300, images=2)
+    fit = for_config(data, load_config(GPU_CONFIG))  # 100 detections from 1,000 proposals
+    assert fit is not None and fit.most_objects_per_image == 300 and fit.images_over_the_cap == 2
+    (problem,) = fit.problems()
+    assert "up to 300" in problem and "100 detections from 1000 proposals" in problem
+    assert fit.count_opts == "TEST.DETECTIONS_PER_IMAGE 450 MODEL.RPN.POST_NMS_TOPK_TEST 1000"
+    fixed = for_config(data, load_config(GPU_CONFIG, shlex.split(fit.suggested_opts)))
+    assert fixed is not None and fixed.problems() == []
+    # The slim config keeps 128 proposals: room for 64 objects, two proposals each.
+    slim = measure(_coco(20, (128, 128), objects=65), SLIM)
+    assert slim is not None and slim.count_opts == "TEST.DETECTIONS_PER_IMAGE 100 MODEL.RPN.POST_NMS_TOPK_TEST 200"
+    assert measure(_coco(20, (128, 128), objects=64), SLIM).problems() == []  # type: ignore[union-attr]
+
+
+def test_the_gpu_config_reads_small_tiles_upscaled() -> None:
+    fit = for_config(_coco(14, (128, 128)), load_config(GPU_CONFIG))  # 800 px input: 6.25x
+    assert fit is not None and fit.median_resize == 6.25 and fit.problems() == []
+
+
+def test_crowd_regions_boxless_records_and_empty_datasets_are_not_measured() -> None:
+    crowd = _coco(2, (128, 128), iscrowd=1)
+    crowd["annotations"] += [{"id": 99, "image_id": 1, "bbox": [0, 0, 30, 30]}, {"id": 100, "image_id": 1}]
+    fit = measure(crowd, SLIM)
+    assert fit is not None and fit.objects == 1 and fit.problems() == []
+    assert measure(_coco(20, (128, 128), objects=0), SLIM) is None
