@@ -382,3 +382,19 @@ def test_bad_labels_name_file_record_and_field_and_change_nothing(campaign, case
     assert words in matching[0] and "bad-labels.json" in matching[0] and "annotation" in matching[0]
     after = read_ledger(campaign.ledger)
     assert after.parts == before.parts and after.pending == before.pending
+
+
+def test_a_category_named_in_another_case_is_refused_with_the_campaigns_name(campaign) -> None:
+    campaign, pool, pool_uri = campaign
+    renamed = subset(pool, [5])
+    renamed["categories"] = [{**c, "name": f" {c['name'].upper()}"} for c in renamed["categories"]]
+    _drop(campaign, "shouting.json", renamed)
+    (outcome,) = ingest_incoming(campaign.uri, pool_uri)
+    assert outcome.status == "rejected"
+    problems = _report(campaign, "shouting.json")["problems"]
+    used = {c["name"] for c in pool["categories"] if any(a["category_id"] == c["id"] for a in renamed["annotations"])}
+    assert used and len(problems) == len(renamed["annotations"])  # each annotation, its record named
+    for name in used:
+        assert any(f"unknown category ' {name.upper()}'" in p and f"differs from {name!r} only in case" in p
+                   for p in problems)  # fmt: skip
+    assert 5 in read_ledger(campaign.ledger).pending  # nothing was applied

@@ -212,9 +212,7 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
             continue  # its image is already reported
         category = pool.categories.get(ann.category)
         if category is None:
-            problem(
-                ann.record, "category", f"unknown category {ann.category!r} (the campaign's: {sorted(pool.categories)})"
-            )
+            problem(ann.record, "category", _unknown_category(ann.category, pool.categories))
             continue
         height, width = int(pool.by_id[pool_id]["height"]), int(pool.by_id[pool_id]["width"])
         bad = segmentation_problem(ann.segmentation, height, width)
@@ -251,6 +249,18 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
 
 
 RACE_RETRIES = 3  # times a file is classified again after another writer changed the ledger under it
+
+
+def _unknown_category(name: str, known: Mapping[str, int]) -> str:
+    """Why a category is refused; a name that differs from a campaign's only in case or spacing is
+    named, since a tool's label typed "Building " for "building" is the usual cause. It is still
+    refused: the labels' names are the campaign's contract, and a guess could merge two classes."""
+    message = f"unknown category {name!r} (the campaign's: {sorted(known)})"
+    loose = " ".join(str(name).split()).casefold()
+    alike = [k for k in known if " ".join(k.split()).casefold() == loose]
+    if alike:
+        message += f"; it differs from {alike[0]!r} only in case or spacing: rename the label in the tool"
+    return message
 
 
 def ingest_file(
