@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from model_fixtures import make_tiny_dataset, tiny_opts, write_coco_for_files, write_odd_images  # noqa: E402
 
+from taudis.campaign.steps import training_warnings  # noqa: E402
 from taudis.data.coco import load_coco, read_coco_json  # noqa: E402
 from taudis.data.instances import read_shard, validate_shard  # noqa: E402
 from taudis.model.evaluate import evaluate_model, evaluate_predictions  # noqa: E402
@@ -68,6 +69,9 @@ def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
         )
     assert metrics["data_fit"]["median_resize"] == 0.25 and "INPUT.MIN_SIZE_TEST" in metrics["data_fit"]["size_opts"]
     (warning,) = [r.getMessage() for r in caplog.records if "smallest anchor" in r.getMessage()]
+    # The round's evaluation takes the same words from the model into its metrics and report.
+    assert [f"{dataset / 'annotations/train.json'}: {w}" for w in training_warnings(str(tmp_path))] == [warning]
+    assert training_warnings(str(tmp_path / "no-model")) == []
     assert warning.startswith(str(dataset / "annotations/train.json")) and "try the config overrides" in warning
 
 

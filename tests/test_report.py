@@ -392,6 +392,21 @@ def test_round_html_lists_the_files_that_came_in_by_fate(tmp_path: Path) -> None
     assert "labels-in" not in quiet.read_text()
 
 
+def test_both_reports_show_the_trainings_warnings_as_notes(tmp_path: Path) -> None:
+    warning = "the median object is 4.0 px across <once resized>; try the config overrides 'INPUT.MIN_SIZE_TEST 512'"
+    metrics = {"mask_ap": 3.0, "box_ap": 4.0, "labelled_images": 30, "warnings": [warning]}
+    text = round_markdown(selection_dict(), 2, metrics, labelled_images=30)
+    (line,) = [line for line in text.splitlines() if line.startswith("> Training: ")]
+    assert "4.0 px across" in line and "INPUT.MIN\\_SIZE\\_TEST 512" in line
+    pool = write_pool(tmp_path)
+    out = round_html(
+        pool["selection"], pool["shards"], pool["coco"], pool["root"], [], tmp_path / "r.html", metrics=metrics
+    )
+    assert '<p class="note">Training: the median object is 4.0 px across &lt;once resized&gt;' in out.read_text()
+    quiet = round_markdown(selection_dict(), 2, {"mask_ap": 3.0, "box_ap": 4.0}, labelled_images=30)
+    assert "Training:" not in quiet
+
+
 def test_round_html_thumbnail_draws_masks_where_they_are(tmp_path: Path) -> None:
     pool = write_pool(tmp_path)
     out = round_html(pool["selection"], pool["shards"], pool["coco"], pool["root"], [], tmp_path / "round.html")

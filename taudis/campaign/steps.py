@@ -248,7 +248,9 @@ def evaluate_round(
     """Evaluate the round's model on the val split and record the figures as round r's.
 
     Recorded in the ledger (only while this run owns the round): {"labelled_images", "mask_ap",
-    "box_ap", "per_class": {...}}; published to rounds/round-r/metrics.json with the round.
+    "box_ap", "per_class": {...}, "warnings": [...]}; published to rounds/round-r/metrics.json
+    with the round. The warnings are the training's: where the labelled data does not fit the
+    config (taudis.model.fit), so that the round's report says why a model learns little.
 
     Returns:
         {"mask_ap", "box_ap", "labelled_images"} for the KFP Metrics artifact.
@@ -270,9 +272,19 @@ def evaluate_round(
         "box_ap": _finite(result["bbox"]["AP"]),
         "mask_ap50": _finite(result["segm"]["AP50"]),
         "per_class": {k: v for k, v in result["segm"].get("per_class", {}).items()},
+        "warnings": training_warnings(model_dir),
     }
     rounds.record_evaluation(campaign, round_index, run_id, metrics, model_uri)
     return {"mask_ap": metrics["mask_ap"], "box_ap": metrics["box_ap"], "labelled_images": float(labelled_images)}
+
+
+def training_warnings(model_dir: str) -> list[str]:
+    """What the model's training warned about (its metrics.json's data_fit problems); [] if nothing."""
+    path = Path(model_dir) / "metrics.json"
+    if not path.is_file():
+        return []
+    fit = json.loads(path.read_text()).get("data_fit") or {}
+    return [str(problem) for problem in fit.get("problems", [])]
 
 
 @step

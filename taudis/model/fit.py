@@ -105,7 +105,7 @@ class DataFit:
         return found
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"suggested_opts": self.suggested_opts}
+        return asdict(self) | {"suggested_opts": self.suggested_opts, "problems": self.problems()}
 
 
 def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:

@@ -168,6 +168,8 @@ def _selection_summary(selection: Mapping[str, Any], metrics: Mapping[str, Any] 
     if metrics is not None and metrics.get("labelled_images") is not None:
         out.append(f" Labelled images: <b>{int(metrics['labelled_images'])}</b>.")
     out.append("</p>")
+    for warning in (metrics or {}).get("warnings") or ():
+        out.append(f'<p class="note">Training: {_e(str(warning))}</p>')
     filled = any(r["filled"] for r in images)
     # Fill is worth a highlight: the vote alone could not fill the budget.
     opening = '<p class="note">' if filled else "<p>"
@@ -325,7 +327,8 @@ def round_html(
         out_path: the HTML file to write.
         title: page title; default "taudis round <n>: <strategy>".
         round_index: the round's number, for the default title.
-        metrics: optional ``mask_ap``, ``box_ap`` (0-100) and ``labelled_images`` of this round's model.
+        metrics: optional ``mask_ap``, ``box_ap`` (0-100), ``labelled_images`` and ``warnings`` (the
+            training's, each shown as a note) of this round's model.
         intake: the round's ingest record: file names under ``ingested``, ``repeat``, ``rejected``
             and ``conflict``.
         max_images: cap on thumbnails (keeps the file small); a note says when more were chosen.

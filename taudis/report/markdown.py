@@ -72,7 +72,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def round_markdown(
     selection: dict[str, Any],
     round_index: int,
-    metrics: Mapping[str, float | None] | None,
+    metrics: Mapping[str, Any] | None,
     labelled_images: int,
     *,
     intake: Mapping[str, Sequence[str]] | None = None,
@@ -89,7 +89,8 @@ def round_markdown(
     Args:
         selection: a ``taudis.selection`` dict (checked with ``validate_selection``).
         round_index: the round's number.
-        metrics: ``{"mask_ap": ..., "box_ap": ...}`` in 0-100 (None or NaN: not evaluated), or None.
+        metrics: ``{"mask_ap": ..., "box_ap": ...}`` in 0-100 (None or NaN: not evaluated), and
+            ``warnings`` (the training's, each shown as a note), or None.
         labelled_images: images labelled when the round's model was trained.
         intake: the round's ingest facts, file names by status ("ingested", "repeat",
             "rejected", "conflict"; taudis.campaign.ingest.summarize).
@@ -113,6 +114,8 @@ def round_markdown(
             f"Model of this round: mask AP **{format_ap(metrics.get('mask_ap'))}**, "
             f"box AP **{format_ap(metrics.get('box_ap'))}**."
         )
+        for warning in metrics.get("warnings") or ():
+            lines += ["", f"> Training: {md_escape(str(warning))}"]
     lines += ["", fill_sentence(selection), ""]
     lines += _intake_lines(intake or {})
     params = selection.get("params", {})
