@@ -280,10 +280,10 @@ def evaluate_round(
 
 def training_warnings(model_dir: str) -> list[str]:
     """What the model's training warned about (its metrics.json's data_fit problems); [] if nothing."""
-    path = Path(model_dir) / "metrics.json"
-    if not path.is_file():
+    path = storage.join(model_dir, "metrics.json")
+    if not storage.exists(path):
         return []
-    fit = json.loads(path.read_text()).get("data_fit") or {}
+    fit = storage.read_json(path).get("data_fit") or {}
     return [str(problem) for problem in fit.get("problems", [])]
 
 
