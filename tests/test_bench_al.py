@@ -122,7 +122,7 @@ def test_a_folder_whose_objects_the_models_input_would_shrink_below_the_anchors_
         jobs_for(args, "campaign")
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: scenes-") and "2.0 px across" in warnings[0]
-    assert "INPUT.MIN_SIZE_TEST 512" in warnings[0] and "ANCHOR" not in warnings[0]  # 8 px at full size: enough
+    assert "INPUT.MIN_SIZE_TEST 1024" in warnings[0]  # the median object at two anchors: 16 px
 
 
 def test_changed_annotation_files_are_another_dataset_and_nothing_stale_is_reused(tmp_path: Path) -> None:
