@@ -13,7 +13,7 @@ from taudis.model.config import CPU_CONFIG, GPU_CONFIG, load_config
 from taudis.model.fit import Limits, for_config, measure
 
 pytestmark = pytest.mark.model
-SLIM = Limits(short_edge=128, max_size=256, anchors=((8,), (16,), (32,), (64,), (128,)), detections=100, proposals=128)
+SLIM = Limits(short_edge=128, max_size=256, smallest_anchor=8, detections=100, proposals=128)
 
 
 def _coco(side: float, image: tuple[int, int], objects: int = 9, images: int = 1, **extra: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def test_images_fuller_than_the_detection_limits_get_limits_that_keep_every_obje
     fit = for_config(data, load_config(GPU_CONFIG))  # 100 detections from 1,000 proposals
     assert fit is not None and fit.most_objects_per_image == 300 and fit.images_over_the_cap == 2
     (problem,) = fit.problems()
-    assert "up to 300" in problem and "100 detections from 1000 proposals" in problem
+    assert "up to 300" in problem and "room for: 100, of 100 detections from 1000 proposals" in problem
     assert fit.count_opts == "TEST.DETECTIONS_PER_IMAGE 450 MODEL.RPN.POST_NMS_TOPK_TEST 1000"
     fixed = for_config(data, load_config(GPU_CONFIG, shlex.split(fit.suggested_opts)))
     assert fixed is not None and fixed.problems() == []

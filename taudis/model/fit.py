@@ -6,7 +6,7 @@ most ``TEST.DETECTIONS_PER_IMAGE`` detections from ``MODEL.RPN.POST_NMS_TOPK_TES
 Data it was not made for breaks these silently:
 
 - The CPU config reads 128 px with anchors from 8 px: a folder of 1,024 px scenes is shrunk 8x,
-  and a 30 px building becomes 4 px, smaller than any anchor and than one cell of the mask head's
+  and a 30 px building becomes 4 px, smaller than any anchor and one cell of the finest
   features. The model learns little; nothing fails.
 - An image of 300 nuclei, read with 100 detections from 128 proposals, loses two thirds of its
   instances to the cap: their uncertainty never reaches the selection, and recall stops there.
@@ -51,7 +51,7 @@ class Limits:
 
     short_edge: int
     max_size: int
-    anchors: tuple[tuple[float, ...], ...]  # MODEL.ANCHOR_GENERATOR.SIZES, per feature level
+    smallest_anchor: float  # of MODEL.ANCHOR_GENERATOR.SIZES, every feature level's
     detections: int
     proposals: int
 
@@ -61,14 +61,15 @@ class Limits:
         return cls(
             short_edge=int(cfg.INPUT.MIN_SIZE_TEST),
             max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-            anchors=tuple(tuple(float(s) for s in level) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES),
+            smallest_anchor=min(float(s) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES for s in level),
             detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
             proposals=int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
         )
 
     @property
-    def smallest_anchor(self) -> float:
-        return min(size for level in self.anchors for size in level)
+    def room(self) -> int:
+        """The most objects an image can have predicted: the detections, and two proposals each."""
+        return min(self.detections, self.proposals // PROPOSALS_PER_DETECTION)
 
     @property
     def least_object(self) -> float:
@@ -86,7 +87,8 @@ class DataFit:
     median_side: float  # median object side after resizing
     least_object: float  # the side it needs: the smallest anchor, at least MIN_OBJECT_PIXELS
     most_objects_per_image: int
-    images_over_the_cap: int  # images holding more objects than the detections or proposals allow
+    images_over_the_cap: int  # images holding more objects than ``room``
+    room: int  # the most objects an image can have predicted (Limits.room)
     detections_per_image: int
     proposals_per_image: int
     size_opts: str  # overrides that keep the objects visible; "" when they are
@@ -104,16 +106,16 @@ class DataFit:
                 f"the median object is {self.median_side:.1f} px across once images are resized for the model "
                 f"(x{self.median_resize:.2f}: images of {self.median_image_short_side:.0f} px on the short side), "
                 f"below the {self.least_object:g} px it needs (the smallest anchor, and two cells of the finest "
-                "features), so the model will find and "
-                f"outline most objects poorly; try the config overrides {self.size_opts!r} (an input "
-                "larger than the images upsamples them; training time grows with the input's area)"
+                "features), so the model will find and outline most objects poorly; try the config overrides "
+                f"{self.size_opts!r} (an input larger than the images upsamples them; training time grows with "
+                "the input's area)"
             )
         if self.count_opts:
             found.append(
                 f"{self.images_over_the_cap} image(s) hold more objects (up to {self.most_objects_per_image}) than "
-                f"the model keeps: {self.detections_per_image} detections from {self.proposals_per_image} "
-                f"proposals per image, so the rest are never predicted, scored or counted; "
-                f"try the config overrides {self.count_opts!r}"
+                f"the model has room for: {self.room}, of {self.detections_per_image} detections from "
+                f"{self.proposals_per_image} proposals per image (two proposals each), so the rest are never "
+                f"predicted, scored or counted; try the config overrides {self.count_opts!r}"
             )
         return found
 
@@ -138,7 +140,6 @@ def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:
         return None
     sides = [math.sqrt(float(a["bbox"][2]) * float(a["bbox"][3])) * resize[a["image_id"]] for a in objects]
     per_image = Counter(a["image_id"] for a in objects).values()
-    cap = min(limits.detections, limits.proposals // PROPOSALS_PER_DETECTION)
     median_side, median_resize = statistics.median(sides), statistics.median(resize.values())
     return DataFit(
         objects=len(objects),
@@ -147,11 +148,12 @@ def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:
         median_side=round(median_side, 2),
         least_object=limits.least_object,
         most_objects_per_image=max(per_image),
-        images_over_the_cap=sum(1 for n in per_image if n > cap),
+        images_over_the_cap=sum(1 for n in per_image if n > limits.room),
+        room=limits.room,
         detections_per_image=limits.detections,
         proposals_per_image=limits.proposals,
         size_opts=_size_opts(median_side, limits),
-        count_opts=_count_opts(max(per_image), cap, limits),
+        count_opts=_count_opts(max(per_image), limits),
     )
 
 
@@ -179,9 +181,9 @@ def _size_opts(median_side: float, limits: Limits) -> str:
     )
 
 
-def _count_opts(most: int, cap: int, limits: Limits) -> str:
+def _count_opts(most: int, limits: Limits) -> str:
     """Overrides that keep every object of the fullest image, with headroom; "" if the limits do already."""
-    if most <= cap:
+    if most <= limits.room:
         return ""
     detections = max(limits.detections, _step_up(most * DETECTION_HEADROOM, LIMIT_STEP))
     proposals = max(limits.proposals, PROPOSALS_PER_DETECTION * detections)
