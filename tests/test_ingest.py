@@ -294,6 +294,15 @@ def test_a_reference_whose_folders_contradict_the_pools_is_never_matched_by_base
         assert "data/cat/" in why and ref in why  # both paths named
 
 
+def test_a_name_that_differs_only_in_case_is_refused_naming_the_pool_image() -> None:
+    index = PoolIndex.of(make_pool(3))
+    for ref in ("IMG0002.PNG", "gs://bucket/images/img0002.PNG"):
+        found, why = match_image(ref, index)
+        assert found is None and "['img0002.png'] differ from it only in case" in why and ref in why
+    assert match_image("img0002.png", index) == (2, "")
+    assert "only in case" not in match_image("img9999.png", index)[1]
+
+
 def test_a_file_label_studio_renamed_on_upload_matches_its_pool_image() -> None:
     pool = make_pool(3)
     pool["images"][0]["file_name"] = "site A/tile 3 (copy).png"

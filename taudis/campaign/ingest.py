@@ -157,6 +157,12 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
             f"{ref!r} has the base name of pool image(s) {names} but other folders: another file, or a path "
             "the pool names otherwise (give the pool's file name)"
         )
+    # Never matched by case (on a bucket "A.png" and "a.png" are two objects), but named: an export
+    # made on a case-insensitive disk, or a tool that upper-cased extensions, is the usual cause.
+    alike = pool.renamed(str.casefold).get(posixpath.basename(text).casefold(), [])
+    if alike:
+        names = sorted(pool.by_id[i]["file_name"] for i in alike)[:5]
+        return None, f"no pool image has the file name {ref!r}; pool image(s) {names} differ from it only in case"
     return None, f"no pool image has the file name {ref!r}"
 
 
