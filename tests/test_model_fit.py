@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +97,26 @@ def test_crowd_regions_boxless_records_and_empty_datasets_are_not_measured() -> 
     fit = measure(crowd, SLIM)
     assert fit is not None and fit.objects == 1 and fit.problems() == []
     assert measure(_coco(20, (128, 128), objects=0), SLIM) is None
+
+
+def test_data_check_with_a_config_warns_and_still_passes_valid_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taudis.data.cli import main
+
+    scenes = _coco(20, (512, 512))
+    scenes["images"][0]["file_name"] = "scene.png"
+    scenes["annotations"] = [
+        {**a, "category_id": 1, "area": 400.0, "iscrowd": 0, "segmentation": [[0, 0, 20, 0, 20, 20, 0, 20]]}
+        for a in scenes["annotations"]
+    ]
+    scenes["categories"] = [{"id": 1, "name": "building"}]
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(scenes))
+    assert main(["check", "--annotations", str(path), "--config", "mask_rcnn_R18_slim_cpu.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert "taudis data check: warning: the median object is 5.0 px across" in err
+    assert json.loads(out)["fit"]["size_opts"].startswith("INPUT.MIN_SIZE_TRAIN (416,)")
+    fixed = ["check", "--annotations", str(path), "--config", "mask_rcnn_R18_slim_cpu.yaml",
+             "--train-opts", json.loads(out)["fit"]["size_opts"]]  # fmt: skip
+    assert main(fixed) == 0 and "warning" not in capsys.readouterr().err

@@ -81,6 +81,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--annotations", required=True, help="COCO JSON (path or gs://)")
     check.add_argument("--images", default=None, help="image root that file_name entries are relative to")
+    check.add_argument(
+        "--config",
+        default=None,
+        help="also measure the data against this model config (taudis.model.fit: objects too small for its "
+        "input, images fuller than its detection limits), with the overrides that fix it",
+    )
+    check.add_argument("--train-opts", default="", help="config overrides the campaign will train with")
     return parser
 
 
@@ -112,5 +119,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = check_image_files(data, args.images) if args.images else []
     for problem in problems:
         print(f"taudis data check: {problem}", file=sys.stderr)
-    print(json.dumps(summarize(data), indent=1))
+    summary = summarize(data)
+    if args.config:
+        summary["fit"] = _fit(data, args.config, args.train_opts)
+        for warning in summary["fit"]["problems"] if summary["fit"] else ():
+            print(f"taudis data check: warning: {warning}", file=sys.stderr)
+    print(json.dumps(summary, indent=1))
     return 1 if problems else 0
+
+
+def _fit(data: dict[str, Any], config: str, train_opts: str) -> dict[str, Any] | None:
+    """The data against a model config (taudis.model.fit); a warning, never an error: the data is valid."""
+    import shlex
+
+    from taudis.model.config import load_config
+    from taudis.model.fit import for_config
+
+    fit = for_config(data, load_config(config, shlex.split(train_opts)))
+    return fit.as_dict() if fit is not None else None
