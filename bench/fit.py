@@ -1,8 +1,8 @@
-"""Benchmark: what objects below the smallest anchor cost, and what taudis.model.fit's overrides give back.
+"""Benchmark: what objects below 8 px at the input cost, and what taudis.model.fit's overrides give back.
 
 Two ways to make the built-in synthetic data's objects (128 px tiles, median object 16 px) small
-for the CPU config (anchors from 8 px), each trained from scratch on the same 50 labelled images
-with the same seed and iterations, and scored by mask AP on val:
+for the CPU config (its 128 px input, anchors from 8 px), each trained from scratch on the same
+50 labelled images with the same seed and iterations, and scored by mask AP on val:
 
 - ``read small``: the 128 px files read at a 32 px input (the median object 3.4 px), which is what
   a folder of 512 px scenes looks like to the CPU config;

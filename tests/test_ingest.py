@@ -301,6 +301,11 @@ def test_a_name_that_differs_only_in_case_is_refused_naming_the_pool_image() -> 
         assert found is None and "['img0002.png'] differ from it only in case" in why and ref in why
     assert match_image("img0002.png", index) == (2, "")
     assert "only in case" not in match_image("img9999.png", index)[1]
+    nested = make_pool(1)
+    nested["images"][0]["file_name"] = "cat/img0001.png"
+    index = PoolIndex.of(nested)
+    assert "only in case" in match_image("CAT/IMG0001.png", index)[1]
+    assert "only in case" not in match_image("dog/IMG0001.png", index)[1]  # other folders: another file
 
 
 def test_a_file_label_studio_renamed_on_upload_matches_its_pool_image() -> None:

@@ -15,7 +15,8 @@ from taudis.model.config import CPU_CONFIG, GPU_CONFIG, load_config
 from taudis.model.fit import Limits, for_config, measure
 
 pytestmark = pytest.mark.model
-SLIM = Limits(short_edge=128, max_size=256, smallest_anchor=8, detections=100, proposals=128)
+SLIM = Limits(short_edge=128, max_size=256, train_edges=(128,), train_max_size=256, detections=100, proposals=128,
+              pre_nms=500, train_proposals=256, train_pre_nms=1000)  # fmt: skip
 
 
 def _coco(side: float, image: tuple[int, int], objects: int = 9, images: int = 1, **extra: Any) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def test_big_scenes_shrunk_to_the_cpu_input_are_named_with_a_larger_input_that_f
     fit = for_config(data, load_config(CPU_CONFIG))
     assert fit is not None and fit.median_side == 5.0 and fit.median_resize == 0.25
     (problem,) = fit.problems()
-    assert "5.0 px across" in problem and "below the 8 px it needs" in problem
+    assert "5.0 px across" in problem and "below the 8 px (two cells of the finest features)" in problem
     assert "INPUT.MIN_SIZE_TEST 416" in fit.size_opts and "ANCHOR" not in fit.size_opts and not fit.count_opts
     # The overrides are valid detectron2 options and bring the objects back above the anchors.
     fixed = for_config(data, load_config(CPU_CONFIG, shlex.split(fit.suggested_opts)))
@@ -59,16 +60,25 @@ def test_objects_small_even_at_full_size_are_read_upsampled_not_with_smaller_anc
     assert fixed is not None and fixed.problems() == [] and fixed.median_side == 16
     at_input = measure(_coco(3, (128, 128)), SLIM)
     assert at_input is not None and at_input.size_opts.startswith("INPUT.MIN_SIZE_TRAIN (704,) INPUT.MIN_SIZE_TEST 704")
+    # Points and lines (boxes of no area) have no size to speak of; they still count as objects.
+    points = measure(_coco(0, (128, 128)), SLIM)
+    assert points is not None and points.objects == 9 and points.problems() == []
 
 
-def test_smaller_anchors_do_not_silence_the_warning() -> None:
+def test_the_rule_is_the_objects_size_whatever_the_anchors_and_multi_scale_training_stays_so() -> None:
     """Anchors of 2 px on 3.4 px objects trained a worse model than the default's (bench/fit.py)."""
     data = _coco(3, (128, 128))
     tiny_anchors = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[2],[4],[8],[16],[32]]"]
     fit = for_config(data, load_config(CPU_CONFIG, tiny_anchors))
-    assert fit is not None and fit.least_object == 8 and fit.problems()
-    gpu = for_config(_coco(20, (800, 800)), load_config(GPU_CONFIG))  # its smallest anchor, 32 px, decides
-    assert gpu is not None and gpu.least_object == 32 and "INPUT.MIN_SIZE_TEST 2560" in gpu.size_opts
+    assert fit is not None and fit.problems()
+    # The GPU config's 32 px anchors do not make 20 px objects a problem: 8 px is the rule.
+    assert for_config(_coco(20, (800, 800)), load_config(GPU_CONFIG)).problems() == []  # type: ignore[union-attr]
+    scenes = _coco(16, (4000, 4000))  # 3.2 px at the GPU config's 800 px input
+    gpu = for_config(scenes, load_config(GPU_CONFIG))
+    assert gpu is not None and gpu.problems()
+    assert gpu.size_opts.startswith("INPUT.MIN_SIZE_TRAIN (3200,3360,3520,3680,3840,4000,) INPUT.MIN_SIZE_TEST 4000")
+    fixed = for_config(scenes, load_config(GPU_CONFIG, shlex.split(gpu.size_opts)))
+    assert fixed is not None and fixed.problems() == [] and fixed.median_side == 16
 
 
 def test_images_fuller_than_the_detection_limits_get_limits_that_keep_every_object() -> None:
@@ -77,12 +87,17 @@ def test_images_fuller_than_the_detection_limits_get_limits_that_keep_every_obje
     assert fit is not None and fit.most_objects_per_image == 300 and fit.images_over_the_cap == 2
     (problem,) = fit.problems()
     assert "up to 300" in problem and "room for: 100, of 100 detections from 1000 proposals" in problem
-    assert fit.count_opts == "TEST.DETECTIONS_PER_IMAGE 450 MODEL.RPN.POST_NMS_TOPK_TEST 1000"
+    assert fit.count_opts == (
+        "TEST.DETECTIONS_PER_IMAGE 450 MODEL.RPN.POST_NMS_TOPK_TEST 1000 MODEL.RPN.PRE_NMS_TOPK_TEST 1000 "
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN 1000 MODEL.RPN.PRE_NMS_TOPK_TRAIN 2000"
+    )
     fixed = for_config(data, load_config(GPU_CONFIG, shlex.split(fit.suggested_opts)))
     assert fixed is not None and fixed.problems() == []
     # The slim config keeps 128 proposals: room for 64 objects, two proposals each.
     slim = measure(_coco(20, (128, 128), objects=65), SLIM)
-    assert slim is not None and slim.count_opts == "TEST.DETECTIONS_PER_IMAGE 100 MODEL.RPN.POST_NMS_TOPK_TEST 200"
+    assert slim is not None and slim.count_opts.startswith(
+        "TEST.DETECTIONS_PER_IMAGE 100 MODEL.RPN.POST_NMS_TOPK_TEST 200"
+    )
     assert measure(_coco(20, (128, 128), objects=64), SLIM).problems() == []  # type: ignore[union-attr]
 
 
@@ -120,3 +135,17 @@ def test_data_check_with_a_config_warns_and_still_passes_valid_data(
     fixed = ["check", "--annotations", str(path), "--config", "mask_rcnn_R18_slim_cpu.yaml",
              "--train-opts", json.loads(out)["fit"]["size_opts"]]  # fmt: skip
     assert main(fixed) == 0 and "warning" not in capsys.readouterr().err
+    bad = [
+        "check",
+        "--annotations",
+        str(path),
+        "--config",
+        "mask_rcnn_R18_slim_cpu.yaml",
+        "--train-opts",
+        "INPUT.NOPE 1",
+    ]
+    assert main(bad) == 2 and "taudis data check: --config mask_rcnn_R18_slim_cpu.yaml" in capsys.readouterr().err
+    unlabelled = tmp_path / "unlabelled.json"  # a pool of images only: valid, nothing to measure
+    unlabelled.write_text(json.dumps({"images": scenes["images"], "categories": scenes["categories"]}))
+    assert main(["check", "--annotations", str(unlabelled), "--config", "mask_rcnn_R18_slim_cpu.yaml"]) == 0
+    assert json.loads(capsys.readouterr().out)["fit"] is None

@@ -68,7 +68,7 @@ def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
             str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path), opts=opts
         )
     assert metrics["data_fit"]["median_resize"] == 0.25 and "INPUT.MIN_SIZE_TEST" in metrics["data_fit"]["size_opts"]
-    (warning,) = [r.getMessage() for r in caplog.records if "px it needs" in r.getMessage()]
+    (warning,) = [r.getMessage() for r in caplog.records if "features) it needs" in r.getMessage()]
     # The round's evaluation takes the same words from the model into its metrics and report.
     assert [f"{dataset / 'annotations/train.json'}: {w}" for w in training_warnings(str(tmp_path))] == [warning]
     assert training_warnings(str(tmp_path / "no-model")) == []

@@ -159,11 +159,22 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
         )
     # Never matched by case (on a bucket "A.png" and "a.png" are two objects), but named: an export
     # made on a case-insensitive disk, or a tool that upper-cased extensions, is the usual cause.
-    alike = pool.renamed(str.casefold).get(posixpath.basename(text).casefold(), [])
+    folded = text.casefold()
+    alike = [
+        i
+        for i in pool.renamed(str.casefold).get(posixpath.basename(folded), [])
+        if _same_file(_normal(pool.by_id[i]["file_name"]).casefold(), folded)
+    ]
     if alike:
         names = sorted(pool.by_id[i]["file_name"] for i in alike)[:5]
         return None, f"no pool image has the file name {ref!r}; pool image(s) {names} differ from it only in case"
     return None, f"no pool image has the file name {ref!r}"
+
+
+def _same_file(pool_name: str, ref: str) -> bool:
+    """Whether a reference names a pool file by the rules of :func:`match_image`: equal, or one of them
+    a longer path to the other."""
+    return pool_name == ref or ref.endswith("/" + pool_name) or pool_name.endswith("/" + ref)
 
 
 @dataclass
@@ -263,9 +274,10 @@ def _unknown_category(name: str, known: Mapping[str, int]) -> str:
     refused: the labels' names are the campaign's contract, and a guess could merge two classes."""
     message = f"unknown category {name!r} (the campaign's: {sorted(known)})"
     loose = " ".join(str(name).split()).casefold()
-    alike = [k for k in known if " ".join(k.split()).casefold() == loose]
+    alike = sorted(k for k in known if " ".join(k.split()).casefold() == loose)
     if alike:
-        message += f"; it differs from {alike[0]!r} only in case or spacing: rename the label in the tool"
+        names = " or ".join(repr(k) for k in alike)
+        message += f"; it differs from {names} only in case or spacing: rename the label in the tool"
     return message
 
 

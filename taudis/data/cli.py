@@ -121,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taudis data check: {problem}", file=sys.stderr)
     summary = summarize(data)
     if args.config:
-        summary["fit"] = _fit(data, args.config, args.train_opts)
+        try:
+            summary["fit"] = _fit(data, args.config, args.train_opts)
+        except Exception as err:  # a missing file, an unknown key or a bad value of the config or its overrides
+            print(f"taudis data check: --config {args.config} --train-opts {args.train_opts!r}: {err}", file=sys.stderr)
+            return 2
         for warning in summary["fit"]["problems"] if summary["fit"] else ():
             print(f"taudis data check: warning: {warning}", file=sys.stderr)
     print(json.dumps(summary, indent=1))

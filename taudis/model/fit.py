@@ -1,21 +1,24 @@
 """Does the labelled data fit the model's config: its objects' size at the input, their number per image?
 
 A config reads images at one input size (``INPUT.MIN_SIZE_TEST`` on the short side, at most
-``INPUT.MAX_SIZE_TEST`` on the long one), proposes boxes from anchors of fixed sizes, and keeps at
-most ``TEST.DETECTIONS_PER_IMAGE`` detections from ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals.
-Data it was not made for breaks these silently:
+``INPUT.MAX_SIZE_TEST`` on the long one) and keeps at most ``TEST.DETECTIONS_PER_IMAGE``
+detections from ``MODEL.RPN.POST_NMS_TOPK_TEST`` proposals. Data it was not made for breaks
+these silently:
 
-- The CPU config reads 128 px with anchors from 8 px: a folder of 1,024 px scenes is shrunk 8x,
-  and a 30 px building becomes 4 px, smaller than any anchor and one cell of the finest
-  features. The model learns little; nothing fails.
-- An image of 300 nuclei, read with 100 detections from 128 proposals, loses two thirds of its
-  instances to the cap: their uncertainty never reaches the selection, and recall stops there.
+- The CPU config reads 128 px: a folder of 1,024 px scenes is shrunk 8x, and a 30 px building
+  becomes 4 px, one cell of the finest (stride 4) features. The model learns little; nothing
+  fails.
+- An image of 300 nuclei, read by the CPU config (room for 64 objects: 100 detections from 128
+  proposals, two each), loses four fifths of its instances to the cap: their uncertainty never
+  reaches the selection, and recall stops there.
 
 So training measures the data against the config and, where it does not fit, warns with the
 config overrides that would (for ``train_opts``). What the size rule is worth (bench/fit.py, the
-synthetic data, 50 images, 500 iterations): read at a quarter of their size (median object
-3.4 px) they trained a model of 2.5 mask AP, at the input the warning names (160 px) 29.8; files
-shrunk to 32 px themselves 2.7, read upsampled at the warning's 160 px 30.5.
+synthetic data, 50 images, 500 iterations, one seed): read at a quarter of their size (median
+object 3.4 px) they trained a model of 2.5 mask AP, at the input the warning names (160 px)
+29.8; files shrunk to 32 px themselves 2.7, read upsampled at the warning's 160 px 30.5. Anchors
+of 2 px at the small input gave 0.5: below 8 px a smaller anchor does not help, so the rule is
+the objects' size alone and the remedy a larger input.
 """
 
 from __future__ import annotations
@@ -29,11 +32,10 @@ from typing import Any
 
 from taudis.model.images import output_size
 
-# The least a median object must span: two cells of the finest FPN level (stride 4). Smaller
-# anchors do not lower it: with anchors of 2 px, objects of 3.4 px trained a model of 0.5 mask AP
-# (bench/fit.py).
+# The least a median object must span at the input: two cells of the finest FPN level (stride 4).
 MIN_OBJECT_PIXELS = 8.0
-# The suggested input brings the median object to this many times the least it must span.
+# The suggested input brings the median object to this many times MIN_OBJECT_PIXELS (measured:
+# 16.9 px, 29.8 mask AP; 13.5 px at the CPU config's own input, 29.3).
 TARGET_MULTIPLE = 2.0
 # Input sides a suggestion is rounded up to (the FPN's coarsest stride).
 SIZE_STEP = 32
@@ -47,34 +49,38 @@ LIMIT_STEP = 50
 
 @dataclass(frozen=True)
 class Limits:
-    """What a config allows: input size, anchors, proposals and detections per image."""
+    """What a config allows: input sizes, proposals and detections per image."""
 
-    short_edge: int
-    max_size: int
-    smallest_anchor: float  # of MODEL.ANCHOR_GENERATOR.SIZES, every feature level's
-    detections: int
-    proposals: int
+    short_edge: int  # INPUT.MIN_SIZE_TEST
+    max_size: int  # INPUT.MAX_SIZE_TEST
+    train_edges: tuple[int, ...]  # INPUT.MIN_SIZE_TRAIN (a list for multi-scale training)
+    train_max_size: int  # INPUT.MAX_SIZE_TRAIN
+    detections: int  # TEST.DETECTIONS_PER_IMAGE
+    proposals: int  # MODEL.RPN.POST_NMS_TOPK_TEST
+    pre_nms: int  # MODEL.RPN.PRE_NMS_TOPK_TEST
+    train_proposals: int  # MODEL.RPN.POST_NMS_TOPK_TRAIN
+    train_pre_nms: int  # MODEL.RPN.PRE_NMS_TOPK_TRAIN
 
     @classmethod
     def of(cls, cfg: Any) -> Limits:
-        """A detectron2 config's limits at test time (where the selection's predictions come from)."""
+        """A detectron2 config's limits."""
+        edges = cfg.INPUT.MIN_SIZE_TRAIN
         return cls(
             short_edge=int(cfg.INPUT.MIN_SIZE_TEST),
             max_size=int(cfg.INPUT.MAX_SIZE_TEST),
-            smallest_anchor=min(float(s) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES for s in level),
+            train_edges=tuple(int(e) for e in (edges if isinstance(edges, (list, tuple)) else [edges])),
+            train_max_size=int(cfg.INPUT.MAX_SIZE_TRAIN),
             detections=int(cfg.TEST.DETECTIONS_PER_IMAGE),
             proposals=int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
+            pre_nms=int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST),
+            train_proposals=int(cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN),
+            train_pre_nms=int(cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN),
         )
 
     @property
     def room(self) -> int:
         """The most objects an image can have predicted: the detections, and two proposals each."""
         return min(self.detections, self.proposals // PROPOSALS_PER_DETECTION)
-
-    @property
-    def least_object(self) -> float:
-        """The side the median object needs at the input: the smallest anchor, and MIN_OBJECT_PIXELS."""
-        return max(self.smallest_anchor, MIN_OBJECT_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,7 @@ class DataFit:
     objects: int
     median_image_short_side: float  # before resizing
     median_resize: float  # the model's input size / the image's size, median over images
-    median_side: float  # median object side after resizing
-    least_object: float  # the side it needs: the smallest anchor, at least MIN_OBJECT_PIXELS
+    median_side: float  # median object side after resizing (boxes of no area left out)
     most_objects_per_image: int
     images_over_the_cap: int  # images holding more objects than ``room``
     room: int  # the most objects an image can have predicted (Limits.room)
@@ -105,10 +110,9 @@ class DataFit:
             found.append(
                 f"the median object is {self.median_side:.1f} px across once images are resized for the model "
                 f"(x{self.median_resize:.2f}: images of {self.median_image_short_side:.0f} px on the short side), "
-                f"below the {self.least_object:g} px it needs (the smallest anchor, and two cells of the finest "
-                "features), so the model will find and outline most objects poorly; try the config overrides "
-                f"{self.size_opts!r} (an input larger than the images upsamples them; training time grows with "
-                "the input's area)"
+                f"below the {MIN_OBJECT_PIXELS:g} px (two cells of the finest features) it needs, so the model "
+                f"will find and outline most objects poorly; try the config overrides {self.size_opts!r} (an "
+                "input larger than the images upsamples them; training time grows with the input's area)"
             )
         if self.count_opts:
             found.append(
@@ -124,7 +128,11 @@ class DataFit:
 
 
 def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:
-    """COCO ``data`` against ``limits``; None without any object to measure."""
+    """COCO ``data`` against ``limits``; None without any object to measure.
+
+    Crowd regions, records without a box and boxes of an unknown image are not objects; a box of
+    no area (a point-like label) counts towards its image's objects but has no size.
+    """
     sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in data["images"]}
     resize = {
         i: output_size(h, w, limits.short_edge, limits.max_size)[0] / h
@@ -133,26 +141,26 @@ def measure(data: Mapping[str, Any], limits: Limits) -> DataFit | None:
     }
     objects = [
         a
-        for a in data["annotations"]
+        for a in data.get("annotations", [])
         if not a.get("iscrowd") and a.get("image_id") in resize and len(a.get("bbox") or ()) == 4
     ]
     if not objects:
         return None
-    sides = [math.sqrt(float(a["bbox"][2]) * float(a["bbox"][3])) * resize[a["image_id"]] for a in objects]
+    sides = [math.sqrt(max(0.0, float(a["bbox"][2]) * float(a["bbox"][3]))) * resize[a["image_id"]] for a in objects]
+    sides = [side for side in sides if side > 0]
     per_image = Counter(a["image_id"] for a in objects).values()
-    median_side, median_resize = statistics.median(sides), statistics.median(resize.values())
+    median_side = statistics.median(sides) if sides else None
     return DataFit(
         objects=len(objects),
         median_image_short_side=round(statistics.median(min(hw) for hw in sizes.values()), 1),
-        median_resize=round(median_resize, 4),
-        median_side=round(median_side, 2),
-        least_object=limits.least_object,
+        median_resize=round(statistics.median(resize.values()), 4),
+        median_side=round(median_side, 2) if median_side is not None else 0.0,
         most_objects_per_image=max(per_image),
         images_over_the_cap=sum(1 for n in per_image if n > limits.room),
         room=limits.room,
         detections_per_image=limits.detections,
         proposals_per_image=limits.proposals,
-        size_opts=_size_opts(median_side, limits),
+        size_opts=_size_opts(median_side, limits) if median_side is not None else "",
         count_opts=_count_opts(max(per_image), limits),
     )
 
@@ -163,32 +171,42 @@ def for_config(data: Mapping[str, Any], cfg: Any) -> DataFit | None:
 
 
 def _size_opts(median_side: float, limits: Limits) -> str:
-    """Overrides that bring the median object to TARGET_MULTIPLE times the least it needs, or "" if it spans that.
+    """Overrides that bring the median object to TARGET_MULTIPLE x MIN_OBJECT_PIXELS, or "" if it spans
+    MIN_OBJECT_PIXELS already.
 
     The remedy is a larger input, past the images' own size where need be: detectron2 upsamples
     an image smaller than its input (the GPU config reads 128 px tiles at 800 px), which gives a
-    small object more feature cells. Smaller anchors are not suggested: at an unchanged input
-    they trained a worse model (bench/fit.py: 0.5 mask AP against 2.5 for 3 px objects).
+    small object more feature cells. Every size grows by the same factor, so a multi-scale
+    training list stays a list.
     """
-    least, short_edge = limits.least_object, limits.short_edge
-    if median_side >= least:
+    if median_side >= MIN_OBJECT_PIXELS:
         return ""
-    edge = _step_up(short_edge * TARGET_MULTIPLE * least / median_side, SIZE_STEP)
-    longest = _step_up(limits.max_size * edge / short_edge, SIZE_STEP)
+    factor = _step_up(limits.short_edge * TARGET_MULTIPLE * MIN_OBJECT_PIXELS / median_side) / limits.short_edge
+    edges = ",".join(str(_step_up(e * factor)) for e in limits.train_edges)
     return (
-        f"INPUT.MIN_SIZE_TRAIN ({edge},) INPUT.MIN_SIZE_TEST {edge} "
-        f"INPUT.MAX_SIZE_TRAIN {longest} INPUT.MAX_SIZE_TEST {longest}"
+        f"INPUT.MIN_SIZE_TRAIN ({edges},) INPUT.MIN_SIZE_TEST {_step_up(limits.short_edge * factor)} "
+        f"INPUT.MAX_SIZE_TRAIN {_step_up(limits.train_max_size * factor)} "
+        f"INPUT.MAX_SIZE_TEST {_step_up(limits.max_size * factor)}"
     )
 
 
 def _count_opts(most: int, limits: Limits) -> str:
-    """Overrides that keep every object of the fullest image, with headroom; "" if the limits do already."""
+    """Overrides that keep every object of the fullest image, with headroom; "" if the limits do already.
+
+    The proposals before NMS, and those of training (where each object needs proposals to learn
+    from), grow with them, never below what the config has.
+    """
     if most <= limits.room:
         return ""
     detections = max(limits.detections, _step_up(most * DETECTION_HEADROOM, LIMIT_STEP))
     proposals = max(limits.proposals, PROPOSALS_PER_DETECTION * detections)
-    return f"TEST.DETECTIONS_PER_IMAGE {detections} MODEL.RPN.POST_NMS_TOPK_TEST {proposals}"
+    return (
+        f"TEST.DETECTIONS_PER_IMAGE {detections} MODEL.RPN.POST_NMS_TOPK_TEST {proposals} "
+        f"MODEL.RPN.PRE_NMS_TOPK_TEST {max(limits.pre_nms, proposals)} "
+        f"MODEL.RPN.POST_NMS_TOPK_TRAIN {max(limits.train_proposals, proposals)} "
+        f"MODEL.RPN.PRE_NMS_TOPK_TRAIN {max(limits.train_pre_nms, proposals)}"
+    )
 
 
-def _step_up(value: float, step: int) -> int:
+def _step_up(value: float, step: int = SIZE_STEP) -> int:
     return int(math.ceil(value / step) * step)
