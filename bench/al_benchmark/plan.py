@@ -231,12 +231,9 @@ def prepare_dataset(name: str, work: Path, *, initial: int | None = INITIAL, ima
 def fit_problems(dataset: Dataset, config: str, train_opts: str) -> list[str]:
     """What of the pool does not fit ``config`` (taudis.model.fit: objects too small for its input,
     too many for its detections), said before hours of campaigns that would learn little."""
-    import shlex
+    from taudis.model.fit import for_config_file
 
-    from taudis.model.config import load_config
-    from taudis.model.fit import for_config
-
-    fit = for_config(load_coco(dataset.pool), load_config(config, shlex.split(train_opts)))
+    fit = for_config_file(load_coco(dataset.pool), config, train_opts)
     return [f"{dataset.name}: {problem}" for problem in (fit.problems() if fit is not None else ())]
 
 

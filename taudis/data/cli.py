@@ -134,10 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fit(data: dict[str, Any], config: str, train_opts: str) -> dict[str, Any] | None:
     """The data against a model config (taudis.model.fit); a warning, never an error: the data is valid."""
-    import shlex
+    from taudis.model.fit import for_config_file
 
-    from taudis.model.config import load_config
-    from taudis.model.fit import for_config
-
-    fit = for_config(data, load_config(config, shlex.split(train_opts)))
+    fit = for_config_file(data, config, train_opts)
     return fit.as_dict() if fit is not None else None

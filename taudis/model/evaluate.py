@@ -25,7 +25,7 @@ from taudis.data.coco import category_ids, class_names, load_coco
 
 log = logging.getLogger("taudis.model.evaluate")
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-COCO_MAX_DETS = 100  # COCO's own count of detections per image
+COCO_MAX_DETS = 100  # COCO's own count of detections per image (and class)
 
 
 def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -54,8 +54,8 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
         gt.dataset = gt_data
         gt.createIndex()
         dt = gt.loadRes(results) if results else None
-    # COCO counts at most 100 detections per image; a model that keeps more (dense data, see
-    # taudis.model.fit) is scored on all it keeps, or its AP would be capped at 100 objects.
+    # COCO counts at most 100 detections per image and class; a model that keeps more (dense data,
+    # see taudis.model.fit) is scored on all it keeps, or its AP would be capped at 100 objects.
     max_dets = max([COCO_MAX_DETS, *Counter(r["image_id"] for r in results).values()])
     report: dict[str, Any] = {"num_images": len(images), "num_predictions": len(results), "max_dets": max_dets}
     for iou_type in ("bbox", "segm"):

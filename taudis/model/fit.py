@@ -170,6 +170,15 @@ def for_config(data: Mapping[str, Any], cfg: Any) -> DataFit | None:
     return measure(data, Limits.of(cfg))
 
 
+def for_config_file(data: Mapping[str, Any], config: str, train_opts: str = "") -> DataFit | None:
+    """:func:`measure` against a config file (taudis.model.config) with a run's ``train_opts`` string."""
+    import shlex
+
+    from taudis.model.config import load_config
+
+    return for_config(data, load_config(config, shlex.split(train_opts)))
+
+
 def _size_opts(median_side: float, limits: Limits) -> str:
     """Overrides that bring the median object to TARGET_MULTIPLE x MIN_OBJECT_PIXELS, or "" if it spans
     MIN_OBJECT_PIXELS already.
