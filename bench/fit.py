@@ -44,10 +44,10 @@ SMALLER_ANCHORS = "MODEL.ANCHOR_GENERATOR.SIZES [[2],[4],[8],[16],[32]]"  # each
 
 def settings(pool: dict[str, Any], anchors: bool) -> dict[str, str]:
     """Each setting's config overrides: the small input, the fit's fix for it, and smaller anchors."""
-    from taudis.model.config import CPU_CONFIG, load_config
-    from taudis.model.fit import for_config
+    from taudis.model.config import CPU_CONFIG
+    from taudis.model.fit import for_config_file
 
-    fit = for_config(pool, load_config(CPU_CONFIG, shlex.split(SMALL_INPUT)))
+    fit = for_config_file(pool, CPU_CONFIG, SMALL_INPUT)
     assert fit is not None and fit.size_opts, "the small input must be one that fit warns about"
     out = {"small input": SMALL_INPUT, "small input, fit's overrides": f"{SMALL_INPUT} {fit.size_opts}"}
     if anchors:
