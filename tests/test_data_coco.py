@@ -20,6 +20,8 @@ from taudis.data.coco import (
     load_coco,
     subset_coco,
     to_detectron2_dicts,
+    unlabelled_categories,
+    unverifiable_orientations,
     validate_coco,
     write_coco,
 )
@@ -225,6 +227,50 @@ def test_image_files_are_checked_as_training_reads_them(tmp_path: Path) -> None:
     data["images"][0].update(height=10, width=20)
     (problem,) = check_image_files(data, str(tmp_path))
     assert "image id 1" in problem and "10x20 after its EXIF rotation" in problem
+
+
+def test_an_orientation_that_keeps_the_size_is_warned_of(tmp_path: Path) -> None:
+    from PIL import Image
+
+    def save(name: str, height: int, width: int, orientation: int | None) -> dict[str, Any]:
+        exif = Image.Exif()
+        if orientation is not None:
+            exif[0x0112] = orientation
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(tmp_path / name, exif=exif)
+        shown = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+        return {"id": len(images) + 1, "file_name": name, "height": shown[0], "width": shown[1]}
+
+    images: list[dict[str, Any]] = []
+    for name, height, width, orientation in [
+        ("plain.jpg", 10, 20, None),
+        ("upright.jpg", 10, 20, 1),
+        ("side.jpg", 10, 20, 6),  # the swapped sides confirm the turn: no warning
+        ("upside.jpg", 10, 20, 3),
+        ("square.jpg", 16, 16, 8),
+        ("mirror.jpg", 10, 20, 2),
+    ]:
+        images.append(save(name, height, width, orientation))
+    data = {"images": images, "categories": []}
+    assert check_image_files(data, str(tmp_path)) == [], "every size is the turned one: valid"
+    warning = unverifiable_orientations(data, str(tmp_path), shown=2)
+    assert warning is not None and warning.startswith("3 image(s)")
+    assert "image id 4" in warning and "orientation 3, turned 180 degrees" in warning
+    assert "image id 5" in warning and "and 1 more" in warning and "image id 3 " not in warning
+    assert unverifiable_orientations({"images": images[:3], "categories": []}, str(tmp_path)) is None
+    missing = {"images": [{"id": 9, "file_name": "gone.jpg", "height": 1, "width": 1}], "categories": []}
+    assert unverifiable_orientations(missing, str(tmp_path)) is None, "a missing file is check_image_files' problem"
+
+
+def test_a_category_no_label_uses_is_warned_of_in_a_labelled_file() -> None:
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "categories": [{"id": 0, "name": "buildings-x2f"}, {"id": 1, "name": "building"}, {"id": 2, "name": "road"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "segmentation": []}],
+    }
+    warnings = unlabelled_categories(data)
+    assert len(warnings) == 2
+    assert "'buildings-x2f' (id 0)" in warnings[0] and "'road' (id 2)" in warnings[1]
+    assert unlabelled_categories({**data, "annotations": []}) == [], "an unlabelled pool is not warned of"
 
 
 def test_a_file_named_in_another_unicode_form_is_found_and_named(tmp_path: Path) -> None:

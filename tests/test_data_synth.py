@@ -154,6 +154,7 @@ def test_cli_synth_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == len(load_coco(out / "annotations/pool.json")["images"])
+    assert summary["warnings"] == [], "the built-in data uses every class and no EXIF"
     victim = load_coco(out / "annotations/pool.json")["images"][0]
     (out / "images" / victim["file_name"]).unlink()
     assert (

@@ -13,7 +13,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from taudis.data.coco import CocoFormatError, check_image_files, load_coco
+from taudis.data.coco import (
+    CocoFormatError,
+    check_image_files,
+    load_coco,
+    unlabelled_categories,
+    unverifiable_orientations,
+)
 from taudis.data.synth import SynthConfig, make_synthetic_dataset
 
 _DEFAULTS = SynthConfig()
@@ -120,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in problems:
         print(f"taudis data check: {problem}", file=sys.stderr)
     summary = summarize(data)
+    summary["warnings"] = _warnings(data, args.images)
+    for warning in summary["warnings"]:
+        print(f"taudis data check: warning: {warning}", file=sys.stderr)
     if args.config:
         try:
             summary["fit"] = _fit(data, args.config, args.train_opts)
@@ -130,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"taudis data check: warning: {warning}", file=sys.stderr)
     print(json.dumps(summary, indent=1))
     return 1 if problems else 0
+
+
+def _warnings(data: dict[str, Any], image_root: str | None) -> list[str]:
+    """What is valid but likely wrong: unused categories, orientations the sizes cannot confirm."""
+    orientation = unverifiable_orientations(data, image_root) if image_root else None
+    return unlabelled_categories(data) + ([orientation] if orientation else [])
 
 
 def _fit(data: dict[str, Any], config: str, train_opts: str) -> dict[str, Any] | None:

@@ -243,6 +243,73 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
     return problems
 
 
+# EXIF orientations (TIFF tag 274) and what each does to the stored pixels.
+_ORIENTATIONS = {
+    2: "mirrored left to right",
+    3: "turned 180 degrees",
+    4: "mirrored top to bottom",
+    5: "mirrored and turned 90 degrees",
+    6: "turned 90 degrees",
+    7: "mirrored and turned 270 degrees",
+    8: "turned 270 degrees",
+}
+
+
+def unverifiable_orientations(data: dict[str, Any], image_root: str, *, shown: int = 3) -> str | None:
+    """A warning for images whose EXIF orientation turns or mirrors them without changing their size.
+
+    taudis reads every image turned by its EXIF orientation, as detectron2 does and as browsers (so
+    Label Studio and CVAT) show it. Where the turn swaps the sides, :func:`check_image_files` catches
+    masks drawn on the stored pixels by the size; a 180-degree turn, a mirror, or any turn of a
+    square image keeps the size, so nothing but a look can tell which pixels the masks belong to.
+
+    Returns:
+        One message naming how many such images there are and the first ``shown`` of them, or None.
+    """
+    from taudis.model.images import open_image
+
+    found = []
+    for image in data["images"]:
+        path = os.path.join(image_root, image["file_name"])
+        try:
+            with open_image(path) as opened:  # the header only: no pixels are decoded
+                orientation = opened.getexif().get(0x0112, 1)
+                square = opened.width == opened.height
+        except Exception:  # unreadable files are check_image_files' problems
+            continue
+        if orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and square):
+            turn = _ORIENTATIONS[orientation]
+            found.append(f"image id {image['id']} ({path}): EXIF orientation {orientation}, {turn}")
+    if not found:
+        return None
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (
+        f"{len(found)} image(s) carry an EXIF orientation that keeps their size ({'; '.join(found[:shown])}{more}): "
+        "taudis trains on them turned, as detectron2 reads them and as browsers show them, and their size "
+        "cannot tell whether the masks were drawn on the turned image or on the stored pixels; open one with its "
+        "masks to check (a converter that ignored EXIF drew them on the stored pixels: then strip the tag)"
+    )
+
+
+def unlabelled_categories(data: dict[str, Any]) -> list[str]:
+    """Warnings for categories that no annotation of a labelled file uses.
+
+    A class without examples is still a class the model must score, which dilutes the classification
+    entropy and margin that selection reads. Roboflow's COCO exports add one such category, named for
+    the dataset. A file without any annotation (an unlabelled pool) gives no warning.
+    """
+    used = {a.get("category_id") for a in data.get("annotations", [])}
+    if not used:
+        return []
+    return [
+        f"category {c['name']!r} (id {c['id']}) has no annotation in this file: until one is labelled, the model "
+        "learns a class it never sees; if it is no class at all (Roboflow's exports add one named for the dataset, "
+        "the others' supercategory), leave it out of the categories"
+        for c in data["categories"]
+        if c["id"] not in used
+    ]
+
+
 def _other_form_hint(path: str, folders: dict[str, dict[str, list[str]]]) -> str:
     """A hint when the folder holds the file under its name in another Unicode form (NFC, NFD)."""
     folder, name = os.path.split(path)
