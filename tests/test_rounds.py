@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from taudis.campaign import rounds
 from taudis.campaign.invariants import check_campaign
 from taudis.campaign.layout import Campaign
 from taudis.campaign.rounds import RoundBusyError, RoundLostError
-from taudis.campaign.steps import claim_round, close_round, commit_round, ingest_labels
+from taudis.campaign.steps import (
+    claim_round,
+    close_round,
+    commit_round,
+    finetune_weights,
+    ingest_labels,
+    training_warnings,
+)
 from taudis.storage.ledger import read_ledger
 
 METRICS = {"labelled_images": 4, "mask_ap": 12.5, "box_ap": 10.0}
@@ -208,3 +216,28 @@ def test_a_pool_file_that_would_merge_or_split_images_is_refused_before_the_ledg
         _claim(data, "run-b")
     assert data["pool"] in str(caught.value) and "image" in str(caught.value)
     assert storage.read_bytes(Campaign(data["campaign"]).ledger) == before
+
+
+def test_fine_tuning_starts_from_the_latest_model_and_says_so_when_it_is_gone(
+    data: dict[str, str], storage_root: str, tmp_path: Path
+) -> None:
+    campaign = Campaign(data["campaign"])
+    models = [storage.join(storage_root, f"pipeline-root/model-{r}") for r in range(2)]
+    for model in models:
+        storage.write_bytes(storage.join(model, "model_final.pth"), b"weights")
+    for r in range(2):
+        assert _claim(data, "run-a") == r
+        _ingest(data, r, "run-a", tmp_path)
+        rounds.record_evaluation(campaign, r, "run-a", METRICS, models[r])
+        _commit(data, r, "run-a", [7 + r], tmp_path)
+    assert finetune_weights(campaign, 0) == ("", ""), "round 0 has no earlier model"
+    assert finetune_weights(campaign, 1) == (storage.join(models[0], "model_final.pth"), "")
+    assert finetune_weights(campaign, 2) == (storage.join(models[1], "model_final.pth"), "")
+
+    storage.delete(storage.join(models[1], "model_final.pth"))  # the artifact store expired it
+    weights, note = finetune_weights(campaign, 2)
+    assert weights == "" and "round 1's model" in note and "from scratch" in note
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "metrics.json").write_text(json.dumps({"data_fit": {"problems": ["small objects"]}, "notes": [note]}))
+    assert training_warnings(str(model_dir)) == ["small objects", note], "the round's report shows the note"

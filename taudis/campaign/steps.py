@@ -203,15 +203,12 @@ def train_round(
     """Train Mask R-CNN on the labelled set; see taudis.model.train.train_model for model_dir's files.
 
     With ``finetune``, training starts from the model of the campaign's latest recorded round
-    before ``round_index`` (when there is one) on the config's shorter fine-tuning schedule.
+    before ``round_index`` (when there is one) on the config's shorter fine-tuning schedule; where
+    that model is gone, from ``weights`` on the full schedule, with a note (:func:`finetune_weights`).
     """
     from taudis.model.train import train_model
 
-    initial = weights
-    previous = previous_model(Campaign(campaign_uri), round_index) if finetune and campaign_uri else ""
-    if previous:
-        initial = storage.join(previous, "model_final.pth")
-        log.info("fine-tuning from round %d's model %s", round_index - 1, previous)
+    previous, note = finetune_weights(Campaign(campaign_uri), round_index) if finetune and campaign_uri else ("", "")
     images = localize_images(labelled_annotations, image_root)
     return train_model(
         labelled_annotations,
@@ -220,18 +217,41 @@ def train_round(
         config=config,
         opts=list(opts),
         seed=seed,
-        weights=initial,
+        weights=previous or weights,
         finetune=bool(previous),
+        notes=[note] if note else [],
     )
 
 
-def previous_model(campaign: Campaign, round_index: int) -> str:
-    """The model URI of the latest round before ``round_index`` that recorded one, or ""."""
+def finetune_weights(campaign: Campaign, round_index: int) -> tuple[str, str]:
+    """The weights a fine-tuned round ``round_index`` starts from, and why not, when it cannot.
+
+    The weights are the model of the latest round before it that recorded one. A campaign that runs
+    for months outlives its artifact store's expiry rules: where that model is gone, the round
+    trains from the config's weights on the full schedule and says so, rather than failing every
+    week.
+
+    Returns:
+        (weights URI, "") to fine-tune from; ("", note) where the model is gone; ("", "") where no
+        earlier round recorded one (round 0).
+    """
     ledger = read_ledger(campaign.ledger)
     earlier = [
         r for r in ledger.rounds if r["round"] < round_index and r.get("model_uri") and r["state"] != "rolled_back"
     ]
-    return str(max(earlier, key=lambda r: r["round"])["model_uri"]) if earlier else ""
+    if not earlier:
+        return "", ""
+    latest = max(earlier, key=lambda r: r["round"])
+    weights = storage.join(str(latest["model_uri"]), "model_final.pth")
+    if storage.exists(weights):
+        log.info("fine-tuning from round %d's model %s", latest["round"], weights)
+        return weights, ""
+    note = (
+        f"not fine-tuned: round {latest['round']}'s model {weights} is gone (an expiry rule on the pipeline "
+        "root?), so this round trained from scratch on the full schedule"
+    )
+    log.warning("%s", note)
+    return "", note
 
 
 @step
@@ -279,12 +299,13 @@ def evaluate_round(
 
 
 def training_warnings(model_dir: str) -> list[str]:
-    """What the model's training warned about (its metrics.json's data_fit problems); [] if nothing."""
+    """What the model's training warned about (its metrics.json's data_fit problems and notes); [] if nothing."""
     path = storage.join(model_dir, "metrics.json")
     if not storage.exists(path):
         return []
-    fit = storage.read_json(path).get("data_fit") or {}
-    return [str(problem) for problem in fit.get("problems", [])]
+    metrics = storage.read_json(path)
+    fit = metrics.get("data_fit") or {}
+    return [str(problem) for problem in [*fit.get("problems", []), *metrics.get("notes", [])]]
 
 
 @step

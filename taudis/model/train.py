@@ -20,7 +20,6 @@ from taudis.data.coco import category_ids, class_names, load_coco, to_detectron2
 from taudis.model import numerics
 from taudis.model.collapse import TrainingCollapsedError, collapse_reason
 from taudis.model.config import CPU_CONFIG, config_summary, load_config, scheduled_iterations
-from taudis.model.fit import DataFit
 from taudis.model.fit import for_config as data_fit
 
 log = logging.getLogger("taudis.model.train")
@@ -84,6 +83,7 @@ def train_model(
     weights: str = "",
     *,
     finetune: bool = False,
+    notes: Sequence[str] = (),
     on_iteration: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train Mask R-CNN on a COCO instance-segmentation dataset.
@@ -106,7 +106,7 @@ def train_model(
                                num_instances, class_names, device, seed (the attempt's),
                                collapsed_attempts (seed, reason and seconds of each discarded attempt),
                                data_fit (the data against the config's input size, anchors and
-                               detection limits: taudis.model.fit)
+                               detection limits: taudis.model.fit), notes (the caller's)
           init_weights.pth     only when ``weights`` is a gs:// URI (the downloaded copy)
 
     A run from scratch whose classification loss did not fall (a collapsed model, see
@@ -124,6 +124,7 @@ def train_model(
         weights: initial weights (local path or gs:// URI); "" trains from scratch.
         finetune: ``weights`` are the previous round's model: train the config's shorter
             fine-tuning share of the schedule (TAUDIS.SCHEDULE.FINETUNE_SCALE).
+        notes: what the caller wants said with the metrics (a fine-tuning that could not start).
         on_iteration: called after each iteration with its index (progress hooks, tests).
 
     Returns:
@@ -156,7 +157,8 @@ def train_model(
     while True:
         attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
         cfg.SEED = attempt_seed
-        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, fit)
+        recorded = {"data_fit": fit.as_dict() if fit is not None else None, "notes": list(notes)}
+        metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, recorded)
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
             return metrics
@@ -179,10 +181,10 @@ def _train_attempt(
     weights: str,
     on_iteration: Callable[[int], None] | None,
     collapsed: list[dict[str, Any]],
-    fit: DataFit | None,
+    recorded: dict[str, Any],
 ) -> dict[str, Any]:
     """One training run into ``out``, seeded by ``cfg.SEED`` (resumed from its last checkpoint with
-    ``resume``); its metrics."""
+    ``resume``); its metrics, with ``recorded`` among them."""
     import torch
     from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
     from detectron2.data import build_detection_train_loader
@@ -289,8 +291,7 @@ def _train_attempt(
         "collapsed_attempts": collapsed,
         "config": config_summary(cfg),
         "numerics": numerics.describe(),
-        "data_fit": fit.as_dict() if fit is not None else None,
-    }
+    } | recorded
     _write_text(metrics_file, json.dumps(metrics, indent=1))
     return metrics
 
