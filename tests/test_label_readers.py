@@ -10,6 +10,7 @@ holds what each finished image's instances must decode to.
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -221,6 +222,75 @@ def test_label_studio_json_lists_every_problem() -> None:
     assert "empty" in messages["r3"] and "has no mask" in messages["r7"]
     with pytest.raises(LabelValidationError, match="22 problem"):
         labels.raise_for_problems()
+
+
+def _bitmask(rid: str, mask: np.ndarray, label: str = "house", *, mode: str = "RGBA") -> dict[str, Any]:
+    """A BitmaskLabels result as Label Studio 1.23's frontend serializes it: black pixels on a
+    transparent canvas of the image's natural size, as a PNG data URL."""
+    from PIL import Image
+
+    height, width = mask.shape
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[mask, 3] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").convert(mode).save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {
+        "id": rid, "type": "bitmasklabels", "from_name": "label", "to_name": "image",
+        "original_height": height, "original_width": width, "image_rotation": 0,
+        "value": {"imageDataURL": url, "bitmasklabels": [label]},
+    }  # fmt: skip
+
+
+def test_bitmask_regions_are_read_pixel_for_pixel() -> None:
+    mask = np.zeros((12, 10), bool)
+    mask[2:5, 3:9] = True
+    mask[8, 1] = True  # a second part
+    other = np.zeros((12, 10), bool)
+    other[6:10, 4:6] = True
+    labels = read_document([_task(1, [_bitmask("a", mask), _bitmask("b", other, "car"), _brush("c", mask)])], "t.json")
+    assert labels.problems == ()
+    assert (labels.images[0].height, labels.images[0].width) == (12, 10)
+    assert [a.category for a in labels.annotations] == ["house", "car", "house"]
+    assert np.array_equal(decode_rle(labels.annotations[0].segmentation), mask)  # type: ignore[arg-type]
+    assert np.array_equal(decode_rle(labels.annotations[1].segmentation), other)  # type: ignore[arg-type]
+
+
+def test_bitmask_problems_and_regions_taudis_does_not_read_are_refused() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    wrong_size = _bitmask("b2", np.pad(mask, 1))
+    wrong_size["original_height"] = wrong_size["original_width"] = 10
+    not_png = _bitmask("b3", mask)
+    not_png["value"]["imageDataURL"] = "data:image/png;base64,bm90IGEgcG5n"
+    doc = [
+        _task(1, [
+            _bitmask("b1", np.zeros((10, 10), bool)),
+            wrong_size,
+            not_png,
+            _bitmask("b4", mask, mode="RGB"),
+            {**_bitmask("b5", mask), "type": "bitmask"},
+            {"id": "v1", "type": "vectorlabels", "value": {"vertices": [{"x": 1, "y": 1}], "vectorlabels": ["house"]}},
+            {"id": "l1", "type": "labels", "value": {"format": "rle", "rle": [1, 2], "labels": ["house"]}},
+            _brush("ok", mask),
+            {"id": "ok", "type": "choices", "value": {"format": "rle", "rle": [1, 2], "choices": ["occluded"]}},
+            {"id": "c1", "type": "choices", "value": {"choices": ["sunny"]}},
+        ]),
+    ]  # fmt: skip
+    labels = read_document(doc, "tasks.json")
+    found = [(p.record.rsplit(", ", 1)[1], p.field) for p in labels.problems]
+    assert found == [
+        ("result 'b1' (index 0)", "value.imageDataURL"),
+        ("result 'b2' (index 1)", "value.imageDataURL"),
+        ("result 'b3' (index 2)", "value.imageDataURL"),
+        ("result 'b4' (index 3)", "value.imageDataURL"),
+        ("result 'b5' (index 4)", "type"),
+        ("result 'v1' (index 5)", "type"),
+        ("result 'l1' (index 6)", "type"),
+    ], "a per-region attribute of a read region and an image-level answer are no problem"
+    messages = [p.message for p in labels.problems]
+    assert "empty" in messages[0] and "12x12, the image 10x10" in messages[1] and "PNG" in messages[2]
+    assert "no alpha" in messages[3] and "value.vertices" in messages[5] and "'labels'" in messages[6]
 
 
 def test_a_task_whose_results_disagree_on_the_size_is_refused() -> None:

@@ -16,6 +16,7 @@ TAUDIS_CAPTURE_FIXTURES=<folder> to save the tool's exports there (how tests/dat
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -347,6 +348,54 @@ def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(cl
     coco = read_labels(str(coco_file))
     resolved = resolve(coco, PoolIndex.of(pool))
     assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
+
+
+BITMASK_CONFIG = """<View>
+  <Image name="image" value="$image" smoothing="false"/>
+  <BitmaskLabels name="label" toName="image"><Label value="car"/><Label value="boat"/></BitmaskLabels>
+</View>"""
+
+
+def test_a_bitmask_project_ingests_pixel_for_pixel_and_its_coco_export_is_refused(
+    client: Client, tmp_path: Path
+) -> None:
+    """A project drawn with BitmaskLabels: its JSON export gives each region's pixels back exactly;
+    its COCO export, which loses them, is refused rather than read as images labelled empty."""
+    image = io.BytesIO()
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(image, "PNG")
+    project = client.create_project("bitmask regions", BITMASK_CONFIG)["id"]  # Label Studio validates the config
+    files = {"file": ("tile 4.png", image.getvalue(), "image/png")}
+    client.request("POST", f"/api/projects/{project}/import", files=files, retry=False)
+    (task,) = client.tasks(project)
+    mask = np.zeros((16, 20), bool)
+    mask[3:9, 4:15], mask[12, 2] = True, True
+    rgba = np.zeros((16, 20, 4), np.uint8)
+    rgba[mask, 3] = 255  # black on transparent, as the frontend's canvas.toDataURL("image/png") gives it
+    png = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(png, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    result = {
+        "id": "b1", "type": "bitmasklabels", "from_name": "label", "to_name": "image",
+        "original_width": 20, "original_height": 16, "image_rotation": 0,
+        "value": {"imageDataURL": url, "bitmasklabels": ["boat"]},
+    }  # fmt: skip
+    client.request("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [result]}, retry=False)
+    pool = {
+        "images": [{"id": 4, "file_name": "tile 4.png", "height": 16, "width": 20}],
+        "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "boat"}],
+    }
+    export = tmp_path / "bitmask.json"
+    export.write_bytes(client.export(project, "JSON"))
+    labels = read_labels(str(export))
+    assert labels.problems == ()
+    resolved = resolve(labels, PoolIndex.of(pool))
+    assert resolved.problems == [] and resolved.images == {0: 4}
+    (annotation,) = resolved.annotations
+    assert annotation["category_id"] == 2 and np.array_equal(_decode(annotation["segmentation"]), mask)
+    coco = tmp_path / "bitmask-coco.zip"
+    coco.write_bytes(client.export(project, "COCO"))
+    (problem,) = read_labels(str(coco)).problems  # Label Studio's COCO export drops bitmask regions
+    assert problem.field == "annotations" and "bitmask regions" in problem.message, "never labelled empty"
 
 
 SDK_SCRIPT = """

@@ -15,11 +15,17 @@ In: :func:`read_labelstudio_json` reads the project's JSON export (a list of tas
 ``annotations``); :func:`read_labelstudio_coco` its COCO export (the zip's ``result.json``, or the
 JSON alone), which renumbers images 0..N-1 and categories 0-based in alphabetical order: only
 file names and category names survive it. Both return :class:`~taudis.labeling.toollabels.ToolLabels`.
+The JSON export's regions are read from BrushLabels (Label Studio's RLE), BitmaskLabels (a PNG of
+the whole image, the region where it is not transparent) and PolygonLabels; any other result that
+outlines a region is refused, so that no drawn instance is passed over.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -28,6 +34,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import contourpy
 import numpy as np
+from PIL import Image
 
 from taudis.data.labels import LabelProblem
 from taudis.data.masks import decode_rle, encode_rle
@@ -299,9 +306,14 @@ def _looks_like_image(value: str) -> bool:
     return "://" in value or value.startswith("/data/") or path.endswith(IMAGE_SUFFIXES)
 
 
-MASK_TYPES = ("brushlabels", "polygonlabels")
+MASK_TYPES = ("brushlabels", "polygonlabels", "bitmasklabels")
 UNMASKED_REGION_TYPES = {"rectanglelabels", "ellipselabels", "keypointlabels", "rectangle", "ellipse", "keypoint"}
-UNLABELLED_REGION_TYPES = {"brush", "polygon"}  # a Brush or Polygon tag without labels: no category
+UNLABELLED_REGION_TYPES = {"brush", "polygon", "bitmask"}  # a Brush, Polygon or Bitmask tag without labels
+# What in a result's value outlines a region on the image. A result of another type that carries
+# one is a region taudis does not read (a newer tool, a <Labels> tag beside a shape tag): refused,
+# not passed over, unless a region read under the same id holds it (per-region attributes).
+REGION_KEYS = ("rle", "points", "imageDataURL", "x", "vertices")
+PNG_DATA_URL = re.compile(r"^data:image/png;base64,(?P<data>.+)$", re.DOTALL)
 
 
 def _image_size(results: Sequence[Any], record: str, problems: Problems) -> tuple[int, int] | None:
@@ -344,6 +356,34 @@ def _brush_segmentation(value: Mapping[str, Any], height: int, width: int, where
     return encode_rle(mask)
 
 
+def _bitmask_segmentation(value: Mapping[str, Any], height: int, width: int, where: str, problems: Problems):
+    """A BitmaskLabels region: a PNG data URL over the whole image, the region where alpha > 0."""
+    url = value.get("imageDataURL")
+    match = PNG_DATA_URL.match(url) if isinstance(url, str) else None
+    if match is None:
+        got = f"{url[:40]!r}..." if isinstance(url, str) else repr(url)
+        problems.add(where, "value.imageDataURL", f"expected a data:image/png;base64 URL, got {got}")
+        return None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(match["data"], validate=True))) as png:
+            png.load()
+            size, has_alpha = png.size, "A" in png.getbands() or "transparency" in png.info
+            alpha = np.asarray(png.convert("RGBA"))[:, :, 3] > 0 if has_alpha else None
+    except (binascii.Error, OSError, ValueError) as err:
+        problems.add(where, "value.imageDataURL", f"not a readable PNG: {type(err).__name__}: {err}")
+        return None
+    if size != (width, height):
+        problems.add(where, "value.imageDataURL", f"the bitmask is {size[0]}x{size[1]}, the image {width}x{height}")
+        return None
+    if alpha is None:
+        problems.add(where, "value.imageDataURL", "the bitmask has no alpha channel: its region cannot be told")
+        return None
+    if not alpha.any():
+        problems.add(where, "value.imageDataURL", "the bitmask is empty")
+        return None
+    return encode_rle(alpha)
+
+
 def _polygon(value: Mapping[str, Any], height: int, width: int, where: str, problems: Problems):
     points = value.get("points")
     ok = isinstance(points, list) and all(
@@ -374,8 +414,10 @@ def _polygon(value: Mapping[str, Any], height: int, width: int, where: str, prob
 def _task_annotations(
     results: Sequence[Any], size: tuple[int, int] | None, image: int, record: str, problems: Problems
 ) -> list[ToolAnnotation]:
-    """One ToolAnnotation per brush region, per polygon, or per exported polygon group, in result order."""
+    """One ToolAnnotation per brush or bitmask region, per polygon, or per exported polygon group, in
+    result order."""
     found: dict[str, tuple[str, str, list[Any]]] = {}  # group key -> (record, category, segmentation parts)
+    read_ids = {r.get("id") for r in results if isinstance(r, dict) and r.get("type") in MASK_TYPES}
     for index, result in enumerate(results):
         where = f"{record}, result {result.get('id') if isinstance(result, dict) else None!r} (index {index})"
         if not isinstance(result, dict):
@@ -388,9 +430,19 @@ def _task_annotations(
         if kind in UNLABELLED_REGION_TYPES:
             problems.add(where, "type", f"a {kind} region has no category: use BrushLabels or PolygonLabels")
             continue
-        if kind not in MASK_TYPES or size is None:
-            continue  # image-level answers (choices, text) and relations are not instances
         value = result.get("value")
+        if kind not in MASK_TYPES:
+            region = [k for k in REGION_KEYS if isinstance(value, dict) and k in value]
+            if region and result.get("id") not in read_ids:
+                problems.add(
+                    where,
+                    "type",
+                    f"a {kind!r} result outlines a region (value.{region[0]}) that taudis does not read: draw "
+                    "instances with BrushLabels, BitmaskLabels or PolygonLabels",
+                )
+            continue  # image-level answers (choices, text), relations, per-region attributes: no instance
+        if size is None:
+            continue
         if result.get("image_rotation", 0) not in (0, None):
             problems.add(where, "image_rotation", "regions drawn on a rotated image are not supported")
             continue
@@ -398,8 +450,9 @@ def _task_annotations(
             problems.add(where, "value", "expected an object")
             continue
         category = _label(value, str(kind), where, problems)
-        if kind == "brushlabels":
-            mask = _brush_segmentation(value, *size, where, problems)
+        if kind in ("brushlabels", "bitmasklabels"):
+            decode = _brush_segmentation if kind == "brushlabels" else _bitmask_segmentation
+            mask = decode(value, *size, where, problems)
             if category is not None and mask is not None:
                 found[f"result {index}"] = (where, category, [mask])
             continue
@@ -469,9 +522,9 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
 LABEL_STUDIO_CONTRIBUTOR = "Label Studio"
 
 LOST_BRUSH = (
-    "Label Studio's COCO export leaves brush regions out (and images it cannot open whose regions were all "
-    "brush strokes), so nothing here tells an image labelled empty from one whose masks were lost; "
-    "export the project as JSON instead (taudis labelstudio pull does)"
+    "Label Studio's COCO export leaves brush regions (and bitmask regions) out, and images it cannot open "
+    "whose regions were all brush strokes, so nothing here tells an image labelled empty from one whose "
+    "masks were lost; export the project as JSON instead (taudis labelstudio pull does)"
 )
 
 
@@ -485,8 +538,8 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
     """Read Label Studio's COCO export: images and categories renumbered, so neither id is the pool's.
 
     File names are normalised with :func:`normalise_ref`. Label Studio writes polygons one
-    annotation each (the parts of one instance come apart) and leaves brush regions out without
-    a word: an image whose only regions were brush strokes comes out with no instance, or not at
+    annotation each (the parts of one instance come apart) and leaves brush and bitmask regions
+    out without a word: an image whose only regions were brush strokes comes out with no instance, or not at
     all when Label Studio could not open it (a cloud URL). So an image without instances here
     cannot be told from one whose masks were lost, and each is refused, as is a file of no image;
     the JSON export keeps both (taudis labelstudio pull reads it).
