@@ -596,6 +596,16 @@ def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         labels = read_labels(str(tmp_path / name))
         assert len(labels.problems) == 1 and labels.images == () and labels.problems[0].record == "document", name
+    unread = {
+        "Segmentation mask 1.1": _zip({"SegmentationObject/a.png": b"", "labelmap.txt": b"background:0,0,0::"}),
+        "YOLO": _zip({"obj_train_data/a.txt": b"0 0.1 0.1 0.2 0.2", "obj.names": b"car"}),
+        "Label Studio's PNG": _zip({"task-3-annotation-4-by-1-tag-car-0.png": b""}),
+        "readme.txt": _zip({"readme.txt": b"hello"}),
+    }
+    for what, data in unread.items():
+        (tmp_path / "unread.zip").write_bytes(data)
+        (problem,) = read_labels(str(tmp_path / "unread.zip")).problems
+        assert what in problem.message and "'COCO 1.0'" in problem.message, what
     minimal = [{"id": 1, "image": "/data/local-files/?d=a.png", "label": [], "annotation_id": 3}]
     assert "JSON_MIN" in read_document(minimal, "min.json").problems[0].message
     assert read_document([], "empty.json").format == "labelstudio-json"

@@ -14,7 +14,9 @@ format                 what the file is
 
 Refused with one problem each, since they lose what ingest needs: Label Studio's JSON_MIN export
 (no task data), and its BRUSH_TO_COCO export (it turns a brush region into one polygon per part,
-without holes, and leaves out images labelled empty). What comes back is described in
+without holes, and leaves out images labelled empty). A zip of none of the exports above gives one
+problem that names what it looks like (CVAT's Segmentation mask 1.1, a YOLO export, Label Studio's
+PNG masks) and what to export instead. What comes back is described in
 ``taudis.labeling.toollabels``.
 """
 
@@ -28,7 +30,7 @@ from typing import Any
 
 from taudis import storage
 from taudis.labeling.coco import read_coco
-from taudis.labeling.cvat import is_cvat_coco, read_cvat_archive, read_cvat_coco
+from taudis.labeling.cvat import ANNOTATIONS_MEMBER, is_cvat_coco, read_cvat_archive, read_cvat_coco
 from taudis.labeling.cvat_xml import is_cvat_xml, read_cvat_xml
 from taudis.labeling.labelstudio import is_labelstudio_coco, read_labelstudio_coco, read_labelstudio_json
 from taudis.labeling.toollabels import ToolLabels, unreadable
@@ -105,4 +107,30 @@ def _read_zip(data: bytes, uri: str) -> ToolLabels:
         return _brush_to_coco(uri)
     if CVAT_XML_MEMBER in names:
         return read_cvat_xml(zipfile.ZipFile(io.BytesIO(data)).read(CVAT_XML_MEMBER), uri)
+    if not any(ANNOTATIONS_MEMBER.match(name) for name in names):
+        return unreadable(uri, "coco", _unread_archive(names))
     return read_cvat_archive(data, uri)
+
+
+# Archives of exports that hold masks but not as taudis reads them, told by their members.
+UNREAD_ARCHIVES = (
+    (("SegmentationObject/", "SegmentationClass/"), "CVAT's 'Segmentation mask 1.1' export (Pascal VOC masks)"),
+    (("labels/", "obj_train_data/"), "a YOLO export"),
+)
+
+
+def _unread_archive(names: set[str]) -> str:
+    """Why a zip holds no export taudis reads, naming what it looks like and what to export instead."""
+    instead = (
+        "export JSON from Label Studio (taudis labelstudio pull does), or 'COCO 1.0' or 'CVAT for images 1.1' from CVAT"
+    )
+    for prefixes, what in UNREAD_ARCHIVES:
+        if any(name.startswith(prefixes) for name in names):
+            return f"{what} is not read: {instead}"
+    if any(name.lower().endswith(".png") and "-tag-" in name for name in names):
+        return f"Label Studio's PNG export (one mask image per region, no image names) is not read: {instead}"
+    listed = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"a zip with no export taudis reads (no result.json, annotations.xml or annotations/instances_*.json; "
+        f"it holds {listed or 'nothing'}): {instead}"
+    )
