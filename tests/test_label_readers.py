@@ -606,6 +606,12 @@ def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
         (tmp_path / "unread.zip").write_bytes(data)
         (problem,) = read_labels(str(tmp_path / "unread.zip")).problems
         assert what in problem.message and "'COCO 1.0'" in problem.message, what
+    labelme = {"shapes": [{"label": "car", "points": [[1, 1], [5, 1], [5, 5]]}], "imagePath": "a.png"}
+    via = {"a.png12": {"filename": "a.png", "size": 12, "regions": []}}
+    for what, doc in (("LabelMe", labelme), ("VIA", via), ("VIA", {"_via_img_metadata": via, "_via_settings": {}})):
+        (problem,) = read_document(doc, "other.json").problems
+        assert what in problem.message and "convert it to COCO" in problem.message
+    assert read_document({"_via_img_metadata": 3}, "x.json").problems[0].field == "images", "read as COCO"
     minimal = [{"id": 1, "image": "/data/local-files/?d=a.png", "label": [], "annotation_id": 3}]
     assert "JSON_MIN" in read_document(minimal, "min.json").problems[0].message
     assert read_document([], "empty.json").format == "labelstudio-json"

@@ -16,7 +16,8 @@ Refused with one problem each, since they lose what ingest needs: Label Studio's
 (no task data), and its BRUSH_TO_COCO export (it turns a brush region into one polygon per part,
 without holes, and leaves out images labelled empty). A zip of none of the exports above gives one
 problem that names what it looks like (CVAT's Segmentation mask 1.1, a YOLO export, Label Studio's
-PNG masks) and what to export instead. What comes back is described in
+PNG masks) and what to export instead, and so does a JSON file of LabelMe or the VGG Image
+Annotator. What comes back is described in
 ``taudis.labeling.toollabels``.
 """
 
@@ -80,7 +81,23 @@ def read_document(doc: Any, uri: str) -> ToolLabels:
         return _brush_to_coco(uri)
     if is_cvat_coco(doc):
         return read_cvat_coco(doc, uri)
+    other = _other_tool(doc)
+    if other is not None:
+        return unreadable(uri, "coco", f"{other}, not an export taudis reads: convert it to COCO instances first")
     return read_coco(doc, uri)
+
+
+def _other_tool(doc: Any) -> str | None:
+    """What a JSON document that is no COCO file looks like, when another tool's format tells (else None)."""
+    if not isinstance(doc, dict) or "images" in doc:
+        return None
+    if "shapes" in doc and "imagePath" in doc:
+        return "a LabelMe file (one image's shapes)"
+    metadata = doc.get("_via_img_metadata", doc)  # a VIA 2 project file, or its bare export
+    images = metadata.values() if isinstance(metadata, dict) else ()
+    if images and all(isinstance(v, dict) and "filename" in v and "regions" in v for v in images):
+        return "a VGG Image Annotator (VIA) export"
+    return None
 
 
 def _brush_to_coco(uri: str) -> ToolLabels:
