@@ -17,11 +17,11 @@ from taudis.data.coco import (
     CocoFormatError,
     check_image_files,
     class_names,
+    image_file_warnings,
     load_coco,
     subset_coco,
     to_detectron2_dicts,
     unlabelled_categories,
-    unverifiable_orientations,
     validate_coco,
     write_coco,
 )
@@ -252,13 +252,30 @@ def test_an_orientation_that_keeps_the_size_is_warned_of(tmp_path: Path) -> None
         images.append(save(name, height, width, orientation))
     data = {"images": images, "categories": []}
     assert check_image_files(data, str(tmp_path)) == [], "every size is the turned one: valid"
-    warning = unverifiable_orientations(data, str(tmp_path), shown=2)
-    assert warning is not None and warning.startswith("3 image(s)")
+    (warning,) = image_file_warnings(data, str(tmp_path), shown=2)
+    assert warning.startswith("3 image(s)") and "EXIF orientation that keeps their size" in warning
     assert "image id 4" in warning and "orientation 3, turned 180 degrees" in warning
     assert "image id 5" in warning and "and 1 more" in warning and "image id 3 " not in warning
-    assert unverifiable_orientations({"images": images[:3], "categories": []}, str(tmp_path)) is None
+    assert image_file_warnings({"images": images[:3], "categories": []}, str(tmp_path)) == []
     missing = {"images": [{"id": 9, "file_name": "gone.jpg", "height": 1, "width": 1}], "categories": []}
-    assert unverifiable_orientations(missing, str(tmp_path)) is None, "a missing file is check_image_files' problem"
+    assert image_file_warnings(missing, str(tmp_path)) == [], "a missing file is check_image_files' problem"
+
+
+def test_a_stack_of_frames_is_warned_of(tmp_path: Path) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((8, 8), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "one.tif")
+    data = {
+        "images": [
+            {"id": 1, "file_name": "stack.tif", "height": 8, "width": 8},
+            {"id": 2, "file_name": "one.tif", "height": 8, "width": 8},
+        ],
+        "categories": [],
+    }
+    (warning,) = image_file_warnings(data, str(tmp_path))
+    assert warning.startswith("1 image(s) (image id 1") and "3 frames" in warning and "first frame only" in warning
 
 
 def test_a_category_no_label_uses_is_warned_of_in_a_labelled_file() -> None:

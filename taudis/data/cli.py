@@ -16,9 +16,9 @@ from typing import Any
 from taudis.data.coco import (
     CocoFormatError,
     check_image_files,
+    image_file_warnings,
     load_coco,
     unlabelled_categories,
-    unverifiable_orientations,
 )
 from taudis.data.synth import SynthConfig, make_synthetic_dataset
 
@@ -142,9 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _warnings(data: dict[str, Any], image_root: str | None) -> list[str]:
-    """What is valid but likely wrong: unused categories, orientations the sizes cannot confirm."""
-    orientation = unverifiable_orientations(data, image_root) if image_root else None
-    return unlabelled_categories(data) + ([orientation] if orientation else [])
+    """What is valid but likely wrong: unused categories, image files that may not be read as labelled."""
+    return unlabelled_categories(data) + (image_file_warnings(data, image_root) if image_root else [])
 
 
 def _fit(data: dict[str, Any], config: str, train_opts: str) -> dict[str, Any] | None:

@@ -255,40 +255,56 @@ _ORIENTATIONS = {
 }
 
 
-def unverifiable_orientations(data: dict[str, Any], image_root: str, *, shown: int = 3) -> str | None:
-    """A warning for images whose EXIF orientation turns or mirrors them without changing their size.
+def image_file_warnings(data: dict[str, Any], image_root: str, *, shown: int = 3) -> list[str]:
+    """Warnings for image files that are valid but may not be read as their labels mean.
 
-    taudis reads every image turned by its EXIF orientation, as detectron2 does and as browsers (so
-    Label Studio and CVAT) show it. Where the turn swaps the sides, :func:`check_image_files` catches
-    masks drawn on the stored pixels by the size; a 180-degree turn, a mirror, or any turn of a
-    square image keeps the size, so nothing but a look can tell which pixels the masks belong to.
+    - An EXIF orientation that turns or mirrors the image without changing its size. taudis reads
+      every image turned by its orientation, as detectron2 does and as browsers (so Label Studio
+      and CVAT) show it. Where the turn swaps the sides, :func:`check_image_files` catches masks
+      drawn on the stored pixels by the size; a 180-degree turn, a mirror, or any turn of a square
+      image keeps the size, so nothing but a look can tell which pixels the masks belong to.
+    - A file of several frames (a TIFF stack, an animation): the model reads the first one only.
 
     Returns:
-        One message naming how many such images there are and the first ``shown`` of them, or None.
+        One message per kind, naming how many images it concerns and the first ``shown`` of them.
     """
     from taudis.model.images import open_image
 
-    found = []
+    turned, stacked = [], []
     for image in data["images"]:
         path = os.path.join(image_root, image["file_name"])
         try:
             with open_image(path) as opened:  # the header only: no pixels are decoded
                 orientation = opened.getexif().get(0x0112, 1)
                 square = opened.width == opened.height
+                # A camera's MPO JPEG holds the photo first and previews after it: one image.
+                frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
         except Exception:  # unreadable files are check_image_files' problems
             continue
+        where = f"image id {image['id']} ({path})"
         if orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and square):
-            turn = _ORIENTATIONS[orientation]
-            found.append(f"image id {image['id']} ({path}): EXIF orientation {orientation}, {turn}")
-    if not found:
-        return None
+            turned.append(f"{where}: EXIF orientation {orientation}, {_ORIENTATIONS[orientation]}")
+        if frames > 1:
+            stacked.append(f"{where}: {frames} frames")
+    warnings = []
+    if turned:
+        warnings.append(
+            f"{_some(turned, shown)} carry an EXIF orientation that keeps their size: taudis trains on them turned, "
+            "as detectron2 reads them and as browsers show them, and their size cannot tell whether the masks were "
+            "drawn on the turned image or on the stored pixels; open one with its masks to check (a converter that "
+            "ignored EXIF drew them on the stored pixels: then strip the tag)"
+        )
+    if stacked:
+        warnings.append(
+            f"{_some(stacked, shown)} hold several frames: the model reads the first frame only (for channels "
+            "stored as frames, write one image of them)"
+        )
+    return warnings
+
+
+def _some(found: list[str], shown: int) -> str:
     more = f" and {len(found) - shown} more" if len(found) > shown else ""
-    return (
-        f"{len(found)} image(s) carry an EXIF orientation that keeps their size ({'; '.join(found[:shown])}{more}): "
-        "taudis trains on them turned, as detectron2 reads them and as browsers show them, and their size "
-        "cannot tell whether the masks were drawn on the turned image or on the stored pixels; open one with its "
-        "masks to check (a converter that ignored EXIF drew them on the stored pixels: then strip the tag)"
-    )
+    return f"{len(found)} image(s) ({'; '.join(found[:shown])}{more})"
 
 
 def unlabelled_categories(data: dict[str, Any]) -> list[str]:
