@@ -5,7 +5,8 @@ against the real one in tests/test_labelstudio.py): projects (list with a ``titl
 matches substrings, create, get, patch), tasks (paged ``{"total", "tasks"}``, 404 past the last
 page), import, the JSON export, and annotations. Faults: ``fail(method, path, *statuses)`` answers
 the next matching requests with those statuses; ``lose_import_answers`` applies an import and
-then answers 502, as a proxy that drops the reply would.
+then answers 502, as a proxy that drops the reply would; ``expire_access()`` revokes the access
+tokens issued for ``PERSONAL_TOKEN`` at ``/api/token/refresh/``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "fake-token"
+PERSONAL_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.ZmFrZS1zaWduYXR1cmU"  # a JWT's shape
 
 
 class FakeLabelStudio:
@@ -25,6 +27,8 @@ class FakeLabelStudio:
         self.tasks: dict[int, dict[str, Any]] = {}
         self.faults: list[tuple[str, str, int]] = []
         self.lose_import_answers = 0
+        self.access_tokens: set[str] = set()  # issued for PERSONAL_TOKEN; expire_access() revokes them
+        self.refreshes = 0
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         fake = self
@@ -72,6 +76,18 @@ class FakeLabelStudio:
         self.server.shutdown()
         self.server.server_close()
 
+    def expire_access(self) -> None:
+        """Every access token issued so far stops working, as they do after minutes."""
+        self.access_tokens.clear()
+
+    def _refresh(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or body.get("refresh") != PERSONAL_TOKEN:
+            return 401, {"detail": "Token is invalid", "code": "token_not_valid"}
+        self.refreshes += 1
+        access = f"access-{self.refreshes}"
+        self.access_tokens.add(access)
+        return 200, {"access": access}
+
     def fail(self, method: str, path: str, *statuses: int) -> None:
         self.faults += [(method, path, status) for status in statuses]
 
@@ -81,12 +97,14 @@ class FakeLabelStudio:
         parts = urlsplit(raw_path)
         path, query = parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
         self.requests.append((method, path))
-        if auth != f"Token {TOKEN}":
-            return 401, {"detail": "Authentication credentials were not provided."}
         for k, (m, p, status) in enumerate(self.faults):
             if m == method and path.startswith(p):
                 del self.faults[k]
                 return status, {"detail": "injected"}
+        if (method, path) == ("POST", "/api/token/refresh/"):
+            return self._refresh(body)
+        if auth != f"Token {TOKEN}" and not (auth and auth.removeprefix("Bearer ") in self.access_tokens):
+            return 401, {"detail": "Authentication credentials were not provided."}
         route = path.rstrip("/").split("/")[2:]  # after /api
         if route == ["projects"]:
             return self._projects(method, query, body)

@@ -38,7 +38,7 @@ from taudis.campaign.ingest import PoolIndex, resolve
 from taudis.data.masks import encode_rle
 from taudis.labeling import ToolLabels, read_labels
 from taudis.labeling.labelstudio import label_config
-from taudis.labeling.labelstudio_sync import Client, pull, push
+from taudis.labeling.labelstudio_sync import Client, LabelStudioError, is_personal_token, pull, push
 from tests import labelstudio_server, tool_venv
 from tests.labeling_round import CHOSEN, IMAGES_PATH, Round, iou, make_round
 
@@ -348,6 +348,22 @@ def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(cl
     coco = read_labels(str(coco_file))
     resolved = resolve(coco, PoolIndex.of(pool))
     assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
+
+
+def test_a_personal_access_token_works_as_the_legacy_token_does(client: Client, tmp_path: Path) -> None:
+    """Label Studio 1.23's default kind of token (a JWT refresh token): push and pull with it alone."""
+    personal = client.json("POST", "/api/token/", retry=False)["token"]  # what Account & Settings creates
+    assert is_personal_token(personal) and not is_personal_token(client.token)
+    with_personal = Client(client.url, personal)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "tasks.json").write_text(json.dumps([{"data": {"image": "/data/x.png", "image_id": 1}}]))
+    (folder / "label_config.xml").write_text(label_config(["car"]))
+    summary = push(with_personal, str(folder), title="personal token", create=True)
+    assert summary["imported"] == 1 and with_personal.session.headers["Authorization"].startswith("Bearer ")
+    assert pull(with_personal, summary["project"], str(tmp_path / "incoming"))["exported"] == 0
+    with pytest.raises(LabelStudioError, match="refused the personal access token"):
+        Client(client.url, personal[:-4] + "AAAA").project(summary["project"])  # a forged signature
 
 
 BITMASK_CONFIG = """<View>

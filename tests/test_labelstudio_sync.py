@@ -12,7 +12,7 @@ import pytest
 from taudis import storage
 from taudis.labeling.labelstudio import label_config
 from taudis.labeling.labelstudio_sync import Client, LabelStudioError, TransientError, main, pull, push
-from tests.fake_labelstudio import TOKEN, FakeLabelStudio
+from tests.fake_labelstudio import PERSONAL_TOKEN, TOKEN, FakeLabelStudio
 
 CONFIG = label_config(["house", "car"])
 
@@ -87,6 +87,22 @@ def test_push_refuses_what_does_not_fit(fake: FakeLabelStudio, client: Client, t
         push(client, folder, project_id=9)
     with pytest.raises(LabelStudioError, match="HTTP 401"):
         Client(fake.url, "wrong").project(1)
+
+
+def test_a_personal_access_token_is_traded_for_access_tokens_as_they_expire(
+    fake: FakeLabelStudio, tmp_path: Path
+) -> None:
+    client = Client(fake.url, f" {PERSONAL_TOKEN}\n", backoff=0.01)  # pasted with blanks around it
+    folder = _tasks_folder(str(tmp_path), [1, 2])
+    assert push(client, folder, title="t", create=True)["imported"] == 2
+    assert fake.refreshes == 1, "one access token serves every request while it lasts"
+    fake.expire_access()
+    fake.fail("POST", "/api/token/refresh/", 503)  # the refresh is retried like any safe request
+    assert push(client, folder, title="t")["already"] == 2
+    assert fake.refreshes == 2 and ("POST", "/api/token/refresh/") not in [(m, p) for m, p, _ in fake.faults]
+    with pytest.raises(LabelStudioError, match="refused the personal access token"):
+        Client(fake.url, PERSONAL_TOKEN.replace("e", "f", 1), backoff=0.01).project(1)
+    assert not Client(fake.url, TOKEN).personal, "a legacy token is sent as it is"
 
 
 def _annotate(fake: FakeLabelStudio, task_id: int, **annotation: Any) -> None:

@@ -1,7 +1,7 @@
 """`taudis labelstudio`: push a round's tasks into a Label Studio project, pull its finished labels back.
 
-Talks to a running Label Studio (1.x) through its REST API with an API token (``Authorization:
-Token <token>``; the legacy token of Account & Settings, or ``--user-token`` at start). The URL and
+Talks to a running Label Studio (1.x) through its REST API with either kind of its tokens (see
+:class:`Client`): a personal access token, or a legacy token (``--user-token`` at start). The URL and
 token come from ``--url`` / ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (never put a token on
 a command line others can read). Transient HTTP failures (connection errors, 429, 5xx) are retried
 with backoff.
@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -46,8 +47,15 @@ TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 6
 BACKOFF = 0.5  # seconds, doubled per attempt: 0.5 + 1 + 2 + 4 + 8 s at most
 TIMEOUT = 120.0
+REFRESH_PATH = "/api/token/refresh/"
+JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 PAGE_SIZE = 500
 IMPORT_BATCH = 200
+
+
+def is_personal_token(token: str) -> bool:
+    """Whether ``token`` is a personal access token (a JWT: three dot-separated base64url parts)."""
+    return JWT.fullmatch(token) is not None
 
 
 class LabelStudioError(RuntimeError):
@@ -61,9 +69,15 @@ class TransientError(LabelStudioError):
 class Client:
     """A Label Studio REST API client with retries of transient failures.
 
+    Either kind of Label Studio token works. A personal access token (a JWT: what Account &
+    Settings offers in Label Studio 1.23, whose new organizations allow no other kind) is a
+    refresh token: the client trades it for an access token at ``/api/token/refresh/`` and again
+    whenever one is refused, since they live minutes and a pull can take longer. A legacy token
+    (40 hex digits) is sent as is (``Authorization: Token ...``).
+
     Args:
         url: the server, e.g. ``http://localhost:8080``.
-        token: the API token (legacy token).
+        token: the personal access token or the legacy token.
         attempts: tries per request on transient failures.
         backoff: the first pause between tries in seconds (doubled each time).
     """
@@ -71,7 +85,10 @@ class Client:
     def __init__(self, url: str, token: str, *, attempts: int = ATTEMPTS, backoff: float = BACKOFF):
         self.url = url.rstrip("/")
         self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.token = token.strip()
+        self.personal = is_personal_token(self.token)
+        if not self.personal:
+            self.session.headers["Authorization"] = f"Token {self.token}"
         self.attempts, self.backoff = attempts, backoff
 
     def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> requests.Response:
@@ -81,6 +98,18 @@ class Client:
             TransientError: still failing transiently after the last try (or at once, if not ``retry``).
             LabelStudioError: any other non-2xx answer, with Label Studio's message.
         """
+        if self.personal and "Authorization" not in self.session.headers:
+            self._refresh_access()
+        response = self._send(method, path, retry, kwargs)
+        if response.status_code == 401 and self.personal:  # the access token expired: a 401 did nothing
+            self._refresh_access()
+            response = self._send(method, path, retry, kwargs)
+        if not response.ok:
+            raise LabelStudioError(f"{method} {path}: HTTP {response.status_code} {response.text[:500]}")
+        return response
+
+    def _send(self, method: str, path: str, retry: bool, kwargs: dict[str, Any]) -> requests.Response:
+        """The first answer that is not transient (whatever its status), after retries."""
         kwargs.setdefault("timeout", TIMEOUT)
         for attempt in range(self.attempts if retry else 1):
             if attempt:
@@ -93,10 +122,20 @@ class Client:
             if response.status_code in TRANSIENT_STATUS:
                 failure = f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
                 continue
-            if not response.ok:
-                raise LabelStudioError(f"{method} {path}: HTTP {response.status_code} {response.text[:500]}")
             return response
         raise TransientError(f"{failure} (after {self.attempts if retry else 1} tries)")
+
+    def _refresh_access(self) -> None:
+        """Trade the personal access token for a fresh access token (retried like any safe request)."""
+        self.session.headers.pop("Authorization", None)  # a stale access token must not ride along
+        response = self._send("POST", REFRESH_PATH, True, {"json": {"refresh": self.token}})
+        access = response.json().get("access") if response.ok else None
+        if not isinstance(access, str):
+            raise LabelStudioError(
+                f"POST {REFRESH_PATH}: HTTP {response.status_code} {response.text[:300]}: Label Studio refused the "
+                "personal access token (revoked or expired?); create one in Account & Settings"
+            )
+        self.session.headers["Authorization"] = f"Bearer {access}"
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
