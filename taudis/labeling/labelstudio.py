@@ -428,7 +428,9 @@ def _task_annotations(
             problems.add(where, "type", f"a {kind} region has no mask: draw instances with the brush or polygons")
             continue
         if kind in UNLABELLED_REGION_TYPES:
-            problems.add(where, "type", f"a {kind} region has no category: use BrushLabels or PolygonLabels")
+            problems.add(
+                where, "type", f"a {kind} region has no category: use BrushLabels, BitmaskLabels or PolygonLabels"
+            )
             continue
         value = result.get("value")
         if kind not in MASK_TYPES:
@@ -539,8 +541,8 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
 
     File names are normalised with :func:`normalise_ref`. Label Studio writes polygons one
     annotation each (the parts of one instance come apart) and leaves brush and bitmask regions
-    out without a word: an image whose only regions were brush strokes comes out with no instance, or not at
-    all when Label Studio could not open it (a cloud URL). So an image without instances here
+    out without a word: an image whose only regions were brush strokes comes out with no
+    instance, or not at all when Label Studio could not open it (a cloud URL). So an image without instances here
     cannot be told from one whose masks were lost, and each is refused, as is a file of no image;
     the JSON export keeps both (taudis labelstudio pull reads it).
     """
