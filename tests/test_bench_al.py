@@ -444,3 +444,15 @@ def test_seeds_whose_campaigns_began_from_different_models_are_named() -> None:
     ]  # fmt: skip
     assert start_disagreements(curves, "d") == ["- seed 1: round-0 mask AP 12.4: taudis, uncertainty; 11.4: coreset"]
     assert start_disagreements([r for r in curves if r["seed"] == 0], "d") == []
+
+
+def test_a_resumed_campaigns_wall_time_counts_the_attempt_that_was_cut_short(tmp_path: Path) -> None:
+    import os
+
+    from bench.al_benchmark.campaign import start_attempt, wall_seconds
+
+    start_attempt(tmp_path, 1000.0)
+    (tmp_path / "log.txt").write_text("iter 300/700\n")
+    os.utime(tmp_path / "log.txt", (1600.0, 1600.0))  # the killed attempt's last sign of life
+    start_attempt(tmp_path, 5000.0)  # the machine came back later
+    assert wall_seconds(tmp_path, 5900.5) == (1500.5, 2), "600 s cut short, 900.5 s to finish; not the gap"

@@ -11,6 +11,7 @@ Layout of a campaign's folder::
     kfp-root/           kfp.local's artifacts: models, instance shards, selections
     pipeline-<n>.yaml   the compiled pipeline of each (re)start, n = selection rounds it ran
     log.txt             every step's output
+    attempts.json       when each (re)start began and ended: the campaign's wall time is their sum
     result.json         written last: the learning curve, diagnostics and timings
 """
 
@@ -55,7 +56,7 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
     campaign_uri = str(folder / "campaign")
     os.environ["TAUDIS_ROUND_LEASE"] = "0"
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    started = time.monotonic()
+    start_attempt(folder, time.time())
     exported, closed = progress(campaign_uri)
     if exported < spec.rounds or not closed:
         remaining = spec.rounds - exported
@@ -83,9 +84,33 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
         with open(folder / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             run_local(package, arguments, folder / "kfp-root")
     result = collect(spec, dataset, folder)
-    result["seconds"] = round(time.monotonic() - started, 1)
+    result["seconds"], result["attempts"] = wall_seconds(folder, time.time())
     done.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def start_attempt(folder: Path, now: float) -> None:
+    """Record that an attempt at the campaign starts at ``now`` (epoch seconds).
+
+    An earlier attempt without an end was cut short (a killed machine); it ended when its log was
+    last written, which is as close as anything left behind tells.
+    """
+    path = folder / "attempts.json"
+    attempts = json.loads(path.read_text()) if path.is_file() else []
+    if attempts and "ended" not in attempts[-1]:
+        log = folder / "log.txt"
+        attempts[-1]["ended"] = max(attempts[-1]["started"], log.stat().st_mtime if log.is_file() else 0.0)
+    attempts.append({"started": now})
+    path.write_text(json.dumps(attempts, indent=1) + "\n")
+
+
+def wall_seconds(folder: Path, now: float) -> tuple[float, int]:
+    """(wall seconds of every attempt together, the number of attempts), the last ending ``now``."""
+    path = folder / "attempts.json"
+    attempts = json.loads(path.read_text())
+    attempts[-1]["ended"] = now
+    path.write_text(json.dumps(attempts, indent=1) + "\n")
+    return round(sum(a["ended"] - a["started"] for a in attempts), 1), len(attempts)
 
 
 def _layer_opts(spec: Spec) -> str:
