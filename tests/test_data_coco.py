@@ -17,7 +17,7 @@ from taudis.data.coco import (
     CocoFormatError,
     check_image_files,
     class_names,
-    image_file_warnings,
+    inspect_image_files,
     load_coco,
     subset_coco,
     to_detectron2_dicts,
@@ -252,13 +252,14 @@ def test_an_orientation_that_keeps_the_size_is_warned_of(tmp_path: Path) -> None
         images.append(save(name, height, width, orientation))
     data = {"images": images, "categories": []}
     assert check_image_files(data, str(tmp_path)) == [], "every size is the turned one: valid"
-    (warning,) = image_file_warnings(data, str(tmp_path), shown=2)
+    (warning,) = inspect_image_files(data, str(tmp_path), shown=2).warnings
     assert warning.startswith("3 image(s)") and "EXIF orientation that keeps their size" in warning
     assert "image id 4" in warning and "orientation 3, turned 180 degrees" in warning
     assert "image id 5" in warning and "and 1 more" in warning and "image id 3 " not in warning
-    assert image_file_warnings({"images": images[:3], "categories": []}, str(tmp_path)) == []
+    assert inspect_image_files({"images": images[:3], "categories": []}, str(tmp_path)).warnings == []
     missing = {"images": [{"id": 9, "file_name": "gone.jpg", "height": 1, "width": 1}], "categories": []}
-    assert image_file_warnings(missing, str(tmp_path)) == [], "a missing file is check_image_files' problem"
+    check = inspect_image_files(missing, str(tmp_path))
+    assert check.warnings == [] and len(check.problems) == 1 and "image id 9" in check.problems[0], "one problem"
 
 
 def test_a_stack_of_frames_is_warned_of(tmp_path: Path) -> None:
@@ -274,7 +275,7 @@ def test_a_stack_of_frames_is_warned_of(tmp_path: Path) -> None:
         ],
         "categories": [],
     }
-    (warning,) = image_file_warnings(data, str(tmp_path))
+    (warning,) = inspect_image_files(data, str(tmp_path)).warnings
     assert warning.startswith("1 image(s) (image id 1") and "3 frames" in warning and "first frame only" in warning
 
 

@@ -248,7 +248,11 @@ def test_bitmask_regions_are_read_pixel_for_pixel() -> None:
     mask[8, 1] = True  # a second part
     other = np.zeros((12, 10), bool)
     other[6:10, 4:6] = True
-    labels = read_document([_task(1, [_bitmask("a", mask), _bitmask("b", other, "car"), _brush("c", mask)])], "t.json")
+    wrapped = _bitmask("b", other, "car")
+    url = wrapped["value"]["imageDataURL"]
+    head, data = url.split(",", 1)
+    wrapped["value"]["imageDataURL"] = head + "," + "\n".join(data[i : i + 76] for i in range(0, len(data), 76))
+    labels = read_document([_task(1, [_bitmask("a", mask), wrapped, _brush("c", mask)])], "t.json")
     assert labels.problems == ()
     assert (labels.images[0].height, labels.images[0].width) == (12, 10)
     assert [a.category for a in labels.annotations] == ["house", "car", "house"]
@@ -275,6 +279,7 @@ def test_bitmask_problems_and_regions_taudis_does_not_read_are_refused() -> None
             _brush("ok", mask),
             {"id": "ok", "type": "choices", "value": {"format": "rle", "rle": [1, 2], "choices": ["occluded"]}},
             {"id": "c1", "type": "choices", "value": {"choices": ["sunny"]}},
+            {"id": ["odd"], "type": "choices", "value": {"x": 3, "choices": ["occluded"]}},
         ]),
     ]  # fmt: skip
     labels = read_document(doc, "tasks.json")
@@ -287,6 +292,7 @@ def test_bitmask_problems_and_regions_taudis_does_not_read_are_refused() -> None
         ("result 'b5' (index 4)", "type"),
         ("result 'v1' (index 5)", "type"),
         ("result 'l1' (index 6)", "type"),
+        ("result ['odd'] (index 10)", "type"),  # an id of any JSON kind, named as it is
     ], "a per-region attribute of a read region and an image-level answer are no problem"
     messages = [p.message for p in labels.problems]
     assert "empty" in messages[0] and "12x12, the image 10x10" in messages[1] and "PNG" in messages[2]

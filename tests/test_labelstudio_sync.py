@@ -102,6 +102,10 @@ def test_a_personal_access_token_is_traded_for_access_tokens_as_they_expire(
     assert fake.refreshes == 2 and ("POST", "/api/token/refresh/") not in [(m, p) for m, p, _ in fake.faults]
     with pytest.raises(LabelStudioError, match="refused the personal access token"):
         Client(fake.url, PERSONAL_TOKEN.replace("e", "f", 1), backoff=0.01).project(1)
+    fake.expire_access()
+    fake.fail("POST", "/api/token/refresh/", 404)  # an older Label Studio, or a proxy's page
+    with pytest.raises(LabelStudioError, match="no access token in the answer"):
+        client.project(1)
     assert not Client(fake.url, TOKEN).personal, "a legacy token is sent as it is"
 
 

@@ -98,6 +98,22 @@ def test_training_resumes_after_an_interruption(dataset: Path, tmp_path: Path) -
     assert seen == [4, 5] and again["start_iter"] == 4
 
 
+def test_a_round_whose_previous_model_is_gone_trains_the_full_schedule_and_says_why(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taudis.campaign import steps
+
+    note = "not fine-tuned: round 0's model is gone"
+    monkeypatch.setattr(steps, "finetune_weights", lambda campaign, round_index: ("", note))
+    metrics = steps.train_round(
+        str(dataset / "annotations/train.json"), str(dataset / "images"), str(tmp_path / "model"),
+        config="mask_rcnn_R18_slim_cpu.yaml", opts=tiny_opts(4), campaign_uri=str(tmp_path / "c"), round_index=1,
+        finetune=True,
+    )  # fmt: skip
+    assert metrics["notes"] == [note] and metrics["iterations"] == 4, "the full schedule, not fine-tuning's half"
+    assert training_warnings(str(tmp_path / "model"))[-1] == note, "the round's metrics and reports show it"
+
+
 def test_fine_tuning_trains_its_own_schedule_from_the_given_weights(
     trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path
 ) -> None:

@@ -236,7 +236,7 @@ def test_fine_tuning_starts_from_the_latest_model_and_says_so_when_it_is_gone(
 
     storage.delete(storage.join(models[1], "model_final.pth"))  # the artifact store expired it
     weights, note = finetune_weights(campaign, 2)
-    assert weights == "" and "round 1's model" in note and "from scratch" in note
+    assert weights == "" and "round 1's model" in note and "full schedule" in note
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "metrics.json").write_text(json.dumps({"data_fit": {"problems": ["small objects"]}, "notes": [note]}))

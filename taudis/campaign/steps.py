@@ -228,8 +228,8 @@ def finetune_weights(campaign: Campaign, round_index: int) -> tuple[str, str]:
 
     The weights are the model of the latest round before it that recorded one. A campaign that runs
     for months outlives its artifact store's expiry rules: where that model is gone, the round
-    trains from the config's weights on the full schedule and says so, rather than failing every
-    week.
+    trains from the run's initial weights (from scratch when there are none) on the full schedule
+    and says so, rather than failing every week.
 
     Returns:
         (weights URI, "") to fine-tune from; ("", note) where the model is gone; ("", "") where no
@@ -248,7 +248,8 @@ def finetune_weights(campaign: Campaign, round_index: int) -> tuple[str, str]:
         return weights, ""
     note = (
         f"not fine-tuned: round {latest['round']}'s model {weights} is gone (an expiry rule on the pipeline "
-        "root?), so this round trained from scratch on the full schedule"
+        "root?), so this round trained on the full schedule from the run's initial weights (from scratch when "
+        "there are none)"
     )
     log.warning("%s", note)
     return "", note

@@ -15,8 +15,7 @@ from typing import Any
 
 from taudis.data.coco import (
     CocoFormatError,
-    check_image_files,
-    image_file_warnings,
+    inspect_image_files,
     load_coco,
     unlabelled_categories,
 )
@@ -122,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocoFormatError as err:
         print(f"taudis data check: {err}", file=sys.stderr)
         return 1
-    problems = check_image_files(data, args.images) if args.images else []
+    files = inspect_image_files(data, args.images) if args.images else None
+    problems = files.problems if files else []
     for problem in problems:
         print(f"taudis data check: {problem}", file=sys.stderr)
     summary = summarize(data)
-    summary["warnings"] = _warnings(data, args.images)
+    summary["warnings"] = unlabelled_categories(data) + (files.warnings if files else [])
     for warning in summary["warnings"]:
         print(f"taudis data check: warning: {warning}", file=sys.stderr)
     if args.config:
@@ -139,11 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"taudis data check: warning: {warning}", file=sys.stderr)
     print(json.dumps(summary, indent=1))
     return 1 if problems else 0
-
-
-def _warnings(data: dict[str, Any], image_root: str | None) -> list[str]:
-    """What is valid but likely wrong: unused categories, image files that may not be read as labelled."""
-    return unlabelled_categories(data) + (image_file_warnings(data, image_root) if image_root else [])
 
 
 def _fit(data: dict[str, Any], config: str, train_opts: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,16 +213,41 @@ def _check_box_mask(bbox: Any, seg: Any, image: dict[str, Any], source: str, rec
         raise CocoFormatError(source, problem, record=record, field="bbox")
 
 
+@dataclass(frozen=True)
+class ImageFileCheck:
+    """What one read of a dataset's image files found (see :func:`inspect_image_files`)."""
+
+    problems: list[str]  # the files are wrong: missing, unreadable, of another size than the COCO file's
+    warnings: list[str]  # valid, but maybe not read as their labels mean
+
+
 def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
     """Problems with a dataset's image files: missing, unreadable, or a size that differs from the COCO file.
 
     Returns:
         One message per problem, naming the image id and file (empty when all is well).
     """
+    return inspect_image_files(data, image_root).problems
+
+
+def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3) -> ImageFileCheck:
+    """Read every image file once (a ``gs://`` root downloads each once) and say what is wrong or suspect.
+
+    Problems: a file missing, unreadable, or of another size than the COCO file says, as training
+    reads it (after its EXIF orientation). Warnings, one per kind, naming how many images it
+    concerns and the first ``shown``:
+
+    - An EXIF orientation that turns or mirrors the image without changing its size. taudis reads
+      every image turned by its orientation, as detectron2 does and as browsers (so Label Studio
+      and CVAT) show it. Where the turn swaps the sides, masks drawn on the stored pixels show as
+      a size problem; a 180-degree turn, a mirror, or any turn of a square image keeps the size,
+      so nothing but a look can tell which pixels the masks belong to.
+    - A file of several frames (a TIFF stack, an animation): the model reads the first one only.
+    """
     # The model's own reader: its size limit, and the EXIF orientation that training applies.
     from taudis.model.images import displayed_size, open_image
 
-    problems = []
+    problems, turned, stacked = [], [], []
     folders: dict[str, dict[str, list[str]]] = {}  # folder -> NFC name -> its names there (listed once)
     for image in data["images"]:
         path = os.path.join(image_root, image["file_name"])
@@ -230,6 +256,9 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
             with open_image(path) as opened:
                 width, height = displayed_size(opened)
                 rotated = (width, height) != opened.size
+                orientation = opened.getexif().get(0x0112, 1)
+                # A camera's MPO JPEG holds the photo first and previews after it: one image.
+                frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
                 opened.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
             hint = "" if os.path.exists(path) else _other_form_hint(path, folders)
@@ -240,49 +269,7 @@ def check_image_files(data: dict[str, Any], image_root: str) -> list[str]:
                 f"{where}: the file is {width}x{height}{' after its EXIF rotation' if rotated else ''}, "
                 f"the COCO file says {image['width']}x{image['height']}"
             )
-    return problems
-
-
-# EXIF orientations (TIFF tag 274) and what each does to the stored pixels.
-_ORIENTATIONS = {
-    2: "mirrored left to right",
-    3: "turned 180 degrees",
-    4: "mirrored top to bottom",
-    5: "mirrored and turned 90 degrees",
-    6: "turned 90 degrees",
-    7: "mirrored and turned 270 degrees",
-    8: "turned 270 degrees",
-}
-
-
-def image_file_warnings(data: dict[str, Any], image_root: str, *, shown: int = 3) -> list[str]:
-    """Warnings for image files that are valid but may not be read as their labels mean.
-
-    - An EXIF orientation that turns or mirrors the image without changing its size. taudis reads
-      every image turned by its orientation, as detectron2 does and as browsers (so Label Studio
-      and CVAT) show it. Where the turn swaps the sides, :func:`check_image_files` catches masks
-      drawn on the stored pixels by the size; a 180-degree turn, a mirror, or any turn of a square
-      image keeps the size, so nothing but a look can tell which pixels the masks belong to.
-    - A file of several frames (a TIFF stack, an animation): the model reads the first one only.
-
-    Returns:
-        One message per kind, naming how many images it concerns and the first ``shown`` of them.
-    """
-    from taudis.model.images import open_image
-
-    turned, stacked = [], []
-    for image in data["images"]:
-        path = os.path.join(image_root, image["file_name"])
-        try:
-            with open_image(path) as opened:  # the header only: no pixels are decoded
-                orientation = opened.getexif().get(0x0112, 1)
-                square = opened.width == opened.height
-                # A camera's MPO JPEG holds the photo first and previews after it: one image.
-                frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
-        except Exception:  # unreadable files are check_image_files' problems
-            continue
-        where = f"image id {image['id']} ({path})"
-        if orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and square):
+        elif orientation in (2, 3, 4) or (orientation in (5, 6, 7, 8) and width == height):
             turned.append(f"{where}: EXIF orientation {orientation}, {_ORIENTATIONS[orientation]}")
         if frames > 1:
             stacked.append(f"{where}: {frames} frames")
@@ -299,12 +286,24 @@ def image_file_warnings(data: dict[str, Any], image_root: str, *, shown: int = 3
             f"{_some(stacked, shown)} hold several frames: the model reads the first frame only (for channels "
             "stored as frames, write one image of them)"
         )
-    return warnings
+    return ImageFileCheck(problems, warnings)
 
 
 def _some(found: list[str], shown: int) -> str:
     more = f" and {len(found) - shown} more" if len(found) > shown else ""
     return f"{len(found)} image(s) ({'; '.join(found[:shown])}{more})"
+
+
+# EXIF orientations (TIFF tag 274) and what each does to the stored pixels.
+_ORIENTATIONS = {
+    2: "mirrored left to right",
+    3: "turned 180 degrees",
+    4: "mirrored top to bottom",
+    5: "mirrored and turned 90 degrees",
+    6: "turned 90 degrees",
+    7: "mirrored and turned 270 degrees",
+    8: "turned 270 degrees",
+}
 
 
 def unlabelled_categories(data: dict[str, Any]) -> list[str]:

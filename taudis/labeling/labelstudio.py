@@ -357,7 +357,13 @@ def _brush_segmentation(value: Mapping[str, Any], height: int, width: int, where
 
 
 def _bitmask_segmentation(value: Mapping[str, Any], height: int, width: int, where: str, problems: Problems):
-    """A BitmaskLabels region: a PNG data URL over the whole image, the region where alpha > 0."""
+    """A BitmaskLabels region: a PNG data URL over the whole image, the region where alpha > 0.
+
+    Label Studio 1.23's frontend draws a region on a canvas of the image's natural size and exports
+    it black where drawn, transparent elsewhere (``getImageSnapshotCanvas`` in its bundle).
+    """
+    import taudis.model.images  # noqa: F401  PIL's size limit is the model reader's: a bitmask as big as its image
+
     url = value.get("imageDataURL")
     match = PNG_DATA_URL.match(url) if isinstance(url, str) else None
     if match is None:
@@ -365,11 +371,12 @@ def _bitmask_segmentation(value: Mapping[str, Any], height: int, width: int, whe
         problems.add(where, "value.imageDataURL", f"expected a data:image/png;base64 URL, got {got}")
         return None
     try:
-        with Image.open(io.BytesIO(base64.b64decode(match["data"], validate=True))) as png:
+        encoded = re.sub(r"\s+", "", match["data"])  # base64 may be wrapped across lines
+        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as png:
             png.load()
             size, has_alpha = png.size, "A" in png.getbands() or "transparency" in png.info
             alpha = np.asarray(png.convert("RGBA"))[:, :, 3] > 0 if has_alpha else None
-    except (binascii.Error, OSError, ValueError) as err:
+    except (binascii.Error, OSError, ValueError, Image.DecompressionBombError) as err:
         problems.add(where, "value.imageDataURL", f"not a readable PNG: {type(err).__name__}: {err}")
         return None
     if size != (width, height):
@@ -417,7 +424,7 @@ def _task_annotations(
     """One ToolAnnotation per brush or bitmask region, per polygon, or per exported polygon group, in
     result order."""
     found: dict[str, tuple[str, str, list[Any]]] = {}  # group key -> (record, category, segmentation parts)
-    read_ids = {r.get("id") for r in results if isinstance(r, dict) and r.get("type") in MASK_TYPES}
+    read_ids = {str(r.get("id")) for r in results if isinstance(r, dict) and r.get("type") in MASK_TYPES}
     for index, result in enumerate(results):
         where = f"{record}, result {result.get('id') if isinstance(result, dict) else None!r} (index {index})"
         if not isinstance(result, dict):
@@ -435,7 +442,7 @@ def _task_annotations(
         value = result.get("value")
         if kind not in MASK_TYPES:
             region = [k for k in REGION_KEYS if isinstance(value, dict) and k in value]
-            if region and result.get("id") not in read_ids:
+            if region and str(result.get("id")) not in read_ids:
                 problems.add(
                     where,
                     "type",

@@ -129,11 +129,20 @@ class Client:
         """Trade the personal access token for a fresh access token (retried like any safe request)."""
         self.session.headers.pop("Authorization", None)  # a stale access token must not ride along
         response = self._send("POST", REFRESH_PATH, True, {"json": {"refresh": self.token}})
-        access = response.json().get("access") if response.ok else None
+        answer = f"POST {REFRESH_PATH}: HTTP {response.status_code} {response.text[:300]}"
+        if response.status_code in (401, 403):
+            raise LabelStudioError(
+                f"{answer}: Label Studio refused the personal access token (revoked or expired?); create one in "
+                "Account & Settings"
+            )
+        try:
+            access = response.json().get("access") if response.ok else None
+        except (ValueError, AttributeError):  # not JSON, or not an object: not Label Studio's answer
+            access = None
         if not isinstance(access, str):
             raise LabelStudioError(
-                f"POST {REFRESH_PATH}: HTTP {response.status_code} {response.text[:300]}: Label Studio refused the "
-                "personal access token (revoked or expired?); create one in Account & Settings"
+                f"{answer}: no access token in the answer (is {self.url} a Label Studio with personal access "
+                "tokens?); a legacy token works with any version"
             )
         self.session.headers["Authorization"] = f"Bearer {access}"
 
