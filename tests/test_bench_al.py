@@ -453,6 +453,9 @@ def test_a_resumed_campaigns_wall_time_counts_the_attempt_that_was_cut_short(tmp
 
     start_attempt(tmp_path, 1000.0)
     (tmp_path / "log.txt").write_text("iter 300/700\n")
-    os.utime(tmp_path / "log.txt", (1600.0, 1600.0))  # the killed attempt's last sign of life
+    os.utime(tmp_path / "log.txt", (1400.0, 1400.0))  # its log, still buffered when it was killed
+    (tmp_path / "kfp-root").mkdir()
+    (tmp_path / "kfp-root" / "model_0000299.pth").write_bytes(b"")
+    os.utime(tmp_path / "kfp-root" / "model_0000299.pth", (1600.0, 1600.0))  # its last sign of life
     start_attempt(tmp_path, 5000.0)  # the machine came back later
     assert wall_seconds(tmp_path, 5900.5) == (1500.5, 2), "600 s cut short, 900.5 s to finish; not the gap"

@@ -92,16 +92,24 @@ def run_campaign(spec: Spec, dataset: Dataset, work: Path, threads: int) -> dict
 def start_attempt(folder: Path, now: float) -> None:
     """Record that an attempt at the campaign starts at ``now`` (epoch seconds).
 
-    An earlier attempt without an end was cut short (a killed machine); it ended when its log was
-    last written, which is as close as anything left behind tells.
+    An earlier attempt without an end was cut short (a killed machine); it ended when it last wrote
+    anything in the folder (its log, a checkpoint, a step's output), as close as what is left tells.
     """
     path = folder / "attempts.json"
     attempts = json.loads(path.read_text()) if path.is_file() else []
     if attempts and "ended" not in attempts[-1]:
-        log = folder / "log.txt"
-        attempts[-1]["ended"] = max(attempts[-1]["started"], log.stat().st_mtime if log.is_file() else 0.0)
+        attempts[-1]["ended"] = max([attempts[-1]["started"], *_write_times(folder, skip=path)])
     attempts.append({"started": now})
     path.write_text(json.dumps(attempts, indent=1) + "\n")
+
+
+def _write_times(folder: Path, *, skip: Path) -> list[float]:
+    return [
+        os.stat(os.path.join(root, name)).st_mtime
+        for root, _, names in os.walk(folder)
+        for name in names
+        if os.path.join(root, name) != str(skip)
+    ]
 
 
 def wall_seconds(folder: Path, now: float) -> tuple[float, int]:
