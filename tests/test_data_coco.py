@@ -301,6 +301,23 @@ def test_a_file_named_in_another_unicode_form_is_found_and_named(tmp_path: Path)
     assert "image id 1" in problem and "another Unicode form" in problem and repr(decomposed) in problem
 
 
+def test_a_file_named_by_a_windows_path_gets_the_path_to_write(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "site").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "site" / "a.png")
+    data = {
+        "images": [
+            {"id": 1, "file_name": "site\\a.png", "height": 4, "width": 4},
+            {"id": 2, "file_name": "D:\\data\\site\\a.png", "height": 4, "width": 4},
+        ],
+        "categories": [],
+    }
+    relative, absolute = check_image_files(data, str(tmp_path))
+    assert "image id 1" in relative and "Windows separators: write 'site/a.png'" in relative
+    assert "image id 2" in absolute and "absolute Windows path" in absolute
+
+
 def test_file_names_in_two_unicode_forms_are_one_file() -> None:
     data = _valid()
     data["images"][0]["file_name"] = unicodedata.normalize("NFC", "é.png")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -261,7 +262,7 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
                 frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
                 opened.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
-            hint = "" if os.path.exists(path) else _other_form_hint(path, folders)
+            hint = "" if os.path.exists(path) else _missing_hint(image["file_name"], path, folders)
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}{hint}")
             continue
         if (height, width) != (image["height"], image["width"]):
@@ -323,6 +324,18 @@ def unlabelled_categories(data: dict[str, Any]) -> list[str]:
         for c in data["categories"]
         if c["id"] not in used
     ]
+
+
+WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _missing_hint(file_name: str, path: str, folders: dict[str, dict[str, list[str]]]) -> str:
+    """Why a file_name may name no file: a Windows path, or the name in another Unicode form."""
+    if WINDOWS_DRIVE.match(file_name) or file_name.startswith("\\\\"):
+        return " (file_name is an absolute Windows path: write it relative to the image root, with /)"
+    if "\\" in file_name:
+        return f" (file_name uses Windows separators: write {file_name.replace(chr(92), '/')!r})"
+    return _other_form_hint(path, folders)
 
 
 def _other_form_hint(path: str, folders: dict[str, dict[str, list[str]]]) -> str:
