@@ -75,6 +75,19 @@ def test_training_warns_when_the_input_shrinks_the_objects_below_the_anchors(
     assert warning.startswith(str(dataset / "annotations/train.json")) and "try the config overrides" in warning
 
 
+def test_training_refuses_a_missing_image_before_its_first_iteration(dataset: Path, tmp_path: Path) -> None:
+    data = load_coco(dataset / "annotations/train.json")
+    data["images"][-1]["file_name"] = "gone.png"
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    seen: list[int] = []
+    with pytest.raises(FileNotFoundError, match=r"1 of its \d+ images are not under .*'.*gone\.png'"):
+        train_model(
+            str(tmp_path / "train.json"), str(dataset / "images"), str(tmp_path / "m"), opts=tiny_opts(4),
+            on_iteration=seen.append,
+        )  # fmt: skip
+    assert seen == [], "not one iteration spent"
+
+
 def test_training_resumes_after_an_interruption(dataset: Path, tmp_path: Path) -> None:
     class Interrupted(Exception):
         pass

@@ -140,6 +140,7 @@ def train_model(
     if not data["images"]:
         raise ValueError(f"{annotations}: no images to train on")
     dicts = to_detectron2_dicts(data, image_root)
+    _check_files_exist(dicts, annotations, image_root)
     cfg = load_config(config, opts)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(data["categories"])
     cfg.TAUDIS.CLASS_NAMES = class_names(data)
@@ -171,6 +172,17 @@ def train_model(
                 "TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO 0 to keep such a model"
             )
         log.warning("%s: training collapsed (seed %d): %s; training again from scratch", out, attempt_seed, reason)
+
+
+def _check_files_exist(dicts: list[dict[str, Any]], annotations: str, image_root: str) -> None:
+    """Fail before training, not at the iteration that first samples a missing image (maybe hours in)."""
+    local = [d["file_name"] for d in dicts if not str(d["file_name"]).startswith("gs://")]  # gs:// is read as it goes
+    missing = [name for name in local if not os.path.isfile(name)]
+    if missing:
+        raise FileNotFoundError(
+            f"{annotations}: {len(missing)} of its {len(dicts)} images are not under {image_root}, e.g. "
+            f"{missing[0]!r}; `taudis data check --annotations {annotations} --images {image_root}` lists them"
+        )
 
 
 def _train_attempt(
