@@ -155,10 +155,10 @@ def train_model(
     numerics.configure(int(cfg.TAUDIS.NUM_THREADS))
     check = cfg.TAUDIS.COLLAPSE
     collapsed: list[dict[str, Any]] = []
+    recorded = {"data_fit": fit.as_dict() if fit is not None else None, "notes": list(notes)}
     while True:
         attempt_seed = seed + RETRY_SEED_STEP * len(collapsed)
         cfg.SEED = attempt_seed
-        recorded = {"data_fit": fit.as_dict() if fit is not None else None, "notes": list(notes)}
         metrics = _train_attempt(cfg, dicts, out, resume, weights, on_iteration, collapsed, recorded)
         reason = None if weights else collapse_reason(metrics, float(check.MAX_CLS_LOSS_RATIO), int(check.MIN_ITERS))
         if reason is None:
