@@ -214,6 +214,18 @@ def _check_box_mask(bbox: Any, seg: Any, image: dict[str, Any], source: str, rec
         raise CocoFormatError(source, problem, record=record, field="bbox")
 
 
+# EXIF orientations (TIFF tag 274) and what each does to the stored pixels.
+_ORIENTATIONS = {
+    2: "mirrored left to right",
+    3: "turned 180 degrees",
+    4: "mirrored top to bottom",
+    5: "mirrored and turned 90 degrees",
+    6: "turned 90 degrees",
+    7: "mirrored and turned 270 degrees",
+    8: "turned 270 degrees",
+}
+
+
 @dataclass(frozen=True)
 class ImageFileCheck:
     """What one read of a dataset's image files found (see :func:`inspect_image_files`)."""
@@ -277,34 +289,22 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
     warnings = []
     if turned:
         warnings.append(
-            f"{_some(turned, shown)} carry an EXIF orientation that keeps their size: taudis trains on them turned, "
+            f"{_counted(turned, shown)} carry an EXIF orientation that keeps their size: taudis trains on them turned, "
             "as detectron2 reads them and as browsers show them, and their size cannot tell whether the masks were "
             "drawn on the turned image or on the stored pixels; open one with its masks to check (a converter that "
             "ignored EXIF drew them on the stored pixels: then strip the tag)"
         )
     if stacked:
         warnings.append(
-            f"{_some(stacked, shown)} hold several frames: the model reads the first frame only (for channels "
+            f"{_counted(stacked, shown)} hold several frames: the model reads the first frame only (for channels "
             "stored as frames, write one image of them)"
         )
     return ImageFileCheck(problems, warnings)
 
 
-def _some(found: list[str], shown: int) -> str:
+def _counted(found: list[str], shown: int) -> str:
     more = f" and {len(found) - shown} more" if len(found) > shown else ""
     return f"{len(found)} image(s) ({'; '.join(found[:shown])}{more})"
-
-
-# EXIF orientations (TIFF tag 274) and what each does to the stored pixels.
-_ORIENTATIONS = {
-    2: "mirrored left to right",
-    3: "turned 180 degrees",
-    4: "mirrored top to bottom",
-    5: "mirrored and turned 90 degrees",
-    6: "turned 90 degrees",
-    7: "mirrored and turned 270 degrees",
-    8: "turned 270 degrees",
-}
 
 
 def unlabelled_categories(data: dict[str, Any]) -> list[str]:
