@@ -133,6 +133,41 @@ def test_a_round_whose_staging_is_gone_rolls_back(data: dict[str, str], tmp_path
     assert check_campaign(campaign.uri) == []
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not a zip"])
+def test_a_damaged_staging_archive_rolls_back_like_a_missing_one(
+    data: dict[str, str], tmp_path: Path, damage: str
+) -> None:
+    campaign = Campaign(data["campaign"])
+    _claim(data, "run-a")
+    staging = rounds.stage_files(campaign, 0, "run-a", {"tasks/manifest.jsonl": b'{"image_id": 11}\n' * 200})
+    rounds.commit_selection(campaign, 0, "run-a", {"images": [{"image_id": 11}]}, staging)
+    whole = storage.read_bytes(campaign.file(staging))
+    storage.write_bytes(campaign.file(staging), whole[: len(whole) // 2] if damage == "truncated" else b"<html>")
+    assert _claim(data, "run-b") == 0  # not stuck: every later run would fail here
+    ledger = read_ledger(campaign.ledger)
+    assert 11 in ledger.unlabelled and not ledger.pending
+    assert check_campaign(campaign.uri) == []
+
+
+def test_a_round_rolled_back_and_claimed_again_by_the_same_run_commits_anew(
+    data: dict[str, str], tmp_path: Path
+) -> None:
+    """The campaign pipeline runs every round under one run id, so the run that rolls a round back
+    may be the one that chose it; its second commit must not be taken for a retry of the first."""
+    campaign = Campaign(data["campaign"])
+    _claim(data, "run-a")
+    rounds.record_evaluation(campaign, 0, "run-a", METRICS)
+    staging = rounds.stage_files(campaign, 0, "run-a", {"tasks/manifest.jsonl": b'{"image_id": 11}\n'})
+    rounds.commit_selection(campaign, 0, "run-a", {"images": [{"image_id": 11}]}, staging)
+    storage.delete(campaign.file(staging))
+    assert _claim(data, "run-a") == 0
+    rounds.record_evaluation(campaign, 0, "run-a", METRICS)
+    _commit(data, 0, "run-a", [12, 13], tmp_path)
+    ledger = read_ledger(campaign.ledger)
+    assert ledger.round(0)["state"] == "exported" and ledger.pending == {12, 13}
+    assert check_campaign(campaign.uri) == []
+
+
 def test_a_losers_staging_is_cleaned_and_never_published(
     data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

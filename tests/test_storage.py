@@ -134,3 +134,35 @@ def test_emulator_client_is_anonymous(gcs_bucket: str) -> None:
     client = storage.gcs_client()
     assert isinstance(client._credentials, AnonymousCredentials)
     assert client.project
+
+
+@pytest.mark.parametrize(("blip", "retried"), [("transport", True), ("refused", False)])
+def test_a_token_refresh_that_fails_on_the_way_is_retried_a_refused_one_is_not(
+    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch, blip: str, retried: bool
+) -> None:
+    """Workload identity's metadata server refuses connections in a pod's first seconds: google-auth
+    raises RefreshError(TransportError); a revoked credential raises a RefreshError of its own."""
+    import requests
+    from google.auth import exceptions as auth
+
+    uri = f"{gcs_bucket}/blip.json"
+    storage.write_bytes(uri, b"{}")
+    http = storage.gcs_client()._http
+    real, left = http.request, {"failures": 1}
+
+    def flaky(*args, **kwargs):
+        if left["failures"]:
+            left["failures"] -= 1
+            if blip == "transport":
+                raise auth.RefreshError(auth.TransportError(requests.exceptions.ConnectionError("connection refused")))
+            raise auth.RefreshError("invalid_grant: the account was deleted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(http, "request", flaky)
+    if retried:
+        assert storage.read_bytes(uri) == b"{}"
+        storage.write_bytes(uri, b"[]")
+        assert left["failures"] == 0
+    else:
+        with pytest.raises(Exception, match="invalid_grant"):
+            storage.read_bytes(uri)

@@ -3,6 +3,7 @@
 taudis campaign show gs://bucket/campaigns/streets
 taudis campaign check gs://bucket/campaigns/streets
 taudis campaign ingest gs://bucket/campaigns/streets --pool gs://bucket/pool.json
+taudis campaign release gs://bucket/campaigns/streets
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from taudis import storage
 from taudis.campaign.layout import Campaign
+from taudis.data.coco import CocoFormatError
 from taudis.data.labels import LabelValidationError
 from taudis.storage.ledger import LedgerError, read_ledger
 
@@ -47,11 +49,29 @@ def _check(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from taudis.campaign.ingest import ingest_incoming
+    from taudis.campaign.labels import known_file_names, labelled_dataset
+    from taudis.campaign.pool import check_pool_names, load_pool
 
-    outcomes = ingest_incoming(args.campaign, args.pool)
+    campaign = Campaign(args.campaign)
+    pool = load_pool(args.pool)
+    check_pool_names(pool, known_file_names(campaign), args.pool)
+    outcomes = ingest_incoming(args.campaign, pool)
     for outcome in outcomes:
         print(json.dumps(outcome.to_json()))
+    storage.write_json(campaign.labelled, labelled_dataset(campaign))  # the view a round's ingest writes too
     return 1 if any(o.status in ("rejected", "conflict") for o in outcomes) else 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from taudis.campaign.rounds import release_claim
+
+    released = release_claim(Campaign(args.campaign))
+    if released is None:
+        print(f"{args.campaign}: no round is claimed; nothing to release")
+    else:
+        run = released.get("run")
+        print(f"{args.campaign}: round {released['round']} released from run {run!r}; the next run takes it over")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,9 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ingest.add_argument("campaign")
     ingest.add_argument("--pool", required=True, help="the pool's COCO JSON")
     ingest.set_defaults(run=_ingest)
+    release = commands.add_parser(
+        "release",
+        help="end the claim of a run known to be dead, so that the next run takes its round over now "
+        "(a live run so released is fenced off)",
+    )
+    release.add_argument("campaign")
+    release.set_defaults(run=_release)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args))
-    except (LedgerError, LabelValidationError, storage.StorageError) as err:
+    except (LedgerError, LabelValidationError, CocoFormatError, storage.StorageError) as err:
         print(f"taudis campaign: {err}", file=sys.stderr)
         return 1

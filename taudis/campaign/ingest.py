@@ -262,6 +262,55 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
         )
 
 
+# ------------------------------------------------------------------------------------ the seed
+
+
+def seed_in_pool_terms(seed: Mapping[str, Any], pool: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The initial labelled set (validated COCO) in the pool's ids and category ids.
+
+    The seed is matched as an annotators' file is: images by file name, categories by name, so a
+    seed that numbers either its own way (a tool's export, a file renumbered 0..N-1) labels the
+    right pool images with the right classes. A seed image the pool file does not list joins the
+    campaign under its own id, unless that id is another pool image's.
+
+    Raises:
+        taudis.data.coco.CocoFormatError: naming the seed file, the record and the field.
+    """
+    from taudis.data.coco import CocoFormatError
+
+    index = PoolIndex.of(pool)
+    category_of = {}
+    for cat in seed["categories"]:
+        if str(cat["name"]) not in index.categories:
+            message = _unknown_category(str(cat["name"]), index.categories) + " (categories match the pool's by name)"
+            raise CocoFormatError(source, message, record=f"category {cat['id']}", field="name")
+        category_of[int(cat["id"])] = index.categories[str(cat["name"])]
+    image_of: dict[int, int] = {}
+    images = []
+    for image in seed["images"]:
+        own, record = int(image["id"]), f"image {image['id']} ({image['file_name']!r})"
+        pool_id = index.by_name.get(_normal(image["file_name"]))
+        if pool_id is None and own in index.by_id:
+            other = index.by_id[own]["file_name"]
+            message = f"id {own} is pool image {other!r}, another file: give the pool's id, or the pool's file name"
+            raise CocoFormatError(source, message, record=record, field="id")
+        target = own if pool_id is None else pool_id
+        if target in image_of.values():
+            raise CocoFormatError(source, f"pool image {target} is listed twice", record=record, field="file_name")
+        known = index.by_id.get(target, image)
+        for key in ("height", "width"):
+            if int(image[key]) != int(known[key]):
+                message = f"{image[key]} here but {known[key]} in the pool file"
+                raise CocoFormatError(source, message, record=record, field=key)
+        image_of[own] = target
+        images.append({**dict(known), "id": target})
+    annotations = [
+        {**ann, "image_id": image_of[int(ann["image_id"])], "category_id": category_of[int(ann["category_id"])]}
+        for ann in seed.get("annotations", [])
+    ]
+    return {"images": images, "annotations": annotations, "categories": list(pool["categories"])}
+
+
 # ------------------------------------------------------------------------------------ one file
 
 
@@ -302,9 +351,13 @@ def ingest_file(
     data = storage.read_bytes(uri)
     op_id = f"{'correct' if correction else 'ingest'}:{hashlib.sha256(data).hexdigest()[:16]}"
     ledger = read_ledger(campaign.ledger)
-    landed = ledger.part(op_id)
+    landed = next((p for p in ledger.parts if _applies(p.op_id, op_id)), None)
     if landed is not None:  # ingested by an earlier attempt: only the move is left
         return _finish(campaign, uri, data, "ingested", images=sorted(landed.images))
+    if ledger.has_op(op_id):
+        # The same file again after its labels were replaced (a correction put back after a later
+        # one): an update under the old op id would be skipped as done, so this one gets its own.
+        op_id = f"{op_id}@{ledger.revision}"
     labels = read_labels(uri)
     resolved = resolve(labels, index)
     new, repeats, changed = _classify(campaign, ledger, resolved, index, labels.uri)
@@ -343,6 +396,12 @@ def ingest_file(
         campaign, uri, data, "ingested", images=sorted(new), repeats=repeats, replaced=sorted(changed),
         empty=empty, annotations=len(annotations),
     )  # fmt: skip
+
+
+def _applies(part_op: str, op_id: str) -> bool:
+    """Whether a current part is this file's own: its op id, or a re-application's ``<op id>@<revision>``
+    (a remainder left when another file replaced some of its images is ``...~<other op>``)."""
+    return part_op == op_id or (part_op.startswith(op_id + "@") and "~" not in part_op)
 
 
 CORRECTION_HINT = (
@@ -440,8 +499,17 @@ def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]
 
 
 def summarize(outcomes: Sequence[FileOutcome]) -> dict[str, list[Any]]:
-    """The round record's ``ingest`` facts: file names by status, and the labelled image count."""
-    summary: dict[str, list[Any]] = {"ingested": [], "repeat": [], "rejected": [], "conflict": []}
+    """The round record's ``ingest`` facts: file names by status, and under ``empty`` each file
+    that labelled images with no instance, with those images.
+
+    An image a file gives without annotations is labelled empty, for good: that is how a tool
+    exports "nothing here", and also how some export images nobody finished (CVAT's untouched
+    frames), which no file tells apart. The round's report names them so someone can look.
+    """
+    summary: dict[str, list[Any]] = {"ingested": [], "repeat": [], "rejected": [], "conflict": [], "empty": []}
     for outcome in outcomes:
         summary[outcome.status].append(outcome.file)
+        if outcome.empty:
+            shown = ", ".join(map(str, outcome.empty[:20])) + (", ..." if len(outcome.empty) > 20 else "")
+            summary["empty"].append(f"{outcome.file} (images {shown})")
     return summary

@@ -148,7 +148,11 @@ def read_part(campaign: Campaign, part: LabelPart) -> dict[str, Any]:
     try:
         document = json.loads(storage.read_bytes(uri))
     except storage.NotFoundError as err:
-        raise LedgerError(campaign.ledger, f"label part {part.name} is missing", field="parts") from err
+        raise LedgerError(campaign.ledger, f"label part {part.name} is missing ({uri})", field="parts") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        # parts are written whole, once: a damaged one was changed by hand or by a bucket tool
+        message = f"label part {part.name} ({uri}) is not the JSON taudis wrote ({err}): restore it from a backup"
+        raise LedgerError(campaign.ledger, message, field="parts") from err
     images = {int(im["id"]) for im in document.get("images", [])}
     if images != set(part.images):
         raise LedgerError(campaign.ledger, f"label part {part.name} holds other images than listed", field="parts")
@@ -164,10 +168,12 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
     ledger = ledger or read_ledger(campaign.ledger)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    categories: list[dict[str, Any]] = []
+    # Every part carries the pool file's categories of its day; a category added to the pool
+    # file later is in the later parts only, so the dataset takes them all (the newest wins).
+    categories: dict[int, dict[str, Any]] = {}
     for part in ledger.parts:
         document = read_part(campaign, part)
-        categories = categories or list(document.get("categories", []))
+        categories.update((int(c["id"]), c) for c in document.get("categories", []))
         images += document["images"]
         for ann in document["annotations"]:
             annotations.append({**ann, "id": len(annotations) + 1})
@@ -180,8 +186,25 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": categories,
+        "categories": [categories[k] for k in sorted(categories)],
     }
+
+
+def known_file_names(campaign: Campaign, ledger: Ledger | None = None) -> dict[int, str]:
+    """Image id -> file name of every labelled image (from its label part) and pending image (from
+    its round's task manifest): the names the campaign has tied to ids."""
+    ledger = ledger or read_ledger(campaign.ledger)
+    known = {int(im["id"]): str(im["file_name"]) for im in labelled_dataset(campaign, ledger)["images"]}
+    waiting = set(ledger.pending)
+    for record in ledger.rounds:
+        if not waiting & set(record.get("images", [])) or record["state"] not in ("exported", "closed"):
+            continue
+        uri = storage.join(campaign.round_dir(record["round"]), "tasks", "manifest.jsonl")
+        for line in storage.read_text(uri).splitlines() if storage.exists(uri) else []:
+            row = json.loads(line) if line.strip() else {}
+            if int(row.get("image_id", -1)) in waiting and "file_name" in row:
+                known[int(row["image_id"])] = str(row["file_name"])
+    return known
 
 
 def annotations_by_image(document: Mapping[str, Any]) -> dict[int, list[tuple[int, str]]]:

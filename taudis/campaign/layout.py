@@ -6,7 +6,8 @@ A campaign lives under one URI (a local directory or gs://bucket/prefix)::
     <campaign>/labels/<op>.json            immutable label parts the ledger lists (COCO, pool ids)
     <campaign>/labelled.json               the labelled COCO dataset: a view of the parts, rewritten
                                            by every round's ingest step (read-only for people)
-    <campaign>/incoming/*.json|*.zip       annotators' exports waiting to be ingested
+    <campaign>/incoming/                   annotators' exports waiting to be ingested (any name,
+                                           subfolders too)
     <campaign>/incoming/corrections/       exports whose labels replace those already in (a fix
                                            after review, a re-labelled image)
     <campaign>/incoming/done/              files ingested (or repeating labels already there)
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 
 from taudis import storage
 
-INCOMING_SUFFIXES = (".json", ".zip")  # what annotators may drop into incoming/
+# Copies still being written (a browser's or sync tool's partial download, an editor's lock file,
+# a hidden file): left where they are for a later round, not quarantined while they grow.
+IN_PROGRESS = re.compile(r"^\.|~$|\.(part|partial|crdownload|download|tmp|gstmp|filepart)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -78,19 +81,31 @@ class Campaign:
         return f"staging/round-{round_index:03d}-{safe_name(run)}.zip"
 
     def incoming_files(self) -> list[str]:
-        """The annotators' files waiting in ``incoming/`` itself (not its subfolders), sorted."""
-        return _files_in(self.incoming)
+        """The annotators' files waiting under ``incoming/``, its subfolders included (a team's own
+        folder) but not done/, rejected/ or corrections/, sorted.
+
+        Every name counts, whatever its suffix: the readers tell the formats apart, and a file they
+        cannot read is quarantined with a report, so nothing dropped here is passed over unseen.
+        """
+        return _files_in(self.incoming, skip=(self.done, self.rejected, self.corrections))
 
     def correction_files(self) -> list[str]:
-        """The files waiting in ``incoming/corrections/`` (not its subfolders), sorted."""
-        return _files_in(self.corrections)
+        """The files waiting under ``incoming/corrections/`` (the same rules), sorted."""
+        return _files_in(self.corrections, skip=())
 
 
-def _files_in(folder: str) -> list[str]:
-    folder = folder.rstrip("/")
-    listed = storage.list_uris(folder + "/")
-    parent = folder if storage.is_gcs(folder) else str(storage.local_path(folder))
-    return [uri for uri in listed if uri.lower().endswith(INCOMING_SUFFIXES) and uri.rsplit("/", 1)[0] == parent]
+def _files_in(folder: str, skip: tuple[str, ...]) -> list[str]:
+    def local(uri: str) -> str:
+        return uri.rstrip("/") if storage.is_gcs(uri) else str(storage.local_path(uri))
+
+    parent, skipped = local(folder), [local(s) + "/" for s in skip]
+    found = []
+    for uri in storage.list_uris(folder.rstrip("/") + "/"):
+        if any(uri.startswith(s) for s in skipped) or IN_PROGRESS.search(uri.rsplit("/", 1)[-1]):
+            continue
+        if uri.startswith(parent + "/") and not uri.endswith("/"):
+            found.append(uri)
+    return sorted(found)
 
 
 def safe_name(text: str) -> str:

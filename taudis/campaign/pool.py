@@ -6,7 +6,11 @@ ledger's pool follows it at the start of every round, under compare-and-swap:
 - an image of the file that the ledger does not know joins the pool as unlabelled;
 - an unlabelled image that left the file leaves the pool (it can no longer be chosen);
 - labelled and pending images stay, whatever the file says: their labels (or the annotators'
-  work on them) are never thrown away.
+  work on them) are never thrown away;
+- an image's id never changes once the campaign knows it: a pool file that gives a labelled or
+  pending image's id to another file (a file regenerated and renumbered), or that file another
+  id, is refused before anything changes, since the ledger keeps ids and every later label,
+  task and training would then silently pair pixels with the wrong labels.
 """
 
 from __future__ import annotations
@@ -35,6 +39,37 @@ def load_pool(pool_annotations: str) -> dict[str, Any]:
     from taudis.data.coco import load_coco
 
     return load_coco(pool_annotations)
+
+
+def check_pool_names(pool: Mapping[str, Any], known: Mapping[int, str], source: str) -> None:
+    """Refuse a pool file that renumbered images the campaign knows (module docstring).
+
+    Args:
+        pool: the pool file, validated.
+        known: image id -> file name of every labelled and pending image (labels.known_file_names).
+        source: the pool file's URI, for the message.
+
+    Raises:
+        taudis.data.coco.CocoFormatError: naming the pool file, the first images and the fix.
+    """
+    from taudis.data.coco import CocoFormatError, normal_file_name
+
+    given = {int(im["id"]): normal_file_name(str(im["file_name"])) for im in pool["images"]}
+    id_of = {name: image_id for image_id, name in given.items()}
+    moved = []
+    for image_id, name in sorted(known.items()):
+        name = normal_file_name(name)
+        if image_id in given and given[image_id] != name:
+            moved.append(f"id {image_id} is {given[image_id]!r} here but the campaign's {name!r}")
+        elif id_of.get(name, image_id) != image_id:
+            moved.append(f"{name!r} is id {id_of[name]} here but id {image_id} in the campaign")
+    if moved:
+        message = (
+            f"{len(moved)} labelled or pending images have another id or file name than the campaign gave "
+            f"them: {'; '.join(moved[:5])}. The pool file was renumbered: keep every image's id once the "
+            "campaign knows it (new images take new ids), then run again; nothing was changed"
+        )
+        raise CocoFormatError(source, message, field="images")
 
 
 def pool_ids(pool: Mapping[str, Any]) -> frozenset[int]:

@@ -41,6 +41,7 @@ import logging
 import os
 import uuid
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,8 @@ def claim_round(campaign: Campaign, run: str) -> int:
                 raise RoundBusyError(
                     ledger.uri,
                     f"round {last['round']} is being run by {last.get('run')!r} (last heard from at {_stamp(heard)}; "
-                    f"{LEASE_ENV}={lease_seconds():.0f} s): this run stops without changing anything",
+                    f"{LEASE_ENV}={lease_seconds():.0f} s): this run stops without changing anything; if that "
+                    "run is dead, `taudis campaign release` lets the next run take the round over now",
                     field="rounds.state",
                 )
         if last is not None and last["state"] == "claimed" and last.get("run") == run:
@@ -163,6 +165,29 @@ def claim_round(campaign: Campaign, run: str) -> int:
     log.info("run %s claimed round %d of %s", run, claimed["round"], campaign.uri)
     clean_staging(campaign, claimed_ledger)  # a run taken over leaves its staging archive behind
     return claimed["round"]
+
+
+def release_claim(campaign: Campaign) -> dict[str, Any] | None:
+    """End the lease of the last round's claim now, so that the next run takes the round over.
+
+    For an operator who knows the claiming run is dead (a failed pipeline run holds its round
+    for the whole lease). If that run is alive after all, it is fenced off like any run taken over:
+    its later writes are refused. Returns the released record, or None when no round is claimed.
+    """
+    released: dict[str, Any] = {}
+
+    def apply(ledger: Ledger) -> Ledger:
+        last = max(ledger.rounds, key=lambda r: r["round"], default=None)
+        if last is None or last["state"] != "claimed":
+            return ledger
+        expired = _stamp(dt.datetime.fromtimestamp(0, dt.UTC))
+        released.update(last, heartbeat_at=expired, claimed_at=expired, released_at=_stamp(_now()))
+        return _replace_round(ledger, released)
+
+    update_ledger(campaign.ledger, f"release:{uuid.uuid4().hex}", apply, kind="release_claim")
+    if released:
+        log.info("released round %d of %s from run %s", released["round"], campaign.uri, released.get("run"))
+    return released or None
 
 
 def renew_claim(campaign: Campaign, round_index: int, run: str) -> None:
@@ -243,13 +268,20 @@ def stage_files(campaign: Campaign, round_index: int, run: str, files: Mapping[s
 
 
 def staged_files(campaign: Campaign, staging: str) -> dict[str, bytes] | None:
-    """A staging archive's files by name, or None if it is gone."""
+    """A staging archive's files by name, or None if it is gone or damaged."""
+    uri = campaign.file(staging)
     try:
-        data = storage.read_bytes(campaign.file(staging))
+        data = storage.read_bytes(uri)
     except storage.NotFoundError:
         return None
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        # Written whole, once: a damaged archive was cut or changed by something else. Holding the
+        # round for it would stop every later run, so it counts as gone and the round rolls back.
+        log.warning("staging archive %s is damaged (%s): treated as gone", uri, err)
+        return None
 
 
 def commit_selection(
@@ -261,8 +293,8 @@ def commit_selection(
 ) -> Ledger:
     """Record round r's chosen images as pending and point the round at its staged outputs.
 
-    Idempotent for its run: the op id is ``commit:<round>:<run>``, so a retry whose first attempt
-    landed returns the ledger that holds it.
+    Idempotent for its run's claim: the op id is ``commit:<round>:<run>:<claimed_at>``, so a retry
+    whose first attempt landed returns the ledger that holds it.
 
     Raises:
         RoundLostError: ``run`` does not own the claimed round.
@@ -294,7 +326,10 @@ def commit_selection(
         }
         return dataclasses.replace(_replace_round(ledger, record), pending=ledger.pending | set(chosen))
 
-    return update_ledger(campaign.ledger, f"commit:{round_index}:{run}", apply, kind="commit_selection")
+    # One op per claim: a round rolled back and claimed again by the same run (the campaign
+    # pipeline's one run id for all its rounds, a KFP retry of the run) commits anew.
+    claim = (read_ledger(campaign.ledger).round(round_index) or {}).get("claimed_at", "")
+    return update_ledger(campaign.ledger, f"commit:{round_index}:{run}:{claim}", apply, kind="commit_selection")
 
 
 def publish_round(campaign: Campaign, round_index: int) -> bool:

@@ -27,16 +27,16 @@ import math
 import os
 import shlex
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from taudis import storage
 from taudis.campaign import rounds
-from taudis.campaign.ingest import ingest_incoming, summarize
-from taudis.campaign.labels import labelled_dataset, part_document, reveal_oracle_labels, write_part
+from taudis.campaign.ingest import ingest_incoming, seed_in_pool_terms, summarize
+from taudis.campaign.labels import known_file_names, labelled_dataset, part_document, reveal_oracle_labels, write_part
 from taudis.campaign.layout import Campaign
-from taudis.campaign.pool import ensure_ledger, load_pool, sync_pool
+from taudis.campaign.pool import check_pool_names, ensure_ledger, load_pool, sync_pool
 from taudis.data.instances import InstanceTableError, list_shards
 from taudis.storage.ledger import LabelPart, read_ledger
 
@@ -114,20 +114,18 @@ def claim_round(campaign_uri: str, pool_annotations: str, labelled_annotations: 
     pool = load_pool(pool_annotations)
     seed = None
     if labelled_annotations and not storage.exists(campaign.ledger):
-        seed = seed_part(campaign, labelled_annotations)
+        seed = seed_part(campaign, labelled_annotations, pool)
     ensure_ledger(campaign, pool, seed)
     return rounds.claim_round(campaign, run_id)
 
 
-def seed_part(campaign: Campaign, labelled_annotations: str) -> LabelPart:
-    """The label part of a campaign's initial labelled set (a COCO file in pool ids), written once."""
+def seed_part(campaign: Campaign, labelled_annotations: str, pool: Mapping[str, Any]) -> LabelPart:
+    """The label part of a campaign's initial labelled set, in the pool's terms, written once."""
     from taudis.data.coco import load_coco
 
-    seed = load_coco(labelled_annotations)
+    seed = seed_in_pool_terms(load_coco(labelled_annotations), pool, labelled_annotations)
     op_id = "seed:" + os.path.basename(labelled_annotations)
-    document = part_document(
-        seed["images"], seed.get("annotations", []), seed["categories"], op_id=op_id, source="seed"
-    )
+    document = part_document(seed["images"], seed["annotations"], seed["categories"], op_id=op_id, source="seed")
     return write_part(campaign, document, op_id=op_id, source="seed")
 
 
@@ -160,6 +158,7 @@ def ingest_labels(
     campaign = Campaign(campaign_uri)
     rounds.renew_claim(campaign, round_index, run_id)
     pool = load_pool(pool_annotations)
+    check_pool_names(pool, known_file_names(campaign), pool_annotations)
     facts: dict[str, Any] = {"pool": sync_pool(campaign, pool)}
     if oracle:
         facts["oracle"] = reveal_oracle_labels(campaign, pool)
@@ -433,7 +432,8 @@ def commit_round(
     record = read_ledger(campaign.ledger).round(round_index) or {}
     if record.get("run") == run_id and record["state"] in ("selected", "exported"):
         # A retry whose first attempt committed: publishing is all that may be left.
-        rounds.publish_round(campaign, round_index)
+        if not rounds.publish_round(campaign, round_index):
+            raise storage.StorageError(f"round {round_index}: its staged outputs vanished before they were published")
         return dict(read_ledger(campaign.ledger).round(round_index) or {})
     rounds.renew_claim(campaign, round_index, run_id)  # fail early, before staging, if the round was lost
     selection = json.loads(Path(selection_path).read_text())

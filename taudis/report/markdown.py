@@ -52,6 +52,10 @@ INTAKE_LABELS = {
         "in conflict with labels already in (see incoming/rejected/; moved to incoming/corrections/, "
         "a file replaces them)"
     ),
+    "empty": (
+        "labelled with no instance (make sure these images were finished: an export of unfinished "
+        "images reads the same; a file in incoming/corrections/ relabels them)"
+    ),
 }
 
 

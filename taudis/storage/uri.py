@@ -156,7 +156,8 @@ def gcs_retry() -> Any:
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     timeout = float(os.environ.get(RETRY_TIMEOUT_ENV, DEFAULT_RETRY_TIMEOUT))
-    return DEFAULT_RETRY.with_timeout(timeout).with_delay(initial=0.1, maximum=5.0, multiplier=2.0)
+    policy = DEFAULT_RETRY.with_timeout(timeout).with_delay(initial=0.1, maximum=5.0, multiplier=2.0)
+    return policy.with_predicate(is_transient)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -169,10 +170,24 @@ def is_transient(exc: BaseException) -> bool:
         return is_transient(exc.__cause__)
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
+    if _auth_blip(exc):
+        return True
     try:
         return bool(_should_retry(exc))
     except Exception:  # a predicate that cannot classify the error means "not transient"
         return False
+
+
+def _auth_blip(exc: BaseException) -> bool:
+    """A token refresh that failed on the way, not on its answer: workload identity's metadata
+    server refuses connections in a pod's first seconds. A refused credential is not retried."""
+    from google.auth import exceptions as auth
+
+    if isinstance(exc, auth.TransportError):
+        return True
+    if isinstance(exc, auth.RefreshError):
+        return bool(getattr(exc, "retryable", False)) or any(isinstance(a, auth.TransportError) for a in exc.args)
+    return False
 
 
 def _blob(uri: str) -> Any:

@@ -1,0 +1,241 @@
+"""What a team hands a campaign over months: files in incoming/ of any name, a seed numbered its own
+way, a pool file that gains a category or is regenerated. None of it may mislabel an image."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from campaign_fixtures import SIZE, make_pool, selection_doc, square, subset, write_dataset
+
+from taudis import storage
+from taudis.campaign import rounds
+from taudis.campaign.ingest import ingest_incoming
+from taudis.campaign.invariants import check_campaign
+from taudis.campaign.labels import annotations_by_image, known_file_names, labelled_dataset
+from taudis.campaign.layout import Campaign
+from taudis.campaign.steps import claim_round, ingest_labels
+from taudis.data.coco import CocoFormatError
+from taudis.storage.ledger import read_ledger
+
+CVAT_XML = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <image id="0" name="img0005.png" width="{size}" height="{size}">
+    <polygon label="car" occluded="0" source="manual" points="1,1;6,1;6,6;1,6" z_order="0"></polygon>
+  </image>
+</annotations>
+"""
+
+
+def _exported(storage_root: str, seed: Any = None) -> tuple[Campaign, dict[str, str]]:
+    """A campaign whose round 0 chose images 5..12 (pending, tasks published with their file names)."""
+    uris = write_dataset(storage.join(storage_root, "data"))
+    if seed is not None:
+        storage.write_json(uris["seed"], seed)
+    campaign = Campaign(storage.join(storage_root, "c1"))
+    claim_round(campaign.uri, uris["pool"], uris["seed"], "run-a")
+    rounds.record_evaluation(campaign, 0, "run-a", {"labelled_images": 4, "mask_ap": 1.0, "box_ap": 1.0})
+    rows = "".join(json.dumps({"image_id": i, "file_name": f"img{i:04d}.png"}) + "\n" for i in range(5, 13))
+    staging = rounds.stage_files(campaign, 0, "run-a", {"tasks/manifest.jsonl": rows.encode()})
+    rounds.commit_selection(campaign, 0, "run-a", selection_doc(list(range(5, 13))), staging)
+    rounds.publish_round(campaign, 0)
+    return campaign, uris
+
+
+def _ingest_step(campaign: Campaign, pool_uri: str, tmp: Path, round_index: int = 1) -> dict[str, Any]:
+    claim_round(campaign.uri, pool_uri, "", "run-b")
+    return ingest_labels(
+        campaign.uri, pool_uri, round_index, "run-b", str(tmp / "l.json"), str(tmp / "u.json"), oracle=False
+    )
+
+
+# --------------------------------------------------------------------------------- incoming/
+
+
+def test_every_file_dropped_into_incoming_is_ingested_or_quarantined_whatever_its_name(storage_root: str) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    storage.write_text(storage.join(campaign.incoming, "annotations.xml"), CVAT_XML.format(size=SIZE))
+    storage.write_json(storage.join(campaign.incoming, "team-b", "batch6.json"), subset(pool, [6]))
+    storage.write_text(storage.join(campaign.incoming, "batch7.JSON.txt"), json.dumps(subset(pool, [7])))
+    storage.write_text(storage.join(campaign.incoming, "export.csv"), "image,label\nimg0008.png,car\n")
+    outcomes = {o.file: o for o in ingest_incoming(campaign.uri, uris["pool"])}
+    assert outcomes["annotations.xml"].status == "ingested" and outcomes["annotations.xml"].images == [5]
+    assert outcomes["batch6.json"].status == "ingested" and outcomes["batch6.json"].images == [6]
+    assert outcomes["batch7.JSON.txt"].status == "ingested"  # read by its content, not its suffix
+    assert outcomes["export.csv"].status == "rejected"
+    assert storage.exists(storage.join(campaign.rejected, "export.csv.report.json"))
+    assert campaign.incoming_files() == []
+    assert {5, 6, 7} <= read_ledger(campaign.ledger).labelled
+    assert check_campaign(campaign.uri) == []
+
+
+@pytest.mark.parametrize("name", ["batch.zip.part", "batch.json.crdownload", ".~lock.batch.json#", "batch.json~"])
+def test_a_copy_still_being_written_is_left_for_a_later_round(storage_root: str, name: str) -> None:
+    campaign, uris = _exported(storage_root)
+    storage.write_text(storage.join(campaign.incoming, name), "{")
+    assert ingest_incoming(campaign.uri, uris["pool"]) == []
+    assert storage.exists(storage.join(campaign.incoming, name))
+
+
+# ------------------------------------------------------------------------------------- the seed
+
+
+def _renumbered_seed(pool: dict[str, Any], image_ids: list[int]) -> dict[str, Any]:
+    """The pool's labels of ``image_ids`` as a tool exports them: images numbered 0..N-1 and the
+    categories numbered its own way (Label Studio's COCO export renumbers both)."""
+    seed = copy.deepcopy(subset(pool, image_ids))
+    new_id = {im["id"]: 100_000 + n for n, im in enumerate(seed["images"])}
+    new_cat = {1: 7, 2: 3}
+    for im in seed["images"]:
+        im["id"] = new_id[im["id"]]
+    for ann in seed["annotations"]:
+        ann["image_id"], ann["category_id"] = new_id[ann["image_id"]], new_cat[ann["category_id"]]
+    seed["categories"] = [{"id": new_cat[c["id"]], "name": c["name"]} for c in seed["categories"]]
+    return seed
+
+
+def test_a_seed_numbered_its_own_way_labels_the_pool_images_it_names_with_their_classes(storage_root: str) -> None:
+    pool = make_pool(40)
+    campaign, _ = _exported(storage_root, seed=_renumbered_seed(pool, [1, 2, 3, 4]))
+    ledger = read_ledger(campaign.ledger)
+    assert ledger.labelled == {1, 2, 3, 4} and not {100_000, 100_001} & ledger.pool
+    dataset = labelled_dataset(campaign, ledger)
+    assert annotations_by_image(dataset) == annotations_by_image(subset(pool, [1, 2, 3, 4]))
+    assert dataset["categories"] == pool["categories"]
+
+
+def test_a_seed_image_outside_the_pool_file_joins_under_its_id_unless_that_id_is_taken(storage_root: str) -> None:
+    pool = make_pool(40)
+    outside = make_pool(2, first_id=900)  # file names img0900.png, img0901.png: not pool files
+    campaign, _ = _exported(storage_root, seed=outside)
+    assert {900, 901} <= read_ledger(campaign.ledger).labelled
+    clash = copy.deepcopy(outside)
+    clash["images"][0]["id"] = 3  # pool image 3 is img0003.png
+    for ann in clash["annotations"]:
+        ann["image_id"] = 3 if ann["image_id"] == 900 else ann["image_id"]
+    with pytest.raises(CocoFormatError, match=r"image 3 \('img0900.png'\).*id 3 is pool image 'img0003.png'"):
+        _exported(storage_root + "-clash", seed=clash)
+    unknown = copy.deepcopy(subset(pool, [1]))
+    unknown["categories"] = [{"id": 1, "name": "Car"}, {"id": 2, "name": "tree"}]
+    with pytest.raises(CocoFormatError, match=r"category 1.*'Car'.*differs from 'car' only in case"):
+        _exported(storage_root + "-cat", seed=unknown)
+
+
+# -------------------------------------------------------------------------------- the pool file
+
+
+def test_a_category_added_to_the_pool_file_mid_campaign_reaches_the_training_set(
+    storage_root: str, tmp_path: Path
+) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    pool["categories"] = [*pool["categories"], {"id": 5, "name": "bike"}]
+    storage.write_json(uris["pool"], pool)
+    returned = subset(pool, [5])
+    returned["annotations"].append({**returned["annotations"][0], "id": 99, "category_id": 5, **_square(8)})
+    storage.write_json(storage.join(campaign.incoming, "bikes.json"), returned)
+    _ingest_step(campaign, uris["pool"], tmp_path)
+    trained_on = storage.read_json(str(tmp_path / "l.json"))
+    assert [c["name"] for c in trained_on["categories"]] == ["car", "tree", "bike"]
+    assert any(a["category_id"] == 5 and a["image_id"] == 5 for a in trained_on["annotations"])
+
+
+def _square(x: int) -> dict[str, Any]:
+    seg = square(x, 8, 4)
+    return {"segmentation": seg, "bbox": [float(x), 8.0, 4.0, 4.0], "area": 16.0}
+
+
+def test_a_renumbered_pool_file_is_refused_before_anything_changes(storage_root: str, tmp_path: Path) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    assert known_file_names(campaign)[6] == "img0006.png"  # pending: from its round's task manifest
+    regenerated = copy.deepcopy(pool)
+    regenerated["images"].insert(0, {"id": 0, "file_name": "img0000.png", "height": SIZE, "width": SIZE})
+    for n, image in enumerate(regenerated["images"]):  # one image added, the rest numbered in order
+        image["id"] = n + 1
+    regenerated["annotations"] = []
+    storage.write_json(uris["pool"], regenerated)
+    before = read_ledger(campaign.ledger)
+    with pytest.raises(
+        CocoFormatError, match=r"id 1 is 'img0000.png' here but the campaign's 'img0001.png'.*renumbered"
+    ):
+        _ingest_step(campaign, uris["pool"], tmp_path)
+    after = read_ledger(campaign.ledger)
+    assert (after.pool, after.labelled, after.pending) == (before.pool, before.labelled, before.pending)
+    appended = {
+        **pool,
+        "images": [*pool["images"], {"id": 41, "file_name": "img0000.png", "height": SIZE, "width": SIZE}],
+    }
+    storage.write_json(uris["pool"], appended)  # the right way: a new image takes a new id
+    facts = _ingest_step(campaign, uris["pool"], tmp_path)
+    assert facts["pool"]["added"] == 1
+
+
+def test_images_a_file_labels_with_no_instance_are_named_in_the_rounds_facts(storage_root: str, tmp_path: Path) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    half_done = subset(pool, [5, 6, 7])
+    half_done["annotations"] = [a for a in half_done["annotations"] if a["image_id"] == 5]  # 6, 7 untouched
+    storage.write_json(storage.join(campaign.incoming, "half.json"), half_done)
+    facts = _ingest_step(campaign, uris["pool"], tmp_path)
+    assert facts["ingest"]["empty"] == ["half.json (images 6, 7)"]
+    assert rounds_record(campaign, 1)["ingest"]["empty"] == ["half.json (images 6, 7)"]
+
+
+def rounds_record(campaign: Campaign, index: int) -> dict[str, Any]:
+    return read_ledger(campaign.ledger).round(index) or {}
+
+
+def test_a_correction_put_back_after_a_later_one_wins_again(storage_root: str) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+
+    def fixed(side: int) -> dict[str, Any]:
+        doc = copy.deepcopy(subset(pool, [1]))
+        doc["annotations"][0].update(segmentation=square(1, 1, side), bbox=[1.0, 1.0, float(side), float(side)])
+        return doc
+
+    def image_1() -> list[tuple[int, str]]:
+        return annotations_by_image(labelled_dataset(campaign))[1]
+
+    for name, side in [("f1.json", 3), ("f2.json", 5), ("f1-again.json", 3)]:
+        storage.write_json(storage.join(campaign.corrections, name), fixed(side))
+        (outcome,) = ingest_incoming(campaign.uri, uris["pool"])
+        assert outcome.status == "ingested" and outcome.replaced == [1]
+        assert image_1() == annotations_by_image(fixed(side))[1]
+    assert check_campaign(campaign.uri) == []
+
+
+def test_a_hand_run_ingest_keeps_the_published_view_and_the_invariants(storage_root: str, tmp_path: Path) -> None:
+    from taudis.campaign.cli import main
+
+    campaign, uris = _exported(storage_root)
+    storage.write_json(campaign.labelled, labelled_dataset(campaign))  # as round 0's ingest step left it
+    storage.write_json(storage.join(campaign.incoming, "batch.json"), subset(storage.read_json(uris["pool"]), [5]))
+    assert main(["ingest", campaign.uri, "--pool", uris["pool"]]) == 0
+    assert 5 in {im["id"] for im in storage.read_json(campaign.labelled)["images"]}
+    assert main(["check", campaign.uri]) == 0
+
+
+def test_a_dead_runs_claim_is_released_and_the_next_run_takes_the_round_over(
+    storage_root: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taudis.campaign.cli import main
+    from taudis.campaign.rounds import RoundBusyError, RoundLostError, renew_claim
+
+    campaign, uris = _exported(storage_root)
+    assert claim_round(campaign.uri, uris["pool"], "", "run-dead") == 1
+    with pytest.raises(RoundBusyError, match="taudis campaign release"):
+        claim_round(campaign.uri, uris["pool"], "", "run-new")
+    assert main(["release", campaign.uri]) == 0
+    assert "round 1 released from run 'run-dead'" in capsys.readouterr().out
+    assert claim_round(campaign.uri, uris["pool"], "", "run-new") == 1
+    with pytest.raises(RoundLostError):
+        renew_claim(campaign, 1, "run-dead")  # fenced off, had it been alive
+    assert main(["release", campaign.uri]) == 0  # run-new's claim: released too, on request
+    assert check_campaign(campaign.uri) == []
