@@ -23,10 +23,12 @@ import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from taudis.data.masks import decode_rle, encode_rle
 from taudis.labeling import read_labels
@@ -161,3 +163,54 @@ def test_cvat_for_images_xml_export_reads_back_with_the_same_masks(imported: tup
             (a.category, decode_rle(a.segmentation).tobytes()) for a in labels.annotations if a.image == position
         )  # type: ignore[arg-type]
         assert back == sorted((c, mask.tobytes()) for c, mask in round_.sent[image_id])
+
+
+GROUPED = """
+import sys
+import numpy as np
+import datumaro as dm
+from datumaro.components.annotation import Mask, Polygon
+from datumaro.components.media import Image
+
+out = sys.argv[1]
+labels = dm.LabelCategories.from_iterable(["car", "tree"])
+mask = np.zeros((30, 40), np.uint8)
+mask[2:8, 2:8] = 1
+shapes = {  # one object in parts: CVAT gives its shapes one group id
+    "polygons": [Polygon([2, 2, 10, 2, 10, 10, 2, 10], label=0, group=5),
+                 Polygon([20, 15, 30, 15, 30, 25, 20, 25], label=0, group=5, z_order=1)],
+    "mask-and-polygon": [Mask(mask, label=1, group=3), Polygon([20, 15, 30, 15, 30, 25, 20, 25], label=1, group=3)],
+}
+items = [dm.DatasetItem(id=name, subset="default", media=Image.from_numpy(np.zeros((30, 40, 3), np.uint8), ext=".png"),
+                        annotations=anns) for name, anns in shapes.items()]
+dataset = dm.Dataset.from_iterable(items, categories={dm.AnnotationType.label: labels})
+dataset.export(out + "/coco", "coco_instances", save_media=False, merge_images=False)
+dataset.export(out + "/xml", "cvat", save_media=False)
+"""
+
+
+def test_grouped_shapes_are_one_instance_in_both_cvat_exports(datumaro_python: str, tmp_path: Path) -> None:
+    """CVAT's COCO export merges a group's polygons and masks into one instance: its XML export reads the same."""
+    done = subprocess.run([datumaro_python, "-c", GROUPED, str(tmp_path)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    (coco,) = sorted((tmp_path / "coco").rglob("instances_*.json"))
+    (xml,) = sorted((tmp_path / "xml").rglob("*.xml"))
+    instances = {}
+    for path in (coco, xml):
+        labels = read_labels(str(path))
+        assert labels.problems == (), path
+        instances[path] = sorted(
+            (labels.images[a.image].ref, a.category, _pixels(a.segmentation, 30, 40).tobytes())
+            for a in labels.annotations
+        )
+    assert [(ref, category) for ref, category, _ in instances[xml]] == [
+        ("mask-and-polygon.png", "tree"),
+        ("polygons.png", "car"),
+    ]
+    assert instances[xml] == instances[coco]
+
+
+def _pixels(segmentation: Any, height: int, width: int) -> np.ndarray:
+    if isinstance(segmentation, list):
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))).astype(bool)
+    return decode_rle(segmentation)

@@ -217,7 +217,7 @@ def test_label_studio_json_lists_every_problem() -> None:
     ]
     assert all(p.file == "tasks.json" and p.message for p in labels.problems)
     messages = {p.record.rsplit("'", 2)[-2] if "'" in p.record else p.record: p.message for p in labels.problems}
-    assert "mark one as ground truth" in messages["task 4"]
+    assert "mark exactly one as ground truth" in messages["task 4"]
     assert "decodes to" in messages["r2"] or "ends" in messages["r2"]
     assert "empty" in messages["r3"] and "has no mask" in messages["r7"]
     with pytest.raises(LabelValidationError, match="22 problem"):

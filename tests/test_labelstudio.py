@@ -424,7 +424,7 @@ for name in masks.files:
     mask = masks[name]
     rle = brush.mask2rle((mask * 255).astype(np.uint8))
     back = brush.decode_rle(rle).reshape(mask.shape[0], mask.shape[1], 4)[:, :, 3]
-    out[name] = {"rle": [int(v) for v in rle], "decoded_equal": bool(((back >= 128) == mask).all())}
+    out[name] = {"rle": [int(v) for v in rle], "decoded_equal": bool(((back > 0) == mask).all())}
 print(json.dumps(out))
 """
 

@@ -129,7 +129,9 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     assert not set(second) & (seed_ids | set(first["images"]))
     assert set(ledger.pending) == set(second)
     intake = ledger.rounds[1]["ingest"]
-    assert intake == {"ingested": ["batch-000.json"], "repeat": [], "rejected": ["oops.json"], "conflict": [], "empty": []}
+    assert intake == {
+        "ingested": ["batch-000.json"], "repeat": [], "rejected": ["oops.json"], "conflict": [], "empty": [],
+    }  # fmt: skip
     assert storage.exists(storage.join(campaign.rejected, "oops.json.report.json"))
     assert "oops.json" in storage.read_text(storage.join(campaign.round_dir(1), "summary.md"))
     report = storage.read_text(storage.join(campaign.round_dir(1), "report.html"))

@@ -7,7 +7,9 @@ from typing import Any, TypeGuard, cast
 
 from taudis.data.labels import bbox_problem, rle_json, segmentation_problem, segmentation_rle
 from taudis.labeling.predictions import Prediction
-from taudis.labeling.toollabels import Problems, ToolAnnotation, ToolImage, ToolLabels
+from taudis.labeling.toollabels import Problems, ToolAnnotation, ToolImage, ToolLabels, unreadable
+
+PREANNOTATIONS_DESCRIPTION = "taudis pre-annotations"  # info.description of build_preannotations' documents
 
 
 def build_preannotations(
@@ -15,7 +17,7 @@ def build_preannotations(
     categories: Sequence[Mapping[str, Any]],
     predictions: Mapping[int, Sequence[Prediction]],
     *,
-    description: str = "taudis pre-annotations",
+    description: str = PREANNOTATIONS_DESCRIPTION,
 ) -> dict[str, Any]:
     """A COCO instance document of the predictions.
 
@@ -207,6 +209,29 @@ def _annotations(
         mask = cast(list[list[float]] | dict[str, Any], segmentation)  # segmentation_problem checked it
         out.append(ToolAnnotation(positions[image_id], problems.prefix + record, category, mask, bbox, iscrowd))
     return out
+
+
+def is_preannotations(doc: Any) -> bool:
+    """Whether a COCO document is taudis's own pre-annotations (``build_preannotations``), by its description.
+
+    Its description, not its ``score`` keys, tells it: datumaro writes a ``score`` attribute back as
+    the annotation's ``score``, so a CVAT export of corrected pre-annotations carries them too.
+    """
+    info = doc.get("info") if isinstance(doc, dict) else None
+    return isinstance(info, dict) and info.get("description") == PREANNOTATIONS_DESCRIPTION
+
+
+def refuse_preannotations(uri: str, fmt: str, member: str = "") -> ToolLabels:
+    """The one problem of a file that is taudis's own pre-annotations given back as labels."""
+    where = f"{member} is " if member else "this is "
+    return unreadable(
+        uri,
+        fmt,
+        f"{where}taudis's own pre-annotations (info.description {PREANNOTATIONS_DESCRIPTION!r}: the model's "
+        "predictions that taudis export wrote), not labels: load them into the tool, have them corrected, and "
+        "put the tool's export here: Label Studio's JSON (taudis labelstudio pull writes it), or CVAT's "
+        "'COCO 1.0' or 'CVAT for images 1.1'",
+    )
 
 
 def read_coco(doc: Any, uri: str) -> ToolLabels:

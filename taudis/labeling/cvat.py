@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from taudis.labeling.coco import read_coco_document
+from taudis.labeling.coco import is_preannotations, read_coco_document, refuse_preannotations
 from taudis.labeling.toollabels import ToolLabels, merge_labels, unreadable
 
 ANNOTATIONS_PATH = "annotations/instances_default.json"
@@ -93,6 +93,9 @@ def read_cvat_archive(data: bytes, uri: str) -> ToolLabels:
             doc = json.loads(archive.read(member))
         except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as err:
             parts.append(unreadable(uri, "cvat-coco", f"{member}: not valid JSON: {err}"))
+            continue
+        if is_preannotations(doc):  # build_cvat_archive's own archive, not CVAT's export
+            parts.append(refuse_preannotations(uri, "cvat-coco", member))
             continue
         parts.append(read_cvat_coco(doc, uri, member=member if len(members) > 1 else ""))
     return merge_labels(uri, "cvat-coco", parts)

@@ -8,13 +8,16 @@ category's name). Read as instances:
   pixels whose top-left pixel is (``left``, ``top``); ``rle`` counts alternating runs, background
   first, row by row (CVAT's own encoding, not COCO's column-major one).
 
-Refused, each naming the image and the shape: boxes (but for a box in the group of a mask or
-polygon, which is that instance's box), ellipses, polylines, points, skeletons and
-cuboids (they outline no mask: draw a polygon or a mask), and "CVAT for video 1.1" (its
-``<track>`` elements interpolate shapes across frames). Image tags (``<tag>``) hold no instance
-and are ignored. CVAT lists every image of the task, so an image without shapes is labelled
-empty, as in its COCO export. Images and labels are matched to the pool by file name and
-category name, never by CVAT's numbers.
+Shapes of one ``group_id`` with a polygon or mask among them are one instance, as CVAT's COCO
+export makes them: the union of the group's polygons and masks, which must share one label; a
+box in the group is that instance's box (CVAT imports a COCO instance so) and must have its label.
+
+Refused, each naming the image and the shape (and its group): boxes outside such a group,
+ellipses, polylines, points, skeletons and cuboids, grouped or not (they outline no mask: draw a
+polygon or a mask), and "CVAT for video 1.1" (its ``<track>`` elements interpolate shapes across
+frames). Image tags (``<tag>``) hold no instance and are ignored. CVAT lists every image of the
+task, so an image without shapes is labelled empty, as in its COCO export. Images and labels are
+matched to the pool by file name and category name, never by CVAT's numbers.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from taudis.data.labels import segmentation_problem
-from taudis.data.masks import encode_rle
+from taudis.data.labels import rle_json, segmentation_problem, segmentation_rle
+from taudis.data.masks import decode_rle, encode_rle
 from taudis.labeling.toollabels import Problems, ToolAnnotation, ToolImage, ToolLabels, unreadable
 
 FORMAT = "cvat-xml"
 UNMASKED_SHAPES = ("box", "ellipse", "polyline", "points", "skeleton", "cuboid")
+MASKED_SHAPES = ("polygon", "mask")
 
 
 def is_cvat_xml(data: bytes) -> bool:
@@ -59,14 +63,7 @@ def read_cvat_xml(data: bytes, uri: str) -> ToolLabels:
         if image is None:
             continue
         images.append(image)
-        # a box grouped with a mask or polygon is that instance's box (CVAT imports COCO so): not an instance
-        masked = {s.get("group_id") for s in element if s.tag in ("polygon", "mask") and s.get("group_id")}
-        for position, shape in enumerate(element):
-            if shape.tag in UNMASKED_SHAPES and shape.get("group_id") in masked:
-                continue
-            annotation = _instance(shape, position, image, len(images) - 1, problems)
-            if annotation is not None:
-                annotations.append(annotation)
+        annotations += _image_annotations(element, image, len(images) - 1, problems)
     return ToolLabels(uri, FORMAT, tuple(images), tuple(annotations), tuple(problems.items))
 
 
@@ -88,21 +85,99 @@ def _image(element: ET.Element, index: int, problems: Problems) -> ToolImage | N
     return ToolImage(index, record, str(name), tool_id, None, False, sizes["height"], sizes["width"])
 
 
+def _image_annotations(
+    element: ET.Element, image: ToolImage, image_index: int, problems: Problems
+) -> list[ToolAnnotation]:
+    """The image's instances in shape order: each ungrouped shape, and each group with a polygon or mask as one."""
+    groups: dict[str, list[tuple[int, ET.Element]]] = {}
+    for position, shape in enumerate(element):
+        if shape.tag != "tag" and (shape.get("group_id") or "0") != "0":
+            groups.setdefault(str(shape.get("group_id")), []).append((position, shape))
+    masked = {key for key, members in groups.items() if any(s.tag in MASKED_SHAPES for _, s in members)}
+    out: list[ToolAnnotation | None] = []
+    for position, shape in enumerate(element):
+        key = shape.get("group_id") or "0"
+        if key not in masked:
+            out.append(_instance(shape, position, image, image_index, problems))
+        elif groups[key][0][0] == position:  # a group comes in at its first shape
+            out.append(_group(key, groups[key], image, image_index, problems))
+    return [annotation for annotation in out if annotation is not None]
+
+
 def _instance(
     shape: ET.Element, position: int, image: ToolImage, image_index: int, problems: Problems
 ) -> ToolAnnotation | None:
     record = f"{image.record}, <{shape.tag}> #{position}"
     if shape.tag == "tag":
         return None
-    if shape.tag in UNMASKED_SHAPES:
-        problems.add(record, shape.tag, f"a {shape.tag} outlines no mask: draw the instance as a polygon or a mask")
+    label = _label(shape, record, problems)
+    segmentation = _segmentation(shape, image, record, problems)
+    if label is None or segmentation is None:
         return None
-    if shape.tag not in ("polygon", "mask"):
-        problems.add(record, shape.tag, f"unknown shape <{shape.tag}>")
+    return ToolAnnotation(image_index, record, label, segmentation, None, 0)
+
+
+def _group(
+    key: str, members: list[tuple[int, ET.Element]], image: ToolImage, image_index: int, problems: Problems
+) -> ToolAnnotation | None:
+    """One instance of a group's polygons and masks (their union), as CVAT's COCO export makes it.
+
+    A box in the group is the instance's box (CVAT imports a COCO instance so) when its label is
+    the instance's; any other shape in it outlines no mask and is refused, not passed over.
+    """
+    record = f"{image.record}, group {key}"
+    before = len(problems)
+    parts = [(position, shape) for position, shape in members if shape.tag in MASKED_SHAPES]
+    labels = {_label(shape, f"{record}, <{shape.tag}> #{position}", problems) for position, shape in parts}
+    if len(labels) > 1 and None not in labels:
+        problems.add(
+            record, "label", f"the group's polygons and masks have different labels {sorted(map(str, labels))}"
+        )
+    label = next(iter(labels)) if len(labels) == 1 else None
+    for position, shape in members:
+        where = f"{record}, <{shape.tag}> #{position}"
+        if shape.tag == "box" and label is not None and shape.get("label") != label:
+            problems.add(where, "label", f"the box's label {shape.get('label')!r} is not its group's {label!r}")
+        elif shape.tag != "box" and shape.tag not in MASKED_SHAPES:
+            problems.add(
+                where,
+                shape.tag,
+                f"the <{shape.tag}> is grouped with a polygon or mask but outlines no mask: draw that part "
+                "as a polygon or a mask, or take it out of the group",
+            )
+    segmentations = [
+        _segmentation(shape, image, f"{record}, <{shape.tag}> #{position}", problems) for position, shape in parts
+    ]
+    if len(problems) > before or label is None:
         return None
+    where = f"{record} ({', '.join(f'<{shape.tag}> #{position}' for position, shape in parts)})"
+    return ToolAnnotation(image_index, where, label, _union(segmentations, image), None, 0)
+
+
+def _union(segmentations: list[Any], image: ToolImage) -> list[list[float]] | dict[str, Any]:
+    """The union of valid segmentations: polygons stay polygons (parts of one instance), else one RLE."""
+    if all(isinstance(segmentation, list) for segmentation in segmentations):
+        return [polygon for segmentation in segmentations for polygon in segmentation]
+    height, width = int(image.height or 0), int(image.width or 0)
+    masks = [decode_rle(rle_json(segmentation_rle(segmentation, height, width))) for segmentation in segmentations]
+    return encode_rle(np.logical_or.reduce(masks))
+
+
+def _label(shape: ET.Element, record: str, problems: Problems) -> str | None:
     label = shape.get("label")
     if not label:
         problems.add(record, "label", "the shape has no label")
+        return None
+    return label
+
+
+def _segmentation(shape: ET.Element, image: ToolImage, record: str, problems: Problems) -> Any:
+    """A polygon's or mask's segmentation on the image (None: a problem was reported)."""
+    if shape.tag in UNMASKED_SHAPES:
+        problems.add(record, shape.tag, f"a {shape.tag} outlines no mask: draw the instance as a polygon or a mask")
+        return None
+    if shape.tag not in MASKED_SHAPES:
+        problems.add(record, shape.tag, f"unknown shape <{shape.tag}>")
         return None
     height, width = int(image.height or 0), int(image.width or 0)
     segmentation: Any
@@ -116,7 +191,7 @@ def _instance(
     if problem is not None:
         problems.add(record, *problem)
         return None
-    return ToolAnnotation(image_index, record, label, segmentation, None, 0)
+    return segmentation
 
 
 def _polygon(points: str | None, record: str, problems: Problems) -> list[list[float]] | None:

@@ -47,7 +47,7 @@ TO_NAME = "image"  # the Image object's name, and the task data key holding the 
 REGIONS = ("brush", "polygons")
 RESULT_TYPES = {"brush": "brushlabels", "polygons": "polygonlabels"}
 GROUP_ID = re.compile(r"^taudis-(\d+)-\d+$")  # polygon parts of one exported instance
-LOCAL_FILES_PATH = "/data/local-files/"
+LOCAL_FILES_PATH = "/data/local-files"  # Label Studio serves it with and without a slash before ?d=
 STORAGE_DATA_PATH = "/storage-data/uploaded"
 UPLOAD_PATH = re.compile(r"(?:^|/)upload/\d+/[0-9a-f]{8}-(?P<name>[^/]+)$")
 DOWNLOAD_CACHE_PATH = re.compile(r"(?:^|/)images/[0-9a-f]{8}__(?P<name>[^/]+)$")
@@ -206,7 +206,8 @@ def normalise_ref(ref: str) -> str:
     """A Label Studio image reference as a path to match against the pool's file names.
 
     - URL-decoded (``%20`` is a space);
-    - ``/data/local-files/?d=PATH`` (with or without a host) gives ``PATH``;
+    - ``/data/local-files/?d=PATH`` (with or without a host, with or without the slash before
+      ``?``) gives ``PATH``;
     - an uploaded file, ``/data/upload/<project>/<8 hex>-NAME`` (also ``upload/...``,
       ``media/upload/...`` and ``/storage-data/uploaded/?filepath=upload/...``), gives ``NAME``;
     - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``;
@@ -220,7 +221,7 @@ def _parse_ref(ref: str) -> tuple[str, bool]:
     text = ref.strip()
     parts = urlsplit(text)
     query = parse_qs(parts.query)
-    if parts.path.endswith(LOCAL_FILES_PATH) and query.get("d"):
+    if parts.path.rstrip("/").endswith(LOCAL_FILES_PATH) and query.get("d"):
         return query["d"][0], False
     if parts.path.rstrip("/").endswith(STORAGE_DATA_PATH) and query.get("filepath"):
         text = query["filepath"][0]
@@ -266,7 +267,8 @@ def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problem
         truth = [a for a in finished if a.get("ground_truth")]
         if len(truth) != 1:
             ids = [a.get("id") for a in finished]
-            message = f"{len(finished)} submitted annotations {ids}: mark one as ground truth"
+            marked = f", {len(truth)} of them {[a.get('id') for a in truth]} ground truth" if truth else ""
+            message = f"{len(finished)} submitted annotations {ids}{marked}: mark exactly one as ground truth"
             problems.add(record, "annotations", message)
             return None
         finished = truth
@@ -276,26 +278,49 @@ def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problem
     return finished[0] if finished else None
 
 
-def _image_ref(data: Mapping[str, Any], results: Sequence[Any]) -> tuple[str | None, str]:
-    """The task's image reference, or (None, why not).
+def _image_key(data: Mapping[str, Any], results: Sequence[Any]) -> tuple[str | None, str, str]:
+    """The data key of the image the annotation's regions were drawn on: (key, "", ""), or (None, field, why).
 
-    The Image tag's ``value`` (``$img`` reads ``data["img"]``) is in the label config, not in the
-    export, so: ``data["image"]`` (taudis's own tasks and Label Studio's default), then the key
-    named like the results' Image tag, then the one value of the data that looks like an image
-    reference (a URL, or a path with an image file's extension).
+    Each result names its Image tag (``to_name``), but which data key that tag reads (``$img``
+    reads ``data["img"]``) is in the label config, not in the export. So: the one value of the
+    data that names an image; among several, the key named like the results' Image tag (taudis's
+    own tasks: ``image``). Anything else would be a guess that puts regions on another image, so
+    it is refused, and so are regions drawn on several of a task's images (one image per task).
     """
-    if isinstance(data.get(TO_NAME), str):
-        return str(data[TO_NAME]), ""
-    names = dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict))  # in result order
-    for name in names:
-        if isinstance(name, str) and isinstance(data.get(name), str):
-            return str(data[name]), ""
-    found = [key for key, value in data.items() if isinstance(value, str) and _looks_like_image(value)]
-    if len(found) == 1:
-        return str(data[found[0]]), ""
-    if found:
-        return None, f"several keys of the task's data name an image ({found}): keep one, or call it 'image'"
-    return None, f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
+    names = list(dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict) and "to_name" in r))
+    candidates = _image_candidates(data, names)
+    if len(candidates) == 1:
+        return candidates[0], "", ""
+    if not candidates:
+        return None, f"data.{TO_NAME}", f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
+    unmatched = [name for name in names if name not in candidates]
+    if unmatched or not names:
+        told = f"its regions' to_name {unmatched[0]!r}" if unmatched else "no region (to_name)"
+        return (
+            None,
+            "to_name",
+            f"several keys of the task's data name an image ({candidates}) and {told} names none of them, so "
+            "which one the regions belong to is in the label config, not in the export: give the Image tag "
+            'the name of the data key it reads (<Image name="img" value="$img"/>), or keep one image per task',
+        )
+    if len(names) > 1:
+        return None, "to_name", f"regions drawn on several of the task's images ({names}): label one image per task"
+    return str(names[0]), "", ""
+
+
+# Keys that taudis's own tasks carry beside the image (build_tasks): the pool's file name names no
+# image that Label Studio shows.
+TASK_METADATA = ("image_id", "file_name", "rank", "reason")
+
+
+def _image_candidates(data: Mapping[str, Any], names: Sequence[Any]) -> list[str]:
+    """The data keys that may hold the task's image: a value that looks like one, or a key a result names."""
+    metadata = TASK_METADATA if "image_id" in data else ()
+    return [
+        str(key)
+        for key, value in data.items()
+        if isinstance(value, str) and key not in metadata and (key in names or _looks_like_image(value))
+    ]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
@@ -507,11 +532,11 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         results = annotation["result"]
         where = f"{record}, annotation {annotation.get('id')}"
-        ref, why = _image_ref(task["data"], results)
+        key, field, why = _image_key(task["data"], results)
         pool_id = task["data"].get("image_id")
         count = len(problems.items)
-        if ref is None:
-            problems.add(record, f"data.{TO_NAME}", why)
+        if key is None:
+            problems.add(where if field == "to_name" else record, field, why)
         if pool_id is not None and not _is_int(pool_id):
             problems.add(record, "data.image_id", f"expected an integer pool image id, got {pool_id!r}")
         size = _image_size(results, where, problems)
@@ -519,8 +544,9 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         height, width = size if size is not None else (None, None)
         tool_id = task["id"] if _is_int(task.get("id")) else None
-        name, uploaded = _parse_ref(str(ref))
+        name, uploaded = _parse_ref(str(task["data"].get(key or "")))
         renamed = upload_file_name if uploaded else None
+        pool_id = pool_id if key == TO_NAME else None  # taudis's tasks carry the pool id of data.image only
         images.append(ToolImage(index, record, name, tool_id, pool_id, False, height, width, renamed))
         annotations += _task_annotations(results, size, len(images) - 1, where, problems)
     return ToolLabels(uri, "labelstudio-json", tuple(images), tuple(annotations), tuple(problems.items))
@@ -562,6 +588,7 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
     uploads = {r.get("id") for r in records or () if isinstance(r, dict) and _parse_ref(str(r.get("file_name")))[1]}
     images = tuple(replace(im, renamed=upload_file_name) if im.tool_id in uploads else im for im in labels.images)
     labels = replace(labels, images=images)
+    repeated = _repeated_images(labels.images, uri)
     masked = {annotation.image for annotation in labels.annotations}
     lost = [
         LabelProblem(uri, image.record, "annotations", f"no instance: {LOST_BRUSH}")
@@ -570,4 +597,21 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
     ]
     if not labels.images and not labels.problems:
         lost.append(LabelProblem(uri, "document", "images", f"no image: {LOST_BRUSH}"))
+    lost += repeated
     return replace(labels, problems=(*labels.problems, *lost)) if lost else labels
+
+
+def _repeated_images(images: Sequence[ToolImage], uri: str) -> list[LabelProblem]:
+    """A problem per image entry whose file another entry names: the COCO export's sign of two annotations of a task."""
+    first: dict[str, ToolImage] = {}
+    problems = []
+    for image in images:
+        if image.ref in first:
+            message = (
+                f"the file is also {first[image.ref].record}: Label Studio's COCO export writes one image entry per "
+                "annotation, so a task has two submitted annotations (several annotators); export the project as "
+                "JSON and mark one annotation of the task as ground truth"
+            )
+            problems.append(LabelProblem(uri, image.record, "file_name", message))
+        first.setdefault(image.ref, image)
+    return problems

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MASK_ALPHA = 128  # a brush pixel belongs to the mask when its alpha is at least half
+# A brush pixel belongs to the mask when its alpha is not 0, as for Label Studio itself: its
+# BRUSH_TO_COCO export traces cv2.findContours on the alpha channel (non-zero is inside), its PNG
+# export writes the alpha channel as the mask, and the SDK's own contour2rle paints alpha 100.
+MASK_ALPHA = 1
 _WORD_BITS = 8
 _RUN_BITS = (3, 4, 8, 16)
 _MAX_RUN = 1 << 16
@@ -75,7 +78,7 @@ def _field_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
 
 
 def decode_brush_rle(rle: Sequence[int], height: int, width: int) -> np.ndarray:
-    """The binary (H, W) mask of a Label Studio brush RLE (alpha at least ``MASK_ALPHA``).
+    """The binary (H, W) mask of a Label Studio brush RLE (alpha at least ``MASK_ALPHA``: not 0).
 
     Raises:
         BrushRLEError: bytes that are not 0..255, a stream that ends early or overruns, or a

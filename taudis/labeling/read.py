@@ -9,16 +9,18 @@ format                 what the file is
 ``cvat-coco``          CVAT's COCO 1.0 export: a zip with ``annotations/instances_<subset>.json``,
                        or that JSON alone (datumaro's empty ``info`` and licence)
 ``cvat-xml``           CVAT's "CVAT for images 1.1" export: ``annotations.xml``, bare or zipped
+                       (at the zip's root or in one folder of it)
 ``coco``               any other COCO instance JSON; its image ids are taken to be the pool's
 =====================  ======================================================================
 
 Refused with one problem each, since they lose what ingest needs: Label Studio's JSON_MIN export
-(no task data), and its BRUSH_TO_COCO export (it turns a brush region into one polygon per part,
-without holes, and leaves out images labelled empty). A zip of none of the exports above gives one
-problem that names what it looks like (CVAT's Segmentation mask 1.1, a YOLO export, Label Studio's
-PNG masks) and what to export instead, and so does a JSON file of LabelMe or the VGG Image
-Annotator. What comes back is described in
-``taudis.labeling.toollabels``.
+(no task data), its CSV and TSV exports, and its BRUSH_TO_COCO export (it turns a brush region
+into one polygon per part, without holes, and leaves out images labelled empty); and taudis's own
+pre-annotations (``build_preannotations``, bare or in ``build_cvat_archive``'s zip: the model's
+predictions, not labels), told by their ``info.description``. A zip of none of the exports above
+gives one problem that names what it looks like (CVAT's Segmentation mask 1.1, a YOLO export,
+Label Studio's PNG masks) and what to export instead, and so does a JSON file of LabelMe or the
+VGG Image Annotator. What comes back is described in ``taudis.labeling.toollabels``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from typing import Any
 
 from taudis import storage
-from taudis.labeling.coco import read_coco
+from taudis.labeling.coco import is_preannotations, read_coco, refuse_preannotations
 from taudis.labeling.cvat import ANNOTATIONS_MEMBER, is_cvat_coco, read_cvat_archive, read_cvat_coco
 from taudis.labeling.cvat_xml import is_cvat_xml, read_cvat_xml
 from taudis.labeling.labelstudio import is_labelstudio_coco, read_labelstudio_coco, read_labelstudio_json
@@ -40,7 +43,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 LABEL_STUDIO_COCO_MEMBER = "result.json"
 LABEL_STUDIO_BRUSH_COCO_MEMBER = "result_coco.json"
 LABEL_STUDIO_CONVERTER = "Label Studio Converter"  # info.contributor of its BRUSH_TO_COCO export
-CVAT_XML_MEMBER = "annotations.xml"  # CVAT for images / for video 1.1, zipped
+# CVAT for images / for video 1.1, zipped: at the root, or in a folder (an unpacked export zipped again)
+CVAT_XML_MEMBER = re.compile(r"^(?:.*/)?annotations\.xml$")
+# Label Studio's BRUSH_TO_PNG export: task-<task>-annotation-<annotation>-by-<user>-<from_name>-<labels>-<n>.png
+LABEL_STUDIO_PNG_MEMBER = re.compile(r"^(?:.*/)?task-\d+-annotation-\d+-by-.+-\d+\.png$", re.IGNORECASE)
 USE_JSON = "export the project as JSON instead (taudis labelstudio pull does)"
 
 
@@ -64,12 +70,16 @@ def read_labels(uri: str | os.PathLike[str]) -> ToolLabels:
     try:
         doc = json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if _is_labelstudio_table(data):
+            return unreadable(uri, "labelstudio-json", f"Label Studio's CSV (or TSV) export is not read: {USE_JSON}")
         return unreadable(uri, "coco", f"neither JSON nor a zip archive: {err}")
     return read_document(doc, uri)
 
 
 def read_document(doc: Any, uri: str) -> ToolLabels:
     """Read an already parsed JSON export (the dispatch of ``read_labels`` for JSON files)."""
+    if is_preannotations(doc):
+        return refuse_preannotations(uri, "coco")
     if isinstance(doc, list):
         if doc and all(isinstance(t, dict) and "data" not in t and "annotation_id" in t for t in doc):
             return unreadable(uri, "labelstudio-json", f"Label Studio's JSON_MIN export has no task data: {USE_JSON}")
@@ -85,6 +95,17 @@ def read_document(doc: Any, uri: str) -> ToolLabels:
     if other is not None:
         return unreadable(uri, "coco", f"{other}, not an export taudis reads: convert it to COCO instances first")
     return read_coco(doc, uri)
+
+
+# Columns of every row of Label Studio's CSV and TSV exports, whatever the labelling config.
+LABEL_STUDIO_TABLE_COLUMNS = {"annotation_id", "annotator", "id", "created_at", "updated_at", "lead_time"}
+
+
+def _is_labelstudio_table(data: bytes) -> bool:
+    """Whether the bytes are Label Studio's CSV or TSV export: its header names its own columns."""
+    header = data[:4096].decode("utf-8-sig", "replace").splitlines()[:1]
+    columns = {c.strip().strip('"') for c in re.split(r"[,\t]", header[0])} if header else set()
+    return columns >= LABEL_STUDIO_TABLE_COLUMNS
 
 
 def _other_tool(doc: Any) -> str | None:
@@ -122,8 +143,11 @@ def _read_zip(data: bytes, uri: str) -> ToolLabels:
         return read_labelstudio_coco(doc, uri)
     if LABEL_STUDIO_BRUSH_COCO_MEMBER in names:
         return _brush_to_coco(uri)
-    if CVAT_XML_MEMBER in names:
-        return read_cvat_xml(zipfile.ZipFile(io.BytesIO(data)).read(CVAT_XML_MEMBER), uri)
+    xml_members = sorted(name for name in names if CVAT_XML_MEMBER.match(name))
+    if len(xml_members) > 1:
+        return unreadable(uri, "cvat-xml", f"several CVAT XML files {xml_members}: put each export in its own zip")
+    if xml_members:
+        return read_cvat_xml(zipfile.ZipFile(io.BytesIO(data)).read(xml_members[0]), uri)
     if not any(ANNOTATIONS_MEMBER.match(name) for name in names):
         return unreadable(uri, "coco", _unread_archive(names))
     return read_cvat_archive(data, uri)
@@ -144,7 +168,7 @@ def _unread_archive(names: set[str]) -> str:
     for prefixes, what in UNREAD_ARCHIVES:
         if any(name.startswith(prefixes) for name in names):
             return f"{what} is not read: {instead}"
-    if any(name.lower().endswith(".png") and "-tag-" in name for name in names):
+    if any(LABEL_STUDIO_PNG_MEMBER.match(name) for name in names):
         return f"Label Studio's PNG export (one mask image per region, no image names) is not read: {instead}"
     listed = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return (
