@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 
 from taudis.data.coco import (
     CocoFormatError,
+    annotation_warnings,
     check_image_files,
     class_names,
     inspect_image_files,
@@ -120,6 +121,20 @@ SEG0 = ("annotations", 0, "segmentation")
         (_set(("images", 1, "id"), 2**63), "image #1", "id", "64-bit"),
         (_set(("images", 1, "id"), "2"), "image #1", "id", "must be an integer"),
         (_set(("annotations", 0, "id"), 1.0), "annotation id 1.0", "id", "must be an integer"),
+        # References by value: 1.0, True and "3" are no ids, whatever a lookup by value says of them.
+        (_set(("annotations", 0, "image_id"), 1.0), "annotation id 10", "image_id", "must be an integer, got 1.0"),
+        (_set(("annotations", 0, "image_id"), True), "annotation id 10", "image_id", "must be an integer, got True"),
+        (_set(("annotations", 0, "category_id"), "3"), "annotation id 10", "category_id", "must be an integer"),
+        (_set(("annotations", 0, "category_id"), 3.0), "annotation id 10", "category_id", "must be an integer"),
+        # A crowd flag that crashed the detectron2 dicts or COCOeval, or that no tool writes.
+        (_set(("annotations", 0, "iscrowd"), None), "annotation id 10", "iscrowd", "must be 0 or 1"),
+        (_set(("annotations", 0, "iscrowd"), "false"), "annotation id 10", "iscrowd", "must be 0 or 1"),
+        (_set(("annotations", 0, "iscrowd"), 2), "annotation id 10", "iscrowd", "must be 0 or 1"),
+        # COCOeval sorts objects into size ranges by area: a string crashes it, a negative one is never scored.
+        (_set(("annotations", 1, "area"), "16"), "annotation id 11", "area", "finite non-negative number"),
+        (_set(("annotations", 1, "area"), -1), "annotation id 11", "area", "finite non-negative number"),
+        (_set(("annotations", 1, "area"), float("nan")), "annotation id 11", "area", "finite non-negative number"),
+        (_set((*SEG0, "size"), [12, 10]), "annotation id 10", "segmentation.size", "as [height, width]"),
     ],
 )
 def test_validation_errors_name_file_record_and_field(
@@ -134,6 +149,19 @@ def test_validation_errors_name_file_record_and_field(
     assert str(path) in message and words in message and f"field {field!r}" in message
     if record is not None:
         assert record in message
+    assert "unknown" not in message or "unknown" in words
+
+
+def test_crowd_flags_and_areas_that_tools_write_load() -> None:
+    data = _valid()
+    for flag in (0, 1, True, False, 0.0):
+        data["annotations"][0]["iscrowd"] = flag
+        for area in (None, 0, 16.5):
+            data["annotations"][1]["area"] = area
+            validate_coco(data)
+            assert to_detectron2_dicts(data, ".")[0]["annotations"][0]["iscrowd"] == int(flag)
+    del data["annotations"][0]["iscrowd"], data["annotations"][1]["area"]
+    validate_coco(data)
 
 
 def test_garbage_rle_counts_are_reported(tmp_path: Path) -> None:
@@ -324,3 +352,81 @@ def test_file_names_in_two_unicode_forms_are_one_file() -> None:
     data["images"][1]["file_name"] = unicodedata.normalize("NFD", "é.png")
     with pytest.raises(CocoFormatError, match="also image id 1"):
         validate_coco(data)
+
+
+def _uncompressed(segmentation: dict[str, Any]) -> dict[str, Any]:
+    """A compressed RLE as CVAT's COCO 1.0 export writes every mask: uncompressed counts."""
+    mask = mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode()})
+    counts, value, run = [], 0, 0
+    for pixel in mask.flatten(order="F"):
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    return {"size": segmentation["size"], "counts": [*counts, run]}
+
+
+def test_crowd_annotations_are_warned_of_as_neither_trained_on_nor_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taudis.data.cli import main
+
+    data = _valid()
+    assert annotation_warnings(data) == []
+    data["annotations"][0].update(segmentation=_uncompressed(data["annotations"][0]["segmentation"]), iscrowd=1)
+    (warning,) = annotation_warnings(data)
+    assert warning.startswith("1 of 2 annotation(s) are iscrowd=1") and "neither trained on" in warning
+    assert "nor scored" in warning and "CVAT's COCO export marks every mask so: set iscrowd 0" in warning
+    data["annotations"][1]["iscrowd"] = True
+    assert main(["check", "--annotations", str(_write(tmp_path, data))]) == 0, "a warning, not a problem"
+    out, err = capsys.readouterr()
+    assert "taudis data check: warning: 2 of 2 annotation(s) are iscrowd=1" in err
+    assert json.loads(out)["warnings"] == annotation_warnings(data)
+
+
+def test_empty_masks_are_counted_and_the_first_named() -> None:
+    data = _valid()
+    data["images"].append({"id": 3, "file_name": "c.png", "height": 10, "width": 12})
+    empty = {"size": [10, 12], "counts": [120]}
+    compressed = mask_utils.encode(np.zeros((10, 12), np.uint8, order="F"))["counts"].decode()
+    data["annotations"] += [
+        {"id": 12, "image_id": 2, "category_id": 5, "bbox": [1, 1, 4, 0], "segmentation": [[1, 1, 3, 1, 5, 1]]},
+        {"id": 13, "image_id": 3, "category_id": 5, "bbox": [1, 1, 4, 4], "segmentation": empty},
+        {
+            "id": 14,
+            "image_id": 3,
+            "category_id": 3,
+            "bbox": [0, 0, 0, 0],
+            "segmentation": {**empty, "counts": compressed},
+        },
+    ]
+    validate_coco(data)  # valid COCO, and pycocotools reads it: no object all the same
+    (warning,) = annotation_warnings(data, shown=2)
+    assert warning.startswith("3 annotation(s) (annotation id 12 (#2); annotation id 13 (#3) and 1 more)")
+    assert "empty mask (area 0" in warning and "no prediction can find" in warning
+
+
+def test_coordinates_in_fractions_of_the_image_size_are_warned_of() -> None:
+    polygon = [0.15, 0.2, 0.45, 0.2, 0.45, 0.6, 0.15, 0.6]
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 48, "width": 64}],
+        "annotations": [
+            {"id": n, "image_id": 1, "category_id": 1, "bbox": [0.15, 0.2, 0.3, 0.4], "segmentation": [polygon]}
+            for n in (1, 2)
+        ],
+        "categories": [{"id": 1, "name": "house"}],
+    }
+    validate_coco(data)  # boxes and masks agree: nothing but their scale is wrong
+    normalised = [w for w in annotation_warnings(data) if "fractions of the image size" in w]
+    assert len(normalised) == 1 and "within [0, 1.5]" in normalised[0] and "48 px" in normalised[0]
+    data["annotations"][1].update(bbox=[10, 10, 20, 20], segmentation=[[10, 10, 30, 10, 30, 30, 10, 30]])
+    assert not [w for w in annotation_warnings(data) if "fractions" in w], "one small object is no converter's"
+    tiny = {**data, "images": [{"id": 1, "file_name": "a.png", "height": 2, "width": 2}]}
+    tiny["annotations"] = data["annotations"][:1]
+    assert not [w for w in annotation_warnings(tiny) if "fractions" in w], "on a 2 px image, pixels are as small"
+
+
+def test_a_missing_image_root_is_one_problem(tmp_path: Path) -> None:
+    root = tmp_path / "nope"
+    (problem,) = check_image_files(_valid(), str(root))
+    assert problem == f"image root {root} does not exist (or is not a directory)"

@@ -78,3 +78,34 @@ def test_a_dense_image_is_scored_on_every_detection_not_the_first_100() -> None:
     # COCO's default keeps 100 detections per image and class: 100 of each class's 120 objects.
     capped = _pycocotools_stats(gt, predictions, "segm")[0]
     assert capped == pytest.approx(100 * 84 / 101)  # recall 0.83: 84 of COCO's 101 recall points
+
+
+def test_perfect_predictions_of_a_ground_truth_whose_ids_start_at_0_score_100() -> None:
+    # COCOeval's matching stores 0 for "no match": a found ground truth of id 0 counted as missed.
+    gt = _grid(6)
+    for number, ann in enumerate(gt["annotations"]):
+        ann["id"] = number
+    report = evaluate_predictions(gt, [{**p, "score": 1.0} for p in _predictions(gt)])
+    for iou_type in ("segm", "bbox"):
+        assert report[iou_type]["AP"] == pytest.approx(100.0)
+        assert report[iou_type]["per_class"] == {"nucleus": pytest.approx(100.0), "mitotic": pytest.approx(100.0)}
+    assert [a["id"] for a in gt["annotations"]] == list(range(6)), "renumbered in a copy"
+
+
+def test_an_absent_or_null_area_is_measured_from_the_mask() -> None:
+    gt = _grid(6, side=40)  # 1,600 px: medium objects, as their areas say
+    predictions = _predictions(gt, shift=9)
+    given = evaluate_predictions(gt, predictions)
+    gt["annotations"][3]["area"] = None
+    del gt["annotations"][4]["area"]
+    assert evaluate_predictions(gt, predictions) == given
+    assert given["segm"]["APm"] is not None and given["segm"]["APs"] is None
+    assert gt["annotations"][3]["area"] is None, "filled in a copy"
+
+
+def test_annotations_of_one_id_are_each_scored() -> None:
+    # COCO's index is keyed by annotation id: two of one id would be one object, the other's match a false positive.
+    gt = _grid(6)
+    gt["annotations"][1]["id"] = gt["annotations"][0]["id"]
+    report = evaluate_predictions(gt, [{**p, "score": 1.0} for p in _predictions(gt)])
+    assert report["segm"]["AP"] == pytest.approx(100.0) and report["bbox"]["AP"] == pytest.approx(100.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,64 @@ def test_data_check_with_a_config_warns_and_still_passes_valid_data(
     unlabelled.write_text(json.dumps({"images": scenes["images"], "categories": scenes["categories"]}))
     assert main(["check", "--annotations", str(unlabelled), "--config", "mask_rcnn_R18_slim_cpu.yaml"]) == 0
     assert json.loads(capsys.readouterr().out)["fit"] is None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """The tiny synthetic dataset's labelled set and its image root."""
+    from model_fixtures import make_tiny_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_dataset(root)
+    return json.loads((root / "annotations" / "train.json").read_text()), root / "images"
+
+
+def _crowd(data: dict[str, Any], *positions: int) -> dict[str, Any]:
+    annotations = [{**a, "iscrowd": 1} if n in positions else a for n, a in enumerate(data["annotations"])]
+    return {**data, "annotations": annotations}
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda d: _crowd(d, *range(len(d["annotations"]))), "annotations are iscrowd=1 (crowd regions)"),
+        (lambda d: {**d, "annotations": []}, "no annotations: no object to train on"),
+        (lambda d: {k: v for k, v in d.items() if k != "annotations"}, "no annotations: no object to train on"),
+        (lambda d: {**d, "annotations": [], "categories": []}, "no categories"),
+    ],
+)
+def test_training_refuses_a_dataset_without_an_object_to_learn_before_any_iteration(
+    tiny: tuple[dict[str, Any], Path], tmp_path: Path, edit: Any, why: str
+) -> None:
+    from model_fixtures import tiny_opts
+
+    from taudis.model.train import train_model
+
+    data, images = tiny
+    path = tmp_path / "labelled.json"
+    path.write_text(json.dumps(edit(data)))
+
+    def never(iteration: int) -> None:
+        raise AssertionError(f"iteration {iteration} ran")
+
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: .*{re.escape(why)}") as caught:
+        train_model(str(path), str(images), str(tmp_path / "model"), opts=tiny_opts(2), on_iteration=never)
+    if "crowd" in why:
+        assert f"all {len(data['annotations'])} annotations" in str(caught.value) and "set iscrowd 0" in str(
+            caught.value
+        )
+    assert not (tmp_path / "model" / "config.yaml").exists()
+
+
+def test_training_counts_the_instances_it_trains_on_not_the_crowd_regions(
+    tiny: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    from model_fixtures import tiny_opts
+
+    from taudis.model.train import train_model
+
+    data, images = tiny
+    path = tmp_path / "labelled.json"
+    path.write_text(json.dumps(_crowd(data, 0, 1)))
+    metrics = train_model(str(path), str(images), str(tmp_path / "model"), opts=tiny_opts(1))
+    assert metrics["num_instances"] == len(data["annotations"]) - 2 == metrics["data_fit"]["objects"]

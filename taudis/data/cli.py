@@ -15,6 +15,7 @@ from typing import Any
 
 from taudis.data.coco import (
     CocoFormatError,
+    annotation_warnings,
     inspect_image_files,
     load_coco,
     unlabelled_categories,
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for problem in problems:
         print(f"taudis data check: {problem}", file=sys.stderr)
     summary = summarize(data)
-    summary["warnings"] = unlabelled_categories(data) + (files.warnings if files else [])
+    summary["warnings"] = unlabelled_categories(data) + annotation_warnings(data) + (files.warnings if files else [])
     for warning in summary["warnings"]:
         print(f"taudis data check: warning: {warning}", file=sys.stderr)
     if args.config:

@@ -11,6 +11,7 @@ detectron2 when called.
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import re
@@ -112,12 +113,18 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
         if ann["id"] in seen:
             raise CocoFormatError(source, f"duplicate annotation id {ann['id']}", record=record, field="id")
         seen.add(ann["id"])
+        for key in ("image_id", "category_id"):
+            # 1.0, True and "1" pass a lookup by value, or fail it with a misleading "unknown id".
+            if not _is_int(ann[key]):
+                raise CocoFormatError(source, f"must be an integer, got {ann[key]!r}", record=record, field=key)
         if ann["image_id"] not in images:
             raise CocoFormatError(source, f"unknown image id {ann['image_id']!r}", record=record, field="image_id")
         if ann["category_id"] not in categories:
             raise CocoFormatError(
                 source, f"unknown category id {ann['category_id']!r}", record=record, field="category_id"
             )
+        _check_iscrowd(ann, source, record)
+        _check_area(ann, source, record)
         image = images[ann["image_id"]]
         _check_bbox(ann["bbox"], image, source, record)
         _check_segmentation(ann["segmentation"], image, source, record)
@@ -126,6 +133,33 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_iscrowd(ann: dict[str, Any], source: str, record: str) -> None:
+    """iscrowd, when present, is a flag: 0 or 1 (or a JSON boolean), as detectron2 and COCOeval read it.
+
+    null or "false" crash the detectron2 dicts and COCOeval; 2 is no COCO value (both would read it as 1).
+    """
+    value = ann.get("iscrowd", 0)
+    if not (isinstance(value, int | float) and value in (0, 1)):
+        raise CocoFormatError(source, f"must be 0 or 1 (or a boolean), got {value!r}", record=record, field="iscrowd")
+
+
+def _check_area(ann: dict[str, Any], source: str, record: str) -> None:
+    """area, when given (null: unknown, computed from the mask where needed), is a finite number >= 0.
+
+    COCOeval sorts objects into its size ranges by it: a string crashes it, and a negative or NaN area
+    falls into no range, so the object is silently never scored.
+    """
+    value = ann.get("area")
+    if value is not None and not (_is_finite_number(value) and value >= 0):
+        raise CocoFormatError(
+            source, f"must be a finite non-negative number (or absent), got {value!r}", record=record, field="area"
+        )
 
 
 def _check_records(records: list[Any], kind: str, required: Sequence[str], source: str) -> dict[int, dict[str, Any]]:
@@ -200,9 +234,14 @@ def _check_bbox(bbox: Any, image: dict[str, Any], source: str, record: str) -> N
 def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: str) -> None:
     from taudis.data.labels import segmentation_problem
 
-    problem = segmentation_problem(seg, int(image["height"]), int(image["width"]))
+    height, width = int(image["height"]), int(image["width"])
+    problem = segmentation_problem(seg, height, width)
     if problem is not None:
         field, message = problem
+        if field == "segmentation.size" and height != width and seg.get("size") == [width, height]:
+            message += (
+                f" ({[width, height]} is the image's [width, height]: COCO writes an RLE's size as [height, width])"
+            )
         raise CocoFormatError(source, message, record=record, field=field)
 
 
@@ -259,7 +298,11 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
     """
     # The model's own reader: its size limit, and the EXIF orientation that training applies.
     from taudis.model.images import displayed_size, open_image
+    from taudis.storage import is_gcs
 
+    if not is_gcs(image_root) and not os.path.isdir(image_root):
+        # One problem, not one "unreadable" line per image of the file.
+        return ImageFileCheck([f"image root {image_root} does not exist (or is not a directory)"], [])
     problems, turned, stacked = [], [], []
     folders: dict[str, dict[str, list[str]]] = {}  # folder -> NFC name -> its names there (listed once)
     for image in data["images"]:
@@ -324,6 +367,90 @@ def unlabelled_categories(data: dict[str, Any]) -> list[str]:
         for c in data["categories"]
         if c["id"] not in used
     ]
+
+
+def annotation_warnings(data: dict[str, Any], *, shown: int = 3) -> list[str]:
+    """Warnings for annotations of a (validated) COCO dict that are valid but will not teach or score as meant.
+
+    One warning per kind, naming how many annotations it concerns (and, for empty masks, the first ``shown``):
+    crowd regions (:func:`crowd_warning`), empty masks (:func:`empty_mask_warning`), and coordinates
+    that look like fractions of the image size (:func:`normalised_warning`).
+    """
+    found = [crowd_warning(data), empty_mask_warning(data, shown=shown), normalised_warning(data)]
+    return [warning for warning in found if warning]
+
+
+def crowd_warning(data: dict[str, Any]) -> str | None:
+    """A warning when annotations are crowd regions (iscrowd 1), else None.
+
+    detectron2 trains on no crowd annotation and COCOeval only excuses detections over them, so a
+    crowd object is neither trained on nor scored. CVAT's COCO 1.0 export writes every mask as an
+    uncompressed RLE with iscrowd 1, so a CVAT dataset reads as all crowd.
+    """
+    annotations = data.get("annotations", [])
+    crowd = sum(1 for ann in annotations if ann.get("iscrowd", 0))
+    if not crowd:
+        return None
+    return (
+        f"{crowd} of {len(annotations)} annotation(s) are iscrowd=1 (crowd regions): they are neither trained on "
+        "(detectron2 skips crowd annotations) nor scored (COCO evaluation ignores them); CVAT's COCO export marks "
+        "every mask so: set iscrowd 0 to use them as objects"
+    )
+
+
+def empty_mask_warning(data: dict[str, Any], *, shown: int = 3) -> str | None:
+    """A warning naming the annotations whose mask covers no pixel, else None.
+
+    An empty RLE or a polygon of collinear or repeated points is valid COCO but no object: the model
+    learns none from it, and COCO evaluation counts it as one no prediction can match (an empty mask's
+    IoU is 0).
+    """
+    from pycocotools import mask as mask_utils
+
+    from taudis.data.labels import segmentation_rle
+
+    sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in data["images"]}
+    empty = [
+        f"annotation id {ann['id']} (#{position})"
+        for position, ann in enumerate(data.get("annotations", []))
+        if int(mask_utils.area(segmentation_rle(ann["segmentation"], *sizes[ann["image_id"]]))) == 0
+    ]
+    if not empty:
+        return None
+    more = f" and {len(empty) - shown} more" if len(empty) > shown else ""
+    return (
+        f"{len(empty)} annotation(s) ({'; '.join(empty[:shown])}{more}) have an empty mask (area 0: an empty RLE, "
+        "a polygon of collinear or repeated points): the model learns no object from them, and COCO evaluation "
+        "counts each as an object no prediction can find; redraw or remove them"
+    )
+
+
+NORMALISED_MAX = 1.5  # coordinates up to this are fractions of the image size, with a converter's overshoot
+NORMALISED_MIN_SIDE = 16  # px: images this large hold objects of more than a pixel or two
+
+
+def normalised_warning(data: dict[str, Any]) -> str | None:
+    """A warning when every box value and polygon coordinate is within [0, NORMALISED_MAX] on larger images.
+
+    Such a file was written in fractions of the image size (as YOLO stores labels) rather than in
+    pixels: its boxes and masks agree with each other, so validation passes, but every object is a
+    pixel or two in the image's corner.
+    """
+    annotations = data.get("annotations", [])
+    values = [float(v) for ann in annotations for v in ann["bbox"]]
+    values += [
+        float(v) for ann in annotations if isinstance(ann["segmentation"], list) for p in ann["segmentation"] for v in p
+    ]
+    annotated = {ann["image_id"] for ann in annotations}
+    sides = [min(int(img["height"]), int(img["width"])) for img in data["images"] if img["id"] in annotated]
+    if not values or max(values) > NORMALISED_MAX or min(sides) < NORMALISED_MIN_SIDE:
+        return None
+    return (
+        f"every box value and polygon coordinate of the {len(annotations)} annotation(s) lies within "
+        f"[0, {NORMALISED_MAX}] while the images are {min(sides)} px or more across: the converter wrote fractions "
+        "of the image size (normalised coordinates); COCO coordinates are pixels: multiply x and widths by the "
+        "image's width, y and heights by its height"
+    )
 
 
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")

@@ -32,7 +32,8 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
     """COCO box and mask AP of ``predictions`` against ``ground_truth``.
 
     Args:
-        ground_truth: a COCO dict (validated). Missing ``area`` / ``iscrowd`` are filled in.
+        ground_truth: a COCO dict (validated). Missing ``area`` / ``iscrowd`` are filled in, and the
+            annotation ids renumbered (in a copy) as COCOeval needs them.
         predictions: COCO results: ``image_id``, ``category_id``, ``score``, ``bbox`` (XYWH) and
             ``segmentation`` (RLE or polygons), for images of ``ground_truth``.
 
@@ -72,19 +73,23 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
 
 
 def _with_areas(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy where every annotation has ``area`` (from its mask) and ``iscrowd``: COCOeval needs both."""
+    """A copy for COCOeval: annotation ids 1..N, and ``iscrowd`` and ``area`` (where absent or null, the mask's).
+
+    COCOeval's matching stores a matched ground truth's id, and 0 for "no match": a ground truth of
+    id 0 counts as missed however well it is found. Its index is keyed by id, so two annotations of
+    one id become one. The ids are never reported, so renumbering changes nothing else.
+    """
     from pycocotools import mask as mask_utils
 
     out = copy.copy(data)
     images = {img["id"]: img for img in data["images"]}
     anns = []
-    for ann in data.get("annotations", []):
-        if "area" not in ann or "iscrowd" not in ann:
-            ann = dict(ann)
-            ann.setdefault("iscrowd", 0)
-            if "area" not in ann:
-                img = images[ann["image_id"]]
-                ann["area"] = float(mask_utils.area(_to_rle(ann["segmentation"], img["height"], img["width"])))
+    for number, ann in enumerate(data.get("annotations", []), start=1):
+        ann = dict(ann, id=number)
+        ann.setdefault("iscrowd", 0)
+        if ann.get("area") is None:
+            img = images[ann["image_id"]]
+            ann["area"] = float(mask_utils.area(_to_rle(ann["segmentation"], img["height"], img["width"])))
         anns.append(ann)
     out["annotations"] = anns
     out.setdefault("info", {})

@@ -28,6 +28,11 @@ log = logging.getLogger("taudis.model.train")
 RETRY_SEED_STEP = 1000
 
 
+def is_trainable(annotation: dict[str, Any]) -> bool:
+    """Whether training learns from an annotation: detectron2 trains on no crowd region (iscrowd 1)."""
+    return not annotation.get("iscrowd", 0)
+
+
 class TrainMapper:
     """Dataset dict -> model input for training: taudis's image reader, resize, flips, bitmask targets."""
 
@@ -65,7 +70,7 @@ class TrainMapper:
         annotations = [
             utils.transform_instance_annotations(a, transforms, image.shape[:2])
             for a in record.pop("annotations")
-            if not a.get("iscrowd", 0)
+            if is_trainable(a)
         ]
         instances = utils.annotations_to_instances(annotations, image.shape[:2], mask_format=self.mask_format)
         record["instances"] = utils.filter_empty_instances(instances)
@@ -103,7 +108,8 @@ def train_model(
           last_checkpoint      detectron2's pointer to the newest checkpoint
           metrics.json         iterations, start_iter, seconds, seconds_per_iter, losses (median of
                                the last LOG_PERIOD iterations), loss_history, num_images,
-                               num_instances, class_names, device, seed (the attempt's),
+                               num_instances (those trained on: crowd regions are not), class_names,
+                               device, seed (the attempt's),
                                collapsed_attempts (seed, reason and seconds of each discarded attempt),
                                data_fit (the data against the config's input size, anchors and
                                detection limits: taudis.model.fit), notes (the caller's)
@@ -131,14 +137,14 @@ def train_model(
         The metrics written to ``metrics.json``.
 
     Raises:
+        ValueError: the dataset holds nothing to train on (no image, category or non-crowd annotation).
         TrainingCollapsedError: every attempt collapsed.
     """
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_coco(annotations)
-    if not data["images"]:
-        raise ValueError(f"{annotations}: no images to train on")
+    _check_trainable(data, annotations)
     dicts = to_detectron2_dicts(data, image_root)
     _check_files_exist(dicts, annotations, image_root)
     cfg = load_config(config, opts)
@@ -172,6 +178,26 @@ def train_model(
                 "TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO 0 to keep such a model"
             )
         log.warning("%s: training collapsed (seed %d): %s; training again from scratch", out, attempt_seed, reason)
+
+
+def _check_trainable(data: dict[str, Any], annotations: str) -> None:
+    """Fail before training on nothing to learn: detectron2 would run the schedule and write a model of no object.
+
+    Raises:
+        ValueError: naming the file and why: no image, no category, no annotation, or only crowd regions.
+    """
+    if not data["images"]:
+        raise ValueError(f"{annotations}: no images to train on")
+    if not data["categories"]:
+        raise ValueError(f"{annotations}: no categories: nothing to train on (the model needs at least one class)")
+    labels = data.get("annotations", [])
+    if not labels:
+        raise ValueError(f"{annotations}: no annotations: no object to train on (an unlabelled pool?)")
+    if not any(is_trainable(a) for a in labels):
+        raise ValueError(
+            f"{annotations}: all {len(labels)} annotations are iscrowd=1 (crowd regions), which detectron2 does not "
+            "train on: no object to train on; CVAT's COCO export marks every mask so: set iscrowd 0 to use them"
+        )
 
 
 def _check_files_exist(dicts: list[dict[str, Any]], annotations: str, image_root: str) -> None:
@@ -296,7 +322,7 @@ def _train_attempt(
         "losses": {k: statistics.median(v) for k, v in window.items()},
         "loss_history": history,
         "num_images": len(dicts),
-        "num_instances": sum(len(d["annotations"]) for d in dicts),
+        "num_instances": sum(1 for d in dicts for a in d["annotations"] if is_trainable(a)),
         "class_names": list(cfg.TAUDIS.CLASS_NAMES),
         "device": str(cfg.MODEL.DEVICE),
         "seed": seed,
