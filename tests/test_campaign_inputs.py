@@ -239,3 +239,27 @@ def test_a_dead_runs_claim_is_released_and_the_next_run_takes_the_round_over(
         renew_claim(campaign, 1, "run-dead")  # fenced off, had it been alive
     assert main(["release", campaign.uri]) == 0  # run-new's claim: released too, on request
     assert check_campaign(campaign.uri) == []
+
+
+def test_an_upload_whose_long_name_label_studio_cut_short_matches_its_pool_image() -> None:
+    """Django stores uploads within 100 characters ("upload/<project>/<8 hex>-" included): a longer
+    name is cut and gains "_" and 7 random characters (seen on a real Label Studio 1.23)."""
+    from taudis.campaign.ingest import PoolIndex, match_image
+    from taudis.labeling.labelstudio import upload_file_name
+
+    pool = make_pool(3)
+    long_stem = "plate-07_well-B3_field-0012_channel-DAPI_z-003_t-0001_exposure-200ms_objective-40x"
+    pool["images"][0]["file_name"] = f"run 4/{long_stem}.png"
+    pool["images"][1]["file_name"] = f"run 4/{long_stem}_repeat.tif"
+    index = PoolIndex.of(pool)
+    stored = f"{long_stem[:70]}_pjK1bZQ.png"  # project 1: 18 + 82 = 100 characters
+    assert len("upload/1/4e0f1a2b-" + stored) == 100
+    assert match_image(stored, index, upload_file_name) == (1, "")
+    found, why = match_image(f"{long_stem[:70]}_pjK1bZQ.tif", index, upload_file_name)
+    assert found == 2
+    found, why = match_image(f"{long_stem[:70]}_pjK1bZQ.png", PoolIndex.of({**pool, "images": [
+        {**pool["images"][0]}, {**pool["images"][1], "file_name": f"{long_stem}_b.png"}, pool["images"][2]]}),
+        upload_file_name)  # fmt: skip
+    assert found is None and "rename them apart" in why
+    assert match_image("img0003_pjK1bZQ.png", index, upload_file_name)[0] is None  # too short to be cut
+    assert match_image(f"{long_stem[:40]}_pjK1bZQ.png", index, upload_file_name)[0] is None

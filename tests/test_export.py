@@ -349,14 +349,19 @@ def test_gcs_export_fetches_only_the_shards_it_needs(gcs_bucket: str, tmp_path: 
     assert (tmp_path / "one" / "header.json").is_file()
 
 
-def test_every_export_reads_back_as_the_predictions(inputs: dict[str, Any]) -> None:
-    """Labels out -> annotators accept the predictions as they are -> read_labels gives them back."""
+def test_every_export_reads_back_as_the_predictions(inputs: dict[str, Any], tmp_path: Path) -> None:
+    """Labels out -> annotators accept the predictions as they are -> read_labels gives them back.
+
+    The files as taudis wrote them are refused (the model's predictions are no labels); the same
+    documents as a tool exports them again, with its own description, read back."""
     from taudis.labeling import read_labels
 
     written = _export(inputs)
     expected = {i: len(inputs["truth"].get(i, [])) for i in inputs["order"]}
     for key, fmt in (("preannotations", "coco"), ("cvat_archive", "cvat-coco")):
-        labels = read_labels(written[key])
+        (refused,) = read_labels(written[key]).problems
+        assert "taudis's own pre-annotations" in refused.message
+        labels = read_labels(_as_a_tool_exports_it(written[key], tmp_path / f"{key}-{Path(written[key]).name}"))
         assert labels.format == fmt and labels.problems == ()
         assert [image.ref for image in labels.images] == [f"tiles/t{i}.png" for i in inputs["order"]]
         assert [image.tool_id for image in labels.images] == inputs["order"]
@@ -367,6 +372,24 @@ def test_every_export_reads_back_as_the_predictions(inputs: dict[str, Any]) -> N
             image_id = inputs["order"][ann.image]
             assert ann.category in CLASSES
             assert isinstance(ann.segmentation, dict) and ann.segmentation["size"] == list(SIZES[image_id])
+
+
+def _as_a_tool_exports_it(uri: str, local: Path) -> str:
+    """A copy of a COCO file or a zip of COCO files with the tool's description instead of taudis's."""
+
+    def retold(data: bytes) -> bytes:
+        doc = json.loads(data)
+        return json.dumps({**doc, "info": {**doc.get("info", {}), "description": ""}}).encode()
+
+    data = storage.read_bytes(uri)
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        local.write_bytes(retold(data))
+        return str(local)
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(local, "w") as copy:
+        for member in source.infolist():
+            body = source.read(member)
+            copy.writestr(member, retold(body) if member.filename.endswith(".json") else body)
+    return str(local)
 
 
 # ----------------------------------------------------------------- the selection stages' input

@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import logging
 import posixpath
+import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -131,7 +132,7 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
     matched by its base name.
     """
     text = _normal(ref)
-    if renamed is not None and (uploads := sorted(pool.renamed(renamed).get(text, []))):
+    if renamed is not None and (uploads := _uploads(text, pool.renamed(renamed))):
         if len(uploads) == 1:
             return uploads[0], ""
         names = [pool.by_id[i]["file_name"] for i in uploads[:5]]
@@ -169,6 +170,30 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
         names = sorted(pool.by_id[i]["file_name"] for i in alike)[:5]
         return None, f"no pool image has the file name {ref!r}; pool image(s) {names} differ from it only in case"
     return None, f"no pool image has the file name {ref!r}"
+
+
+# Django (Label Studio's storage) keeps an upload's stored name within its FileField's 100
+# characters: a longer name loses the end of its stem and gains "_" and 7 random characters.
+# What is left after "upload/<project id>/<8 hex>-" is then 100 - 18 - (digits - 1) long.
+TRUNCATED_UPLOAD = re.compile(r"(?P<stem>.+)_[A-Za-z0-9]{7}(?P<ext>\.[^./]*)?")
+TRUNCATED_LENGTHS = range(100 - 18 - 9, 100 - 18 + 1)  # project ids of 1 to 10 digits
+
+
+def _uploads(name: str, renamed: Mapping[str, list[int]]) -> list[int]:
+    """The pool images an upload stored as ``name`` may be: its renamed base name, or failing that
+    the names the storage could have cut to it."""
+    if name in renamed:
+        return sorted(renamed[name])
+    cut = TRUNCATED_UPLOAD.fullmatch(name)
+    if cut is None or len(name) not in TRUNCATED_LENGTHS:
+        return []
+    stem, ext = cut["stem"], cut["ext"] or ""
+    return sorted(
+        i
+        for full, ids in renamed.items()
+        if full.startswith(stem) and full.endswith(ext) and len(full) > len(stem) + len(ext)
+        for i in ids
+    )
 
 
 def _same_file(pool_name: str, ref: str) -> bool:
