@@ -116,7 +116,9 @@ def _annotate(fake: FakeLabelStudio, task_id: int, **annotation: Any) -> None:
 def test_pull_writes_each_finished_annotation_once(fake: FakeLabelStudio, client: Client, storage_root: str) -> None:
     push(client, _tasks_folder(storage_root, [1, 2, 3]), title="t", create=True)
     incoming = storage.join(storage_root, "campaign", "incoming")
-    assert pull(client, 1, incoming) == {"project": 1, "exported": 0, "new": 0, "written": None}
+    assert pull(client, 1, incoming) == {
+        "project": 1, "exported": 0, "new": 0, "written": None, "edited": 0, "corrections": None,
+    }  # fmt: skip
     _annotate(fake, 1)
     _annotate(fake, 2, was_cancelled=True)  # skipped: not a label
     first = pull(client, 1, incoming)
@@ -131,11 +133,27 @@ def test_pull_writes_each_finished_annotation_once(fake: FakeLabelStudio, client
     storage.write_text(storage.join(incoming, "notes.json"), "{not json")
     _annotate(fake, 3)
     second = pull(client, 1, incoming, name="batch-2")
-    assert second["written"] == storage.join(incoming, "batch-2.json") and second["new"] == 1
+    assert second["written"].startswith(storage.join(incoming, "batch-2-")) and second["new"] == 1
     assert [t["id"] for t in storage.read_json(second["written"])] == [3]
-    # an annotation edited after it was pulled comes again (ingest reports it as a conflict)
+    # an annotation edited after it was pulled comes again, as a correction: the tool's newer word
     fake.tasks[1]["annotations"][0]["updated_at"] = "t1"
-    assert [t["id"] for t in storage.read_json(pull(client, 1, incoming)["written"])] == [1]
+    _annotate(fake, 2)
+    third = pull(client, 1, incoming)
+    assert (third["new"], third["edited"]) == (1, 1)
+    assert [t["id"] for t in storage.read_json(third["written"])] == [2]
+    assert third["corrections"].startswith(storage.join(incoming, "corrections", "labelstudio-1-"))
+    assert [t["id"] for t in storage.read_json(third["corrections"])] == [1]
+    assert pull(client, 1, incoming)["written"] is None  # the correction counts as pulled
+
+
+def test_pulls_are_named_in_the_order_they_were_made(fake: FakeLabelStudio, client: Client, storage_root: str) -> None:
+    push(client, _tasks_folder(storage_root, list(range(1, 9))), title="t", create=True)
+    incoming = storage.join(storage_root, "campaign", "incoming")
+    written = []
+    for task_id in range(1, 9):
+        _annotate(fake, task_id)
+        written.append(pull(client, 1, incoming)["written"])
+    assert written == sorted(written)  # ingest's order is the pulls' order, whatever the content
 
 
 def test_cli(fake: FakeLabelStudio, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

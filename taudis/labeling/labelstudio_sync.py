@@ -17,14 +17,17 @@ project lacks would not show).
 ``pull --out FOLDER`` exports the project in Label Studio's JSON format, keeps the tasks that have
 a submitted annotation that no earlier pull has written (any ``*.json`` under FOLDER, so also
 ingest's done/ and rejected/), drops their predictions and drafts, and writes them atomically as
-``FOLDER/<name>.json`` (default name ``labelstudio-<project>-<12 hex of the content>``). Nothing new:
-nothing is written, so pulling twice writes one file. An annotation edited after it was pulled
-is pulled again (ingest reports it as a conflict with what it already holds).
+``FOLDER/<name>-<8 hex of the content>.json`` (default name ``labelstudio-<project>-<UTC time>``, so
+that ingest, which goes in name order, takes pulls in the order they were made). Nothing new:
+nothing is written, so pulling twice writes one file. An annotation edited in Label Studio after
+it was pulled is pulled again into ``FOLDER/corrections/``: when FOLDER is a campaign's
+``incoming/``, the next ingest replaces those images' labels with the edit.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import os
@@ -358,17 +361,30 @@ def pull(client: Client, project_id: int, out: str, *, name: str | None = None) 
     for task in exported:
         task.setdefault("project", project_id)
     earlier = _earlier_pulls(out)
-    new = [t for t in exported if not pulled_keys([t]) <= earlier]
-    summary: dict[str, Any] = {"project": project_id, "exported": len(exported), "new": len(new), "written": None}
-    if not new:
-        return summary
-    slim = [{k: v for k, v in task.items() if k not in ("predictions", "drafts")} for task in new]
-    data = storage.dumps_json(slim)
-    file_name = f"{name or f'labelstudio-{project_id}-{hashlib.sha256(data).hexdigest()[:12]}'}.json"
-    target = storage.join(out, file_name)
-    storage.write_bytes(target, data, content_type="application/json")  # atomic: a reader sees all or none
-    summary["written"] = target
+    seen = {key[:3] for key in earlier}  # (project, task, annotation) without updated_at
+    fresh = [t for t in exported if not pulled_keys([t]) <= earlier]
+    edited = [t for t in fresh if any(key[:3] in seen for key in pulled_keys([t]) - earlier)]
+    new = [t for t in fresh if t not in edited]
+    summary: dict[str, Any] = {
+        "project": project_id, "exported": len(exported), "new": len(new), "written": None,
+        "edited": len(edited), "corrections": None,
+    }  # fmt: skip
+    # Ingest takes files in name order, so names start with the pull's time: a later pull is
+    # ingested after an earlier one. An annotation edited in Label Studio after it was pulled is
+    # the tool's newer word on those images: it goes to corrections/, which replaces their labels.
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    for tasks, folder, key in ((new, out, "written"), (edited, storage.join(out, "corrections"), "corrections")):
+        if tasks:
+            summary[key] = _write_pull(tasks, folder, name or f"labelstudio-{project_id}-{stamp}")
     return summary
+
+
+def _write_pull(tasks: Sequence[Mapping[str, Any]], folder: str, stem: str) -> str:
+    slim = [{k: v for k, v in task.items() if k not in ("predictions", "drafts")} for task in tasks]
+    data = storage.dumps_json(slim)
+    target = storage.join(folder, f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.json")
+    storage.write_bytes(target, data, content_type="application/json")  # atomic: a reader sees all or none
+    return target
 
 
 # --------------------------------------------------------------------------------------- CLI
