@@ -39,7 +39,10 @@ def _exported(storage_root: str, seed: Any = None) -> tuple[Campaign, dict[str, 
     campaign = Campaign(storage.join(storage_root, "c1"))
     claim_round(campaign.uri, uris["pool"], uris["seed"], "run-a")
     rounds.record_evaluation(campaign, 0, "run-a", {"labelled_images": 4, "mask_ap": 1.0, "box_ap": 1.0})
-    rows = "".join(json.dumps({"image_id": i, "file_name": f"img{i:04d}.png"}) + "\n" for i in range(5, 13))
+    rows = "".join(
+        json.dumps({"image_id": i, "file_name": f"img{i:04d}.png", "height": SIZE, "width": SIZE}) + "\n"
+        for i in range(5, 13)
+    )
     staging = rounds.stage_files(campaign, 0, "run-a", {"tasks/manifest.jsonl": rows.encode()})
     rounds.commit_selection(campaign, 0, "run-a", selection_doc(list(range(5, 13))), staging)
     rounds.publish_round(campaign, 0)
@@ -263,3 +266,16 @@ def test_an_upload_whose_long_name_label_studio_cut_short_matches_its_pool_image
     assert found is None and "rename them apart" in why
     assert match_image("img0003_pjK1bZQ.png", index, upload_file_name)[0] is None  # too short to be cut
     assert match_image(f"{long_stem[:40]}_pjK1bZQ.png", index, upload_file_name)[0] is None
+
+
+def test_labels_of_a_pending_image_dropped_from_the_pool_file_still_land(storage_root: str, tmp_path: Path) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    kept = [im["id"] for im in pool["images"] if im["id"] != 7]
+    storage.write_json(uris["pool"], subset(pool, kept))
+    storage.write_json(storage.join(campaign.incoming, "batch.json"), subset(pool, [5, 6, 7]))
+    facts = _ingest_step(campaign, uris["pool"], tmp_path)
+    assert facts["ingest"]["ingested"] == ["batch.json"]
+    assert {5, 6, 7} <= read_ledger(campaign.ledger).labelled
+    have = annotations_by_image(storage.read_json(str(tmp_path / "l.json")))
+    assert {i: have[i] for i in (5, 6, 7)} == annotations_by_image(subset(pool, [5, 6, 7]))

@@ -48,6 +48,7 @@ from taudis.campaign.labels import (
     labelled_annotations,
     part_document,
     part_without,
+    pending_images,
     replace_labels,
     write_part,
 )
@@ -518,9 +519,23 @@ def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]
     """
     campaign = Campaign(campaign_uri)
     pool = storage.read_json(pool_annotations) if isinstance(pool_annotations, str) else pool_annotations
+    pool = with_pending_images(campaign, pool)
     index = PoolIndex.of(pool)
     outcomes = [ingest_file(campaign, uri, pool, index) for uri in campaign.incoming_files()]
     return outcomes + [ingest_file(campaign, uri, pool, index, correction=True) for uri in campaign.correction_files()]
+
+
+def with_pending_images(campaign: Campaign, pool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pool file plus the pending images it no longer lists, as their tasks named them.
+
+    A pending image stays in the campaign whatever the pool file says (taudis.campaign.pool), so
+    the annotators' work on it still lands on it, and does not sink the rest of its file.
+    """
+    listed = {int(im["id"]) for im in pool["images"]}
+    dropped = [
+        im for i, im in sorted(pending_images(campaign, read_ledger(campaign.ledger)).items()) if i not in listed
+    ]
+    return {**pool, "images": [*pool["images"], *dropped]} if dropped else pool
 
 
 def summarize(outcomes: Sequence[FileOutcome]) -> dict[str, list[Any]]:

@@ -195,16 +195,24 @@ def known_file_names(campaign: Campaign, ledger: Ledger | None = None) -> dict[i
     its round's task manifest): the names the campaign has tied to ids."""
     ledger = ledger or read_ledger(campaign.ledger)
     known = {int(im["id"]): str(im["file_name"]) for im in labelled_dataset(campaign, ledger)["images"]}
-    waiting = set(ledger.pending)
+    known |= {image_id: str(image["file_name"]) for image_id, image in pending_images(campaign, ledger).items()}
+    return known
+
+
+def pending_images(campaign: Campaign, ledger: Ledger) -> dict[int, dict[str, Any]]:
+    """Pending image id -> {"id", "file_name", "height", "width"} as its round's task manifest has it,
+    for every pending image of a published round (the record the annotators were sent)."""
+    waiting, found = set(ledger.pending), {}
     for record in ledger.rounds:
         if not waiting & set(record.get("images", [])) or record["state"] not in ("exported", "closed"):
             continue
         uri = storage.join(campaign.round_dir(record["round"]), "tasks", "manifest.jsonl")
         for line in storage.read_text(uri).splitlines() if storage.exists(uri) else []:
             row = json.loads(line) if line.strip() else {}
-            if int(row.get("image_id", -1)) in waiting and "file_name" in row:
-                known[int(row["image_id"])] = str(row["file_name"])
-    return known
+            if int(row.get("image_id", -1)) in waiting and {"file_name", "height", "width"} <= set(row):
+                image_id = int(row["image_id"])
+                found[image_id] = {"id": image_id, **{k: row[k] for k in ("file_name", "height", "width")}}
+    return found
 
 
 def annotations_by_image(document: Mapping[str, Any]) -> dict[int, list[tuple[int, str]]]:
