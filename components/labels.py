@@ -15,12 +15,13 @@ def check_parameters(
     metric: str,
     aggregation: str,
     universe: str,
+    campaign_uri: str,
     pool_annotations: str,
     labelled_annotations: str,
     val_annotations: str,
 ):
     """Fail the run, before any training or inference, when a parameter or input URI is bad."""
-    from taudis.campaign.steps import validate_round_parameters
+    from taudis.campaign.steps import seed_needed, validate_round_parameters
 
     validate_round_parameters(
         strategy=strategy,
@@ -31,7 +32,7 @@ def check_parameters(
         metric=metric,
         aggregation=aggregation,
         universe=universe,
-        uris=[pool_annotations, labelled_annotations, val_annotations],
+        uris=[pool_annotations, val_annotations, *([labelled_annotations] if seed_needed(campaign_uri) else [])],
     )
 
 

@@ -93,6 +93,7 @@ def check(run: RunInputs, strategy: str, target: str) -> dsl.PipelineTask:
             metric=run.metric,
             aggregation=run.aggregation,
             universe=run.universe,
+            campaign_uri=run.campaign_uri,
             pool_annotations=run.pool_annotations,
             labelled_annotations=run.labelled_annotations,
             val_annotations=run.val_annotations,

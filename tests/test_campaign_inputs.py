@@ -279,3 +279,18 @@ def test_labels_of_a_pending_image_dropped_from_the_pool_file_still_land(storage
     assert {5, 6, 7} <= read_ledger(campaign.ledger).labelled
     have = annotations_by_image(storage.read_json(str(tmp_path / "l.json")))
     assert {i: have[i] for i in (5, 6, 7)} == annotations_by_image(subset(pool, [5, 6, 7]))
+
+
+def test_the_seed_file_is_needed_only_by_the_run_that_creates_the_campaign(storage_root: str) -> None:
+    from taudis_kfp.components.labels import check_parameters
+
+    campaign, uris = _exported(storage_root)
+    params = {
+        "strategy": "taudis", "budget": 4, "alpha": 2.5, "beta": 1.5, "sigma": 0.8, "metric": "seg_entropy",
+        "aggregation": "mean", "universe": "candidates", "pool_annotations": uris["pool"],
+        "val_annotations": uris["pool"], "labelled_annotations": uris["seed"],
+    }  # fmt: skip
+    storage.delete(uris["seed"])  # months later, the initial labelled set is tidied away
+    check_parameters.python_func(**params, campaign_uri=campaign.uri)  # the campaign exists: not read
+    with pytest.raises(FileNotFoundError, match=r"seed\.json does not exist"):
+        check_parameters.python_func(**params, campaign_uri=storage.join(storage_root, "new-campaign"))

@@ -97,6 +97,12 @@ def validate_round_parameters(
             raise FileNotFoundError(f"{uri} does not exist")
 
 
+def seed_needed(campaign_uri: str) -> bool:
+    """Whether a run reads the seed (the initial labelled set): only the one that creates the
+    campaign's ledger does, so a seed file removed months later stops no round."""
+    return not storage.exists(Campaign(campaign_uri).ledger)
+
+
 # ------------------------------------------------------------------------------------- labels
 
 
@@ -113,7 +119,7 @@ def claim_round(campaign_uri: str, pool_annotations: str, labelled_annotations: 
     campaign = Campaign(campaign_uri)
     pool = load_pool(pool_annotations)
     seed = None
-    if labelled_annotations and not storage.exists(campaign.ledger):
+    if labelled_annotations and seed_needed(campaign.uri):
         seed = seed_part(campaign, labelled_annotations, pool)
     ensure_ledger(campaign, pool, seed)
     return rounds.claim_round(campaign, run_id)
