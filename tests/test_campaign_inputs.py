@@ -294,3 +294,12 @@ def test_the_seed_file_is_needed_only_by_the_run_that_creates_the_campaign(stora
     check_parameters.python_func(**params, campaign_uri=campaign.uri)  # the campaign exists: not read
     with pytest.raises(FileNotFoundError, match=r"seed\.json does not exist"):
         check_parameters.python_func(**params, campaign_uri=storage.join(storage_root, "new-campaign"))
+
+
+def test_a_file_another_ingest_took_meanwhile_is_left_to_it(storage_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    campaign, uris = _exported(storage_root)
+    storage.write_json(storage.join(campaign.incoming, "b.json"), subset(storage.read_json(uris["pool"]), [5]))
+    listed = campaign.incoming_files()
+    gone = storage.join(campaign.incoming, "a.json")  # listed, then ingested by a second run first
+    monkeypatch.setattr(Campaign, "incoming_files", lambda self: [gone, *listed])
+    assert [o.file for o in ingest_incoming(campaign.uri, uris["pool"])] == ["b.json"]

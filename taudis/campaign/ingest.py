@@ -521,8 +521,17 @@ def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]
     pool = storage.read_json(pool_annotations) if isinstance(pool_annotations, str) else pool_annotations
     pool = with_pending_images(campaign, pool)
     index = PoolIndex.of(pool)
-    outcomes = [ingest_file(campaign, uri, pool, index) for uri in campaign.incoming_files()]
-    return outcomes + [ingest_file(campaign, uri, pool, index, correction=True) for uri in campaign.correction_files()]
+    waiting = [(uri, False) for uri in campaign.incoming_files()] + [(uri, True) for uri in campaign.correction_files()]
+    outcomes = []
+    for uri, correction in waiting:
+        try:
+            outcomes.append(ingest_file(campaign, uri, pool, index, correction=correction))
+        except storage.NotFoundError:
+            if storage.exists(uri):
+                raise
+            # Another ingest (a second run, a hand-run ingest) took the file meanwhile and answers for it.
+            log.info("incoming %s: taken by another ingest meanwhile", posixpath.basename(uri))
+    return outcomes
 
 
 def with_pending_images(campaign: Campaign, pool: Mapping[str, Any]) -> Mapping[str, Any]:
