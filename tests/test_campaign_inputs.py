@@ -303,3 +303,24 @@ def test_a_file_another_ingest_took_meanwhile_is_left_to_it(storage_root: str, m
     gone = storage.join(campaign.incoming, "a.json")  # listed, then ingested by a second run first
     monkeypatch.setattr(Campaign, "incoming_files", lambda self: [gone, *listed])
     assert [o.file for o in ingest_incoming(campaign.uri, uris["pool"])] == ["b.json"]
+
+
+def test_a_retried_ingest_step_still_reports_the_files_its_first_attempt_handled(
+    storage_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import taudis.campaign.steps as steps
+
+    campaign, uris = _exported(storage_root)
+    storage.write_json(storage.join(campaign.incoming, "good.json"), subset(storage.read_json(uris["pool"]), [5]))
+    storage.write_text(storage.join(campaign.incoming, "broken.json"), '{"images": [')
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt("the pod was killed after the files moved")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(steps, "labelled_dataset", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _ingest_step(campaign, uris["pool"], tmp_path)
+    _ingest_step(campaign, uris["pool"], tmp_path)  # KFP's retry: nothing is waiting any more
+    intake = rounds_record(campaign, 1)["ingest"]
+    assert (intake["ingested"], intake["rejected"]) == (["good.json"], ["broken.json"])

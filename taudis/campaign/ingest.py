@@ -364,12 +364,14 @@ def ingest_file(
     *,
     correction: bool = False,
     attempt: int = 0,
+    record: Recorder | None = None,
 ) -> FileOutcome:
     """Ingest or quarantine one incoming file (module docstring); returns what became of it.
 
     ``correction`` (a file from incoming/corrections/): labels that differ from those already in
     replace them instead of being a conflict. ``attempt`` counts the classifications redone
-    because the ledger changed under this one.
+    because the ledger changed under this one. ``record`` is told the outcome before the file
+    moves (see :data:`Recorder`).
     """
     from taudis.labeling import read_labels
 
@@ -379,7 +381,7 @@ def ingest_file(
     ledger = read_ledger(campaign.ledger)
     landed = next((p for p in ledger.parts if _applies(p.op_id, op_id)), None)
     if landed is not None:  # ingested by an earlier attempt: only the move is left
-        return _finish(campaign, uri, data, "ingested", images=sorted(landed.images))
+        return _finish(campaign, uri, data, record, "ingested", images=sorted(landed.images))
     if ledger.has_op(op_id):
         # The same file again after its labels were replaced (a correction put back after a later
         # one): an update under the old op id would be skipped as done, so this one gets its own.
@@ -388,12 +390,12 @@ def ingest_file(
     resolved = resolve(labels, index)
     new, repeats, changed = _classify(campaign, ledger, resolved, index, labels.uri)
     if resolved.problems:
-        return _quarantine(campaign, uri, data, "rejected", [*map(str, resolved.problems), *changed.values()])
+        return _quarantine(campaign, uri, data, record, "rejected", [*map(str, resolved.problems), *changed.values()])
     if changed and not correction:
-        return _quarantine(campaign, uri, data, "conflict", [*changed.values(), CORRECTION_HINT])
+        return _quarantine(campaign, uri, data, record, "conflict", [*changed.values(), CORRECTION_HINT])
     chosen = set(new) | set(changed)
     if not chosen:
-        return _finish(campaign, uri, data, "repeat", repeats=repeats)
+        return _finish(campaign, uri, data, record, "repeat", repeats=repeats)
     images = [index.by_id[i] for i in sorted(chosen)]
     annotations = [a for a in resolved.annotations if a["image_id"] in chosen]
     source = posixpath.basename(uri)
@@ -414,12 +416,12 @@ def ingest_file(
         if err.field not in ("pending", "parts") or attempt >= RACE_RETRIES:
             raise
         # another file labelled or corrected some of them meanwhile: classify again
-        return ingest_file(campaign, uri, pool, index, correction=correction, attempt=attempt + 1)
+        return ingest_file(campaign, uri, pool, index, correction=correction, attempt=attempt + 1, record=record)
     empty = sorted(chosen - {a["image_id"] for a in annotations})
     if empty:
         log.warning("incoming %s: images %s labelled with no instance", source, empty[:20])
     return _finish(
-        campaign, uri, data, "ingested", images=sorted(new), repeats=repeats, replaced=sorted(changed),
+        campaign, uri, data, record, "ingested", images=sorted(new), repeats=repeats, replaced=sorted(changed),
         empty=empty, annotations=len(annotations),
     )  # fmt: skip
 
@@ -473,14 +475,27 @@ def _classify(
     return new, repeats, changed
 
 
-def _finish(campaign: Campaign, uri: str, data: bytes, status: str, **facts: Any) -> FileOutcome:
+# Told each file's outcome before the file moves: a step killed after the move cannot tell on a
+# retry what the file was (it is no longer waiting), so the round's facts are written first; a
+# retry that finds the file still waiting tells the same outcome again, merged as one.
+Recorder = Callable[[FileOutcome], None]
+
+
+def _finish(
+    campaign: Campaign, uri: str, data: bytes, record: Recorder | None, status: str, **facts: Any
+) -> FileOutcome:
     target = _free_name(campaign.done, uri, data)
+    outcome = FileOutcome(posixpath.basename(uri), status, target, **facts)
+    if record is not None:
+        record(outcome)
     storage.move(uri, target)
     log.info("incoming %s: %s -> %s", posixpath.basename(uri), status, target)
-    return FileOutcome(posixpath.basename(uri), status, target, **facts)
+    return outcome
 
 
-def _quarantine(campaign: Campaign, uri: str, data: bytes, status: str, problems: Sequence[str]) -> FileOutcome:
+def _quarantine(
+    campaign: Campaign, uri: str, data: bytes, record: Recorder | None, status: str, problems: Sequence[str]
+) -> FileOutcome:
     target = _free_name(campaign.rejected, uri, data)
     report = {
         "file": posixpath.basename(uri),
@@ -489,9 +504,12 @@ def _quarantine(campaign: Campaign, uri: str, data: bytes, status: str, problems
         "problems": list(problems),
     }
     storage.write_json(target + ".report.json", report)  # first: a file in rejected/ always has its report
+    outcome = FileOutcome(posixpath.basename(uri), status, target, problems=list(problems))
+    if record is not None:
+        record(outcome)
     storage.move(uri, target)
     log.warning("incoming %s: %s (%d problems) -> %s", posixpath.basename(uri), status, len(problems), target)
-    return FileOutcome(posixpath.basename(uri), status, target, problems=list(problems))
+    return outcome
 
 
 def _free_name(folder: str, uri: str, data: bytes) -> str:
@@ -507,12 +525,15 @@ def _free_name(folder: str, uri: str, data: bytes) -> str:
 # ---------------------------------------------------------------------------------- every file
 
 
-def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]) -> list[FileOutcome]:
+def ingest_incoming(
+    campaign_uri: str, pool_annotations: str | Mapping[str, Any], record: Recorder | None = None
+) -> list[FileOutcome]:
     """Ingest or quarantine every file waiting in ``<campaign>/incoming`` (sorted by name).
 
     Args:
         campaign_uri: the campaign's folder.
         pool_annotations: the pool's COCO (a URI, or the parsed document).
+        record: told each file's outcome before the file moves (:data:`Recorder`).
 
     Returns:
         One outcome per file, in the order handled.
@@ -525,7 +546,7 @@ def ingest_incoming(campaign_uri: str, pool_annotations: str | Mapping[str, Any]
     outcomes = []
     for uri, correction in waiting:
         try:
-            outcomes.append(ingest_file(campaign, uri, pool, index, correction=correction))
+            outcomes.append(ingest_file(campaign, uri, pool, index, correction=correction, record=record))
         except storage.NotFoundError:
             if storage.exists(uri):
                 raise

@@ -97,6 +97,15 @@ def validate_round_parameters(
             raise FileNotFoundError(f"{uri} does not exist")
 
 
+def _recorder(campaign: Campaign, round_index: int, run_id: str) -> Callable[[Any], None]:
+    """Each incoming file's outcome into round r's facts as it is decided (taudis.campaign.ingest.Recorder)."""
+
+    def record(outcome: Any) -> None:
+        rounds.record_round_facts(campaign, round_index, run_id, {"ingest": summarize([outcome])})
+
+    return record
+
+
 def seed_needed(campaign_uri: str) -> bool:
     """Whether a run reads the seed (the initial labelled set): only the one that creates the
     campaign's ledger does, so a seed file removed months later stops no round."""
@@ -169,7 +178,9 @@ def ingest_labels(
     if oracle:
         facts["oracle"] = reveal_oracle_labels(campaign, pool)
     else:
-        facts["ingest"] = summarize(ingest_incoming(campaign_uri, pool))
+        facts["ingest"] = summarize(
+            ingest_incoming(campaign_uri, pool, record=_recorder(campaign, round_index, run_id))
+        )
     ledger = read_ledger(campaign.ledger)
     dataset = labelled_dataset(campaign, ledger)
     facts["labelled_images"] = len(dataset["images"])
