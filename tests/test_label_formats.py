@@ -97,6 +97,7 @@ def _task(data: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]
 
 
 A = "/data/local-files/?d=pool/images/a.png"
+B = "/data/local-files/?d=pool/images/b.png"
 C = "/data/local-files/?d=pool/images/c.png"
 
 
@@ -117,9 +118,34 @@ def test_regions_whose_image_cannot_be_told_are_refused_naming_task_to_name_and_
     assert labels.images == () and labels.annotations == ()
     assert (problem.record, problem.field) == ("task 22, annotation 25", "to_name")
     assert "'photo'" in problem.message and "['image', 'full']" in problem.message
-    # an empty submission on a task of two images: which image is labelled empty?
-    (problem,) = read_document([_task({"image": A, "full": C}, [])], "t.json").problems
-    assert problem.field == "to_name" and "['image', 'full']" in problem.message
+    # an empty submission on a task of two images, in a file whose regions name that same tag
+    drawn = _task({"image": A, "full": C}, [_polygon("p", "photo")])
+    problems = read_document([drawn, {**_task({"image": B, "full": C}, []), "id": 23}], "t.json").problems
+    assert len(problems) == 2 and all(p.field == "to_name" and "['image', 'full']" in p.message for p in problems)
+
+
+def test_an_extra_url_beside_the_image_does_not_hide_which_image_a_task_labels() -> None:
+    """A thumbnail or a source web page beside the image (a common import): regions name their tag,
+    an empty submission goes by the tag the file's regions name, or Label Studio's default."""
+    thumb = "https://cdn.example.org/thumbs/a_small.jpg"
+    tasks = [
+        _task({"image": A, "thumbnail": thumb}, [_polygon("p", "image")]),
+        {**_task({"image": B, "thumbnail": thumb}, []), "id": 23},
+    ]
+    labels = read_document(tasks, "t.json")
+    assert labels.problems == () and [im.ref for im in labels.images] == ["pool/images/a.png", "pool/images/b.png"]
+    alone = read_document([_task({"image": B, "thumbnail": thumb}, [])], "t.json")  # no region in the file
+    assert alone.problems == () and [im.ref for im in alone.images] == ["pool/images/b.png"]
+    page = read_document([_task({"image": A, "source": "https://example.org/survey/42"}, [_polygon("p", "img")])], "t")
+    assert page.problems == () and [im.ref for im in page.images] == ["pool/images/a.png"]
+
+
+def test_a_task_of_several_images_is_refused_not_put_on_one_of_them() -> None:
+    """<Image valueList="$pages">: a region carries the index of the page it was drawn on."""
+    region = {**_polygon("p", "pages"), "item_index": 1}
+    labels = read_document([_task({"pages": [A, C], "cover": B}, [region])], "t.json")
+    (problem,) = labels.problems
+    assert labels.images == () and "several images" in problem.message
 
 
 def test_regions_of_one_annotation_on_two_images_are_not_merged_onto_one() -> None:

@@ -278,34 +278,48 @@ def _finished_annotation(task: Mapping[str, Any], record: str, problems: Problem
     return finished[0] if finished else None
 
 
-def _image_key(data: Mapping[str, Any], results: Sequence[Any]) -> tuple[str | None, str, str]:
+def _image_key(
+    data: Mapping[str, Any], results: Sequence[Any], file_names: Sequence[str] = ()
+) -> tuple[str | None, str, str]:
     """The data key of the image the annotation's regions were drawn on: (key, "", ""), or (None, field, why).
 
     Each result names its Image tag (``to_name``), but which data key that tag reads (``$img``
     reads ``data["img"]``) is in the label config, not in the export. So: the one value of the
-    data that names an image; among several, the key named like the results' Image tag (taudis's
-    own tasks: ``image``). Anything else would be a guess that puts regions on another image, so
-    it is refused, and so are regions drawn on several of a task's images (one image per task).
+    data that names an image (a value that names an image file wins over a bare URL, such as a
+    web page); among several, the key named like the results' Image tag (taudis's own tasks:
+    ``image``). An annotation without regions goes by the tag the file's other regions name
+    (``file_names``); in a file without any region, by Label Studio's default ``image``. Anything else would be a guess that
+    puts regions on another image, so it is refused, and so are regions drawn on several of a
+    task's images, and tasks of several images (``<Image valueList>``): one image per task.
     """
+    several = [str(k) for k, v in data.items() if isinstance(v, list) and any(_looks_like_image(str(x)) for x in v)]
+    if several or any(isinstance(r, dict) and "item_index" in r for r in results):
+        field = f"data.{several[0]}" if several else "item_index"
+        return None, field, "a task of several images (<Image valueList>): taudis labels one image per task"
     names = list(dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict) and "to_name" in r))
-    candidates = _image_candidates(data, names)
+    told = names or [n for n in dict.fromkeys(file_names) if n in data]
+    candidates = _image_candidates(data, told)
+    if len(candidates) > 1:
+        candidates = [k for k in candidates if k in told or _names_image_file(str(data[k]))] or candidates
+    if len(candidates) > 1 and not names and not file_names and TO_NAME in candidates:
+        return TO_NAME, "", ""  # no region in the whole file to tell: Label Studio's default <Image value="$image">
     if len(candidates) == 1:
         return candidates[0], "", ""
     if not candidates:
         return None, f"data.{TO_NAME}", f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
-    unmatched = [name for name in names if name not in candidates]
-    if unmatched or not names:
-        told = f"its regions' to_name {unmatched[0]!r}" if unmatched else "no region (to_name)"
+    unmatched = [name for name in told if name not in candidates]
+    if unmatched or not told:
+        said = f"its regions' to_name {unmatched[0]!r} is none of them" if unmatched else "no region says which"
         return (
             None,
             "to_name",
-            f"several keys of the task's data name an image ({candidates}) and {told} names none of them, so "
-            "which one the regions belong to is in the label config, not in the export: give the Image tag "
-            'the name of the data key it reads (<Image name="img" value="$img"/>), or keep one image per task',
+            f"several keys of the task's data name an image ({candidates}) and {said}: which one the "
+            "regions belong to is in the label config, not in the export; give the Image tag the name of the "
+            'data key it reads (<Image name="img" value="$img"/>), or keep one image per task',
         )
-    if len(names) > 1:
-        return None, "to_name", f"regions drawn on several of the task's images ({names}): label one image per task"
-    return str(names[0]), "", ""
+    if len(told) > 1:
+        return None, "to_name", f"regions drawn on several of the task's images ({told}): label one image per task"
+    return str(told[0]), "", ""
 
 
 # Keys that taudis's own tasks carry beside the image (build_tasks): the pool's file name names no
@@ -321,6 +335,16 @@ def _image_candidates(data: Mapping[str, Any], names: Sequence[Any]) -> list[str
         for key, value in data.items()
         if isinstance(value, str) and key not in metadata and (key in names or _looks_like_image(value))
     ]
+
+
+def _names_image_file(value: str) -> bool:
+    """A reference that names an image file, not merely a URL: an image suffix, or one of Label Studio's
+    own forms (uploads, local files, a connected storage's bucket)."""
+    text = value.strip()
+    path = unquote(urlsplit(text).path).lower()
+    query = unquote(urlsplit(text).query).lower()
+    storage_uri = text.split("://", 1)[0].lower() in ("s3", "gs", "gcs", "azure-blob")
+    return path.endswith(IMAGE_SUFFIXES) or query.endswith(IMAGE_SUFFIXES) or storage_uri or text.startswith("/data/")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
@@ -505,6 +529,20 @@ def _task_annotations(
     ]
 
 
+def _region_tags(tasks: Sequence[Any]) -> list[str]:
+    """The Image tags (``to_name``) the regions of a file's tasks name, in order of first use."""
+    names = (
+        r.get("to_name")
+        for t in tasks
+        if isinstance(t, dict)
+        for a in (t.get("annotations") or [])
+        if isinstance(a, dict)
+        for r in (a.get("result") or [])
+        if isinstance(r, dict)
+    )
+    return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+
+
 def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
     """Read Label Studio's JSON export (a list of tasks with their annotations).
 
@@ -521,6 +559,7 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
         return ToolLabels(uri, "labelstudio-json", (), (), tuple(problems.items))
     images: list[ToolImage] = []
     annotations: list[ToolAnnotation] = []
+    file_names = _region_tags(doc)
     for index, task in enumerate(doc):
         has_id = isinstance(task, dict) and _is_int(task.get("id"))
         record = f"task {task['id']}" if has_id else f"task index {index}"
@@ -532,7 +571,7 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         results = annotation["result"]
         where = f"{record}, annotation {annotation.get('id')}"
-        key, field, why = _image_key(task["data"], results)
+        key, field, why = _image_key(task["data"], results, file_names)
         pool_id = task["data"].get("image_id")
         count = len(problems.items)
         if key is None:
