@@ -324,3 +324,16 @@ def test_a_retried_ingest_step_still_reports_the_files_its_first_attempt_handled
     _ingest_step(campaign, uris["pool"], tmp_path)  # KFP's retry: nothing is waiting any more
     intake = rounds_record(campaign, 1)["ingest"]
     assert (intake["ingested"], intake["rejected"]) == (["good.json"], ["broken.json"])
+
+
+def test_a_bucket_object_whose_name_holds_a_hash_or_question_mark_is_matched() -> None:
+    from taudis.campaign.ingest import PoolIndex, match_image
+
+    pool = make_pool(2)
+    pool["images"][0]["file_name"] = "gs://bucket/pool/x#1.png"
+    pool["images"][1]["file_name"] = "gs://bucket/pool/q?.png"
+    index = PoolIndex.of(pool)
+    assert match_image("gs://bucket/pool/x#1.png", index) == (1, "")
+    assert match_image("gs://bucket/pool/q?.png", index) == (2, "")
+    signed = PoolIndex.of({**pool, "images": [{**pool["images"][0], "file_name": "pool/q.png"}]})
+    assert match_image("https://storage.googleapis.com/bucket/pool/q.png?X-Goog-Signature=ab#c", signed) == (1, "")

@@ -197,6 +197,10 @@ def test_training_refuses_a_dataset_without_an_object_to_learn_before_any_iterat
             caught.value
         )
     assert not (tmp_path / "model" / "config.yaml").exists()
+    from taudis.model.train import main
+
+    argv = ["--annotations", str(path), "--images", str(images), "--out", str(tmp_path / "cli"), *tiny_opts(2)]
+    assert main(argv) == 1  # said, no traceback
 
 
 def test_training_counts_the_instances_it_trains_on_not_the_crowd_regions(

@@ -108,10 +108,10 @@ class PoolIndex:
 
 def _normal(ref: str) -> str:
     """A file name or reference as compared: URL-decoded, Unicode NFC (macOS writes "é" as "e" and
-    a combining accent), forward slashes, no leading "./", and for a URL no query or fragment (a
-    signed URL's signature names no file)."""
+    a combining accent), forward slashes, no leading "./", and for an http(s) URL no query or
+    fragment (a signed URL's signature names no file)."""
     text = str(ref)
-    if "://" in text:
+    if text.lower().startswith(("http://", "https://")):  # in a bucket's object name, "?" and "#" are characters
         text = urlsplit(text)._replace(query="", fragment="").geturl()
     text = unicodedata.normalize("NFC", unquote(text)).replace("\\", "/")
     while text.startswith("./"):
@@ -227,12 +227,14 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
             continue
         said = image.pool_id if image.pool_id is not None else (image.tool_id if image.ids_are_pool_ids else None)
         if said is not None and said != pool_id:
-            other = pool.by_id.get(said, {}).get("file_name", "no pool image")
+            other = pool.by_id.get(said, {}).get("file_name")
+            named = f"is pool image {other!r}" if other is not None else "is no pool image's"
             problem(
                 image.record,
                 "id",
-                f"id {said} is pool image {other!r}, but the file name {image.ref!r} is pool image {pool_id} "
-                f"({pool.by_id[pool_id]['file_name']!r}): the id and the file name disagree",
+                f"id {said} {named}, but the file name {image.ref!r} is pool image {pool_id} "
+                f"({pool.by_id[pool_id]['file_name']!r}): the id and the file name disagree (a plain COCO file "
+                "gives the pool's ids; a tool's own numbering, Roboflow's or labelme2coco's, does not)",
             )
             continue
         known = pool.by_id[pool_id]

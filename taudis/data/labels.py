@@ -116,6 +116,8 @@ def _polygon_problem(segmentation: list[Any], height: int, width: int) -> tuple[
         return "segmentation", "empty polygon list"
     for index, polygon in enumerate(segmentation):
         field = f"segmentation[{index}]"
+        if _is_number(polygon):
+            return "segmentation", "a flat list of numbers: COCO wants a list of polygons, [[x1, y1, x2, y2, ...]]"
         if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
             return field, "a polygon must be a list of finite numbers"
         if len(polygon) < 6 or len(polygon) % 2:

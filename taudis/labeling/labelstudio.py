@@ -288,9 +288,10 @@ def _image_key(
     data that names an image (a value that names an image file wins over a bare URL, such as a
     web page); among several, the key named like the results' Image tag (taudis's own tasks:
     ``image``). An annotation without regions goes by the tag the file's other regions name
-    (``file_names``); in a file without any region, by Label Studio's default ``image``. Anything else would be a guess that
-    puts regions on another image, so it is refused, and so are regions drawn on several of a
-    task's images, and tasks of several images (``<Image valueList>``): one image per task.
+    (``file_names``); in a file without any region, by Label Studio's default ``image``.
+    Anything else would be a guess that puts regions on another image, so it is refused, and so
+    are regions drawn on several of a task's images, and tasks of several images (``<Image
+    valueList>``): one image per task.
     """
     several = [str(k) for k, v in data.items() if isinstance(v, list) and any(_looks_like_image(str(x)) for x in v)]
     if several or any(isinstance(r, dict) and "item_index" in r for r in results):

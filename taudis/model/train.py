@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,10 @@ log = logging.getLogger("taudis.model.train")
 # A retry after a collapse trains with seed + RETRY_SEED_STEP * attempt: far from the seeds a user
 # runs side by side (0, 1, 2, ...), so a retry never repeats another run's draw.
 RETRY_SEED_STEP = 1000
+
+
+class NothingToTrainError(ValueError):
+    """The dataset holds nothing to learn from: no image, no category or no non-crowd annotation."""
 
 
 def is_trainable(annotation: dict[str, Any]) -> bool:
@@ -137,7 +142,8 @@ def train_model(
         The metrics written to ``metrics.json``.
 
     Raises:
-        ValueError: the dataset holds nothing to train on (no image, category or non-crowd annotation).
+        NothingToTrainError: the dataset holds nothing to train on (no image, category or non-crowd annotation).
+        taudis.data.coco.CocoFormatError, FileNotFoundError: the annotations or a labelled image.
         TrainingCollapsedError: every attempt collapsed.
     """
 
@@ -184,17 +190,19 @@ def _check_trainable(data: dict[str, Any], annotations: str) -> None:
     """Fail before training on nothing to learn: detectron2 would run the schedule and write a model of no object.
 
     Raises:
-        ValueError: naming the file and why: no image, no category, no annotation, or only crowd regions.
+        NothingToTrainError: naming the file and why: no image, no category, no annotation, or only crowd regions.
     """
     if not data["images"]:
-        raise ValueError(f"{annotations}: no images to train on")
+        raise NothingToTrainError(f"{annotations}: no images to train on")
     if not data["categories"]:
-        raise ValueError(f"{annotations}: no categories: nothing to train on (the model needs at least one class)")
+        raise NothingToTrainError(
+            f"{annotations}: no categories: nothing to train on (the model needs at least one class)"
+        )
     labels = data.get("annotations", [])
     if not labels:
-        raise ValueError(f"{annotations}: no annotations: no object to train on (an unlabelled pool?)")
+        raise NothingToTrainError(f"{annotations}: no annotations: no object to train on (an unlabelled pool?)")
     if not any(is_trainable(a) for a in labels):
-        raise ValueError(
+        raise NothingToTrainError(
             f"{annotations}: all {len(labels)} annotations are iscrowd=1 (crowd regions), which detectron2 does not "
             "train on: no object to train on; CVAT's COCO export marks every mask so: set iscrowd 0 to use them"
         )
@@ -409,17 +417,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from taudis.data.coco import CocoFormatError
+    from taudis.model.images import ImageReadError
+
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    metrics = train_model(
-        args.annotations,
-        args.images,
-        args.out,
-        config=args.config,
-        opts=args.opts,
-        seed=args.seed,
-        resume=not args.no_resume,
-        weights=args.weights,
-    )
+    try:
+        metrics = train_model(
+            args.annotations,
+            args.images,
+            args.out,
+            config=args.config,
+            opts=args.opts,
+            seed=args.seed,
+            resume=not args.no_resume,
+            weights=args.weights,
+        )
+    except (CocoFormatError, NothingToTrainError, ImageReadError, FileNotFoundError) as err:
+        print(f"taudis train: {err}", file=sys.stderr)  # the input's fault: its message, not a traceback
+        return 1
     print(json.dumps({k: metrics[k] for k in ("iterations", "start_iter", "seconds", "losses", "num_images")}))
     return 0
