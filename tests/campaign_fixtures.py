@@ -1,13 +1,15 @@
 """Small campaigns for tests of the round's state machine, ingest and faults (no model needed).
 
 A pool of tiny 16x16 images with one or two square masks each, COCO with RLE, written to any
-storage root; helpers to write annotators' files, a selection, and a tasks folder as the
-export step would.
+storage root; helpers to write annotators' files (a zip of members too), a selection, and a
+tasks folder as the export step would.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,12 @@ def write_predictions(shard_dir: Path, images: list[dict[str, Any]], class_names
         class_names=class_names,
         model_id="test-model",
     )
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive of ``members`` (name -> bytes; a name ending in "/" is a folder), as bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

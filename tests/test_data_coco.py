@@ -223,14 +223,7 @@ def test_uncompressed_rle_reaches_detectron2_compressed_with_the_same_mask(tmp_p
     data = _valid()
     mask = np.zeros((10, 12), np.uint8)
     mask[2:6, 3:9] = 1
-    counts, value, run = [], 0, 0
-    for pixel in mask.flatten(order="F"):
-        if pixel != value:
-            counts.append(run)
-            value, run = pixel, 0
-        run += 1
-    counts.append(run)
-    data["annotations"][0]["segmentation"] = {"size": [10, 12], "counts": [int(c) for c in counts]}
+    data["annotations"][0]["segmentation"] = {"size": [10, 12], "counts": _uncompressed_counts(mask)}
     data["annotations"][0]["iscrowd"] = 0
     record = to_detectron2_dicts(load_coco(_write(tmp_path, data)), tmp_path)[0]["annotations"][0]
     assert isinstance(record["segmentation"]["counts"], str)
@@ -357,13 +350,18 @@ def test_file_names_in_two_unicode_forms_are_one_file() -> None:
 def _uncompressed(segmentation: dict[str, Any]) -> dict[str, Any]:
     """A compressed RLE as CVAT's COCO 1.0 export writes every mask: uncompressed counts."""
     mask = mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode()})
+    return {"size": segmentation["size"], "counts": _uncompressed_counts(mask)}
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts of a mask: alternating runs of 0 and 1, column-major, from 0."""
     counts, value, run = [], 0, 0
     for pixel in mask.flatten(order="F"):
         if pixel != value:
             counts.append(run)
             value, run = pixel, 0
         run += 1
-    return {"size": segmentation["size"], "counts": [*counts, run]}
+    return [int(c) for c in [*counts, run]]
 
 
 def test_crowd_annotations_are_warned_of_as_neither_trained_on_nor_scored(

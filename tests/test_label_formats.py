@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from campaign_fixtures import zip_bytes
 from pycocotools import mask as mask_utils
 
 from taudis.data.masks import decode_rle, encode_rle
@@ -256,20 +255,12 @@ def test_local_files_url_without_the_slash_before_the_query() -> None:
     assert normalise_ref("http://ls:8080/data/local-files?d=pool/images/a.png") == "pool/images/a.png"
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_a_cvat_xml_export_zipped_in_a_folder_is_read(tmp_path: Path) -> None:
     path = tmp_path / "task.zip"
-    path.write_bytes(_zip({"task_7_export/": b"", "task_7_export/annotations.xml": _cvat_xml(POLY_1)}))
+    path.write_bytes(zip_bytes({"task_7_export/": b"", "task_7_export/annotations.xml": _cvat_xml(POLY_1)}))
     labels = read_labels(str(path))
     assert labels.format == "cvat-xml" and labels.problems == () and len(labels.annotations) == 1
-    path.write_bytes(_zip({"a/annotations.xml": _cvat_xml(POLY_1), "b/annotations.xml": _cvat_xml(POLY_2)}))
+    path.write_bytes(zip_bytes({"a/annotations.xml": _cvat_xml(POLY_1), "b/annotations.xml": _cvat_xml(POLY_2)}))
     (problem,) = read_labels(str(path)).problems
     assert "several CVAT XML files" in problem.message
 
@@ -277,7 +268,7 @@ def test_a_cvat_xml_export_zipped_in_a_folder_is_read(tmp_path: Path) -> None:
 def test_label_studio_png_and_csv_exports_are_named(tmp_path: Path) -> None:
     png = tmp_path / "png.zip"  # BRUSH_TO_PNG: task-<t>-annotation-<a>-by-<user>-<from_name>-<labels>-<n>.png
     png.write_bytes(
-        _zip({"task-1-annotation-1-by-1-brush-tree-0.png": b"", "task-5-annotation-5-by-1-brush-car-0.png": b""})
+        zip_bytes({"task-1-annotation-1-by-1-brush-tree-0.png": b"", "task-5-annotation-5-by-1-brush-car-0.png": b""})
     )
     (problem,) = read_labels(str(png)).problems
     assert "Label Studio's PNG export" in problem.message

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from campaign_fixtures import zip_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -593,9 +594,9 @@ def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
     cases = {
         "text.json": b"{nope",
         "binary.json": b"\xff\xfe\x00",
-        "empty.zip": _zip({}),
-        "lscoco.zip": _zip({"result.json": b"{broken"}),
-        "other.zip": _zip({"readme.txt": b"hello"}),
+        "empty.zip": zip_bytes({}),
+        "lscoco.zip": zip_bytes({"result.json": b"{broken"}),
+        "other.zip": zip_bytes({"readme.txt": b"hello"}),
         "badzip.zip": b"PK\x03\x04 not really",
     }
     for name, data in cases.items():
@@ -603,10 +604,10 @@ def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
         labels = read_labels(str(tmp_path / name))
         assert len(labels.problems) == 1 and labels.images == () and labels.problems[0].record == "document", name
     unread = {
-        "Segmentation mask 1.1": _zip({"SegmentationObject/a.png": b"", "labelmap.txt": b"background:0,0,0::"}),
-        "YOLO": _zip({"obj_train_data/a.txt": b"0 0.1 0.1 0.2 0.2", "obj.names": b"car"}),
-        "Label Studio's PNG": _zip({"task-3-annotation-4-by-1-tag-car-0.png": b""}),
-        "readme.txt": _zip({"readme.txt": b"hello"}),
+        "Segmentation mask 1.1": zip_bytes({"SegmentationObject/a.png": b"", "labelmap.txt": b"background:0,0,0::"}),
+        "YOLO": zip_bytes({"obj_train_data/a.txt": b"0 0.1 0.1 0.2 0.2", "obj.names": b"car"}),
+        "Label Studio's PNG": zip_bytes({"task-3-annotation-4-by-1-tag-car-0.png": b""}),
+        "readme.txt": zip_bytes({"readme.txt": b"hello"}),
     }
     for what, data in unread.items():
         (tmp_path / "unread.zip").write_bytes(data)
@@ -623,14 +624,6 @@ def test_files_that_cannot_be_parsed_give_one_problem(tmp_path: Path) -> None:
     assert read_document([], "empty.json").format == "labelstudio-json"
     with pytest.raises(storage.NotFoundError):
         read_labels(str(tmp_path / "missing.json"))
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_read_labels_through_gcs(gcs_bucket: str) -> None:
