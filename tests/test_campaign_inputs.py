@@ -68,7 +68,7 @@ def test_every_file_dropped_into_incoming_is_ingested_or_quarantined_whatever_it
     storage.write_text(storage.join(campaign.incoming, "export.csv"), "image,label\nimg0008.png,car\n")
     outcomes = {o.file: o for o in ingest_incoming(campaign.uri, uris["pool"])}
     assert outcomes["annotations.xml"].status == "ingested" and outcomes["annotations.xml"].images == [5]
-    assert outcomes["batch6.json"].status == "ingested" and outcomes["batch6.json"].images == [6]
+    assert outcomes["team-b/batch6.json"].status == "ingested" and outcomes["team-b/batch6.json"].images == [6]
     assert outcomes["batch7.JSON.txt"].status == "ingested"  # read by its content, not its suffix
     assert outcomes["export.csv"].status == "rejected"
     assert storage.exists(storage.join(campaign.rejected, "export.csv.report.json"))
@@ -237,9 +237,9 @@ def test_a_dead_runs_claim_is_released_and_the_next_run_takes_the_round_over(
         claim_round(campaign.uri, uris["pool"], "", "run-new")
     assert main(["release", campaign.uri]) == 0
     assert "round 1 released from run 'run-dead'" in capsys.readouterr().out
-    assert claim_round(campaign.uri, uris["pool"], "", "run-new") == 1
     with pytest.raises(RoundLostError):
-        renew_claim(campaign, 1, "run-dead")  # fenced off, had it been alive
+        renew_claim(campaign, 1, "run-dead")  # fenced off at once, had it been alive
+    assert claim_round(campaign.uri, uris["pool"], "", "run-new") == 1
     assert main(["release", campaign.uri]) == 0  # run-new's claim: released too, on request
     assert check_campaign(campaign.uri) == []
 
@@ -337,3 +337,36 @@ def test_a_bucket_object_whose_name_holds_a_hash_or_question_mark_is_matched() -
     assert match_image("gs://bucket/pool/q?.png", index) == (2, "")
     signed = PoolIndex.of({**pool, "images": [{**pool["images"][0], "file_name": "pool/q.png"}]})
     assert match_image("https://storage.googleapis.com/bucket/pool/q.png?X-Goog-Signature=ab#c", signed) == (1, "")
+
+
+def test_names_that_are_one_file_by_ingests_rules_are_neither_refused_nor_renumbering(
+    storage_root: str, tmp_path: Path
+) -> None:
+    """A seed that names pool files by a longer path or another separator is matched, and a pool file
+    that names the campaign's images so keeps the campaign going."""
+    pool = make_pool(40)
+    seed = copy.deepcopy(subset(pool, [1, 2]))
+    seed["images"][0]["file_name"] = "/data/pool/img0001.png"
+    seed["images"][1]["file_name"] = "sub\\img0002.png"
+    pool["images"][1]["file_name"] = "sub/img0002.png"
+    campaign, uris = _exported(storage_root, seed=seed)
+    storage.write_json(uris["pool"], pool)
+    assert {1, 2} <= read_ledger(campaign.ledger).labelled
+    moved = copy.deepcopy(pool)
+    moved["images"][4]["file_name"] = "batch1/img0005.png"  # pending image 5, now under a folder
+    storage.write_json(uris["pool"], moved)
+    assert _ingest_step(campaign, uris["pool"], tmp_path)["pool"]["pool"] == 40
+
+
+def test_what_systems_leave_beside_exports_is_left_alone_and_team_folders_are_told_apart(storage_root: str) -> None:
+    campaign, uris = _exported(storage_root)
+    pool = storage.read_json(uris["pool"])
+    for name in (".ipynb_checkpoints/a-checkpoint.json", "x.json.download/x.json", "Thumbs.db", "old.json.report.json"):
+        storage.write_text(storage.join(campaign.incoming, name), "{")
+    storage.write_json(storage.join(campaign.incoming, "team-a", "result.json"), subset(pool, [5]))
+    storage.write_json(storage.join(campaign.incoming, "team-b", "result.json"), subset(pool, [6]))
+    outcomes = ingest_incoming(campaign.uri, uris["pool"])
+    assert [(o.file, o.status) for o in outcomes] == [
+        ("team-a/result.json", "ingested"),
+        ("team-b/result.json", "ingested"),
+    ]

@@ -173,7 +173,7 @@ def test_a_file_moved_to_corrections_replaces_the_labels_it_conflicted_with(camp
     storage.copy(storage.join(campaign.done, "fixed.json"), storage.join(campaign.corrections, "fixed-again.json"))
     _drop(campaign, "a-again.json", subset(pool, [5, 6, 7]))  # the export from before the review
     outcomes = {o.file: o for o in ingest_incoming(campaign.uri, pool_uri)}
-    assert outcomes["fixed-again.json"].status == "ingested"  # already applied: only moved
+    assert outcomes["corrections/fixed-again.json"].status == "ingested"  # already applied: only moved
     assert outcomes["a-again.json"].status == "conflict"  # it no longer matches what is in
     assert read_ledger(campaign.ledger).revision == revision and check_campaign(campaign.uri) == []
 

@@ -111,16 +111,33 @@ def test_regions_land_on_the_image_their_image_tag_reads() -> None:
 
 
 def test_regions_whose_image_cannot_be_told_are_refused_naming_task_to_name_and_keys() -> None:
-    # <Image name="photo" value="$full"/>: nothing in the export says that photo reads data.full
-    labels = read_document([_task({"image": A, "full": C}, [_polygon("p", "photo")])], "t.json")
+    # <Image name="photo" value="$before"/>: nothing in the export says that photo reads data.before
+    labels = read_document([_task({"before": A, "after": C}, [_polygon("p", "photo")])], "t.json")
     (problem,) = labels.problems
     assert labels.images == () and labels.annotations == ()
     assert (problem.record, problem.field) == ("task 22, annotation 25", "to_name")
-    assert "'photo'" in problem.message and "['image', 'full']" in problem.message
-    # an empty submission on a task of two images, in a file whose regions name that same tag
-    drawn = _task({"image": A, "full": C}, [_polygon("p", "photo")])
-    problems = read_document([drawn, {**_task({"image": B, "full": C}, []), "id": 23}], "t.json").problems
-    assert len(problems) == 2 and all(p.field == "to_name" and "['image', 'full']" in p.message for p in problems)
+    assert "'photo'" in problem.message and "['before', 'after']" in problem.message
+    # an empty submission on a task of two images, in a file whose regions name no data key either
+    drawn = _task({"before": A, "after": C}, [_polygon("p", "photo")])
+    problems = read_document([drawn, {**_task({"before": B, "after": C}, []), "id": 23}], "t.json").problems
+    assert len(problems) == 2 and all(p.field == "to_name" and "['before', 'after']" in p.message for p in problems)
+
+
+def test_a_tag_named_for_no_data_key_is_never_guessed_between_two_urls() -> None:
+    """<Image name="img" value="$image"/> beside a thumbnail: the export cannot tell which the tag
+    reads, and a suffix would pick the thumbnail over a signed URL without one: refused, loudly.
+    An upload beside a bare web page is the one image Label Studio serves itself; a file without
+    any region goes by Label Studio's default $image."""
+    signed = "https://storage.example.org/obj?X-Goog-Signature=abc"
+    thumb = "https://cdn.example.org/thumbs/b.jpg"
+    (problem,) = read_document([_task({"image": signed, "thumb": thumb}, [_polygon("p", "img")])], "t").problems
+    assert problem.field == "to_name" and "'img'" in problem.message
+    empty = read_document([_task({"image": signed, "thumb": thumb}, [])], "t.json")
+    assert empty.problems == () and [im.ref for im in empty.images] == [signed]
+    page = read_document([_task({"image": A, "source": "https://example.org/s/42"}, [_polygon("p", "img")])], "t")
+    assert page.problems == () and [im.ref for im in page.images] == ["pool/images/a.png"]
+    links = read_document([_task({"image": A, "links": ["https://wiki.example.org/page"]}, [])], "t.json")
+    assert links.problems == () and [im.ref for im in links.images] == ["pool/images/a.png"]  # a list, no pages
 
 
 def test_an_extra_url_beside_the_image_does_not_hide_which_image_a_task_labels() -> None:

@@ -69,7 +69,7 @@ def _release(args: argparse.Namespace) -> int:
     if released is None:
         print(f"{args.campaign}: no round is claimed; nothing to release")
     else:
-        run = released.get("run")
+        run = str(released.get("run")).removesuffix(" (released)")
         print(f"{args.campaign}: round {released['round']} released from run {run!r}; the next run takes it over")
     return 0
 

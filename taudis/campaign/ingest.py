@@ -197,6 +197,16 @@ def _uploads(name: str, renamed: Mapping[str, list[int]]) -> list[int]:
     )
 
 
+def normal_name(ref: str) -> str:
+    """A file name or reference as ingest compares them (:func:`_normal`)."""
+    return _normal(ref)
+
+
+def same_file_name(a: str, b: str) -> bool:
+    """Whether two file names or references name one file by ingest's rules (:func:`_same_file`)."""
+    return _same_file(_normal(a), _normal(b))
+
+
 def _same_file(pool_name: str, ref: str) -> bool:
     """Whether a reference names a pool file by the rules of :func:`match_image`: equal, or one of them
     a longer path to the other."""
@@ -296,10 +306,10 @@ def _resolve_annotations(labels: Any, pool: PoolIndex, out: _Resolved, problem: 
 def seed_in_pool_terms(seed: Mapping[str, Any], pool: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The initial labelled set (validated COCO) in the pool's ids and category ids.
 
-    The seed is matched as an annotators' file is: images by file name, categories by name, so a
-    seed that numbers either its own way (a tool's export, a file renumbered 0..N-1) labels the
-    right pool images with the right classes. A seed image the pool file does not list joins the
-    campaign under its own id, unless that id is another pool image's.
+    The seed is matched as an annotators' file is: images by file name (:func:`match_image`),
+    categories by name, so a seed that numbers either its own way (a tool's export, a file
+    renumbered 0..N-1) labels the right pool images with the right classes. A seed image the pool
+    file does not list joins the campaign under its own id, unless that id is another pool image's.
 
     Raises:
         taudis.data.coco.CocoFormatError: naming the seed file, the record and the field.
@@ -314,17 +324,22 @@ def seed_in_pool_terms(seed: Mapping[str, Any], pool: Mapping[str, Any], source:
             raise CocoFormatError(source, message, record=f"category {cat['id']}", field="name")
         category_of[int(cat["id"])] = index.categories[str(cat["name"])]
     image_of: dict[int, int] = {}
+    taken: set[int] = set()
     images = []
     for image in seed["images"]:
         own, record = int(image["id"]), f"image {image['id']} ({image['file_name']!r})"
-        pool_id = index.by_name.get(_normal(image["file_name"]))
+        pool_id, why = match_image(str(image["file_name"]), index)
         if pool_id is None and own in index.by_id:
             other = index.by_id[own]["file_name"]
-            message = f"id {own} is pool image {other!r}, another file: give the pool's id, or the pool's file name"
+            message = (
+                f"id {own} is pool image {other!r}, another file ({why}): give the pool's id and file name, "
+                "or an id outside the pool's for an image the pool file does not list"
+            )
             raise CocoFormatError(source, message, record=record, field="id")
         target = own if pool_id is None else pool_id
-        if target in image_of.values():
+        if target in taken:
             raise CocoFormatError(source, f"pool image {target} is listed twice", record=record, field="file_name")
+        taken.add(target)
         known = index.by_id.get(target, image)
         for key in ("height", "width"):
             if int(image[key]) != int(known[key]):
@@ -400,7 +415,7 @@ def ingest_file(
         return _finish(campaign, uri, data, record, "repeat", repeats=repeats)
     images = [index.by_id[i] for i in sorted(chosen)]
     annotations = [a for a in resolved.annotations if a["image_id"] in chosen]
-    source = posixpath.basename(uri)
+    source = campaign.incoming_name(uri)
     part = write_part(
         campaign,
         part_document(images, annotations, pool["categories"], op_id=op_id, source=source),
@@ -487,11 +502,11 @@ def _finish(
     campaign: Campaign, uri: str, data: bytes, record: Recorder | None, status: str, **facts: Any
 ) -> FileOutcome:
     target = _free_name(campaign.done, uri, data)
-    outcome = FileOutcome(posixpath.basename(uri), status, target, **facts)
+    outcome = FileOutcome(campaign.incoming_name(uri), status, target, **facts)
     if record is not None:
         record(outcome)
     storage.move(uri, target)
-    log.info("incoming %s: %s -> %s", posixpath.basename(uri), status, target)
+    log.info("incoming %s: %s -> %s", campaign.incoming_name(uri), status, target)
     return outcome
 
 
@@ -500,17 +515,17 @@ def _quarantine(
 ) -> FileOutcome:
     target = _free_name(campaign.rejected, uri, data)
     report = {
-        "file": posixpath.basename(uri),
+        "file": campaign.incoming_name(uri),
         "status": status,
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "problems": list(problems),
     }
     storage.write_json(target + ".report.json", report)  # first: a file in rejected/ always has its report
-    outcome = FileOutcome(posixpath.basename(uri), status, target, problems=list(problems))
+    outcome = FileOutcome(campaign.incoming_name(uri), status, target, problems=list(problems))
     if record is not None:
         record(outcome)
     storage.move(uri, target)
-    log.warning("incoming %s: %s (%d problems) -> %s", posixpath.basename(uri), status, len(problems), target)
+    log.warning("incoming %s: %s (%d problems) -> %s", campaign.incoming_name(uri), status, len(problems), target)
     return outcome
 
 
@@ -553,7 +568,7 @@ def ingest_incoming(
             if storage.exists(uri):
                 raise
             # Another ingest (a second run, a hand-run ingest) took the file meanwhile and answers for it.
-            log.info("incoming %s: taken by another ingest meanwhile", posixpath.basename(uri))
+            log.info("incoming %s: taken by another ingest meanwhile", campaign.incoming_name(uri))
     return outcomes
 
 

@@ -30,9 +30,13 @@ from dataclasses import dataclass
 
 from taudis import storage
 
-# Copies still being written (a browser's or sync tool's partial download, an editor's lock file,
-# a hidden file): left where they are for a later round, not quarantined while they grow.
-IN_PROGRESS = re.compile(r"^\.|~$|\.(part|partial|crdownload|download|tmp|gstmp|filepart)$", re.IGNORECASE)
+# Copies still being written (a browser's or sync tool's partial download, an editor's lock file)
+# and what systems and tools leave beside files (hidden files and folders, Thumbs.db, a report
+# moved back out of rejected/): never labels, so left where they are, not quarantined.
+LEFT_ALONE = re.compile(
+    r"^\.|~$|\.(part|partial|crdownload|download|tmp|gstmp|filepart)$|^(thumbs\.db|desktop\.ini)$|\.report\.json$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -89,21 +93,29 @@ class Campaign:
         """
         return _files_in(self.incoming, skip=(self.done, self.rejected, self.corrections))
 
+    def incoming_name(self, uri: str) -> str:
+        """A waiting file's name as reports give it: its path below ``incoming/`` (``team-b/batch.json``,
+        ``corrections/fix.json``), since teams' folders may hold files of the same name."""
+        parent = _as_listed(self.incoming) + "/"
+        return uri[len(parent) :] if uri.startswith(parent) else uri.rsplit("/", 1)[-1]
+
     def correction_files(self) -> list[str]:
         """The files waiting under ``incoming/corrections/`` (the same rules), sorted."""
         return _files_in(self.corrections, skip=())
 
 
-def _files_in(folder: str, skip: tuple[str, ...]) -> list[str]:
-    def local(uri: str) -> str:
-        return uri.rstrip("/") if storage.is_gcs(uri) else str(storage.local_path(uri))
+def _as_listed(uri: str) -> str:
+    """A folder's URI as storage.list_uris writes the names under it."""
+    return uri.rstrip("/") if storage.is_gcs(uri) else str(storage.local_path(uri))
 
-    parent, skipped = local(folder), [local(s) + "/" for s in skip]
+
+def _files_in(folder: str, skip: tuple[str, ...]) -> list[str]:
+    parent, skipped = _as_listed(folder), [_as_listed(s) + "/" for s in skip]
     found = []
     for uri in storage.list_uris(folder.rstrip("/") + "/"):
-        if any(uri.startswith(s) for s in skipped) or IN_PROGRESS.search(uri.rsplit("/", 1)[-1]):
+        if any(uri.startswith(s) for s in skipped) or not uri.startswith(parent + "/") or uri.endswith("/"):
             continue
-        if uri.startswith(parent + "/") and not uri.endswith("/"):
+        if not any(LEFT_ALONE.search(part) for part in uri[len(parent) + 1 :].split("/")):  # every folder too
             found.append(uri)
     return sorted(found)
 

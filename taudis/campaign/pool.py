@@ -8,8 +8,9 @@ ledger's pool follows it at the start of every round, under compare-and-swap:
 - labelled and pending images stay, whatever the file says: their labels (or the annotators'
   work on them) are never thrown away;
 - an image's id never changes once the campaign knows it: a pool file that gives a labelled or
-  pending image's id to another file (a file regenerated and renumbered), or that file another
-  id, is refused before anything changes, since the ledger keeps ids and every later label,
+  pending image's id to another file (a file regenerated and renumbered; names compared as
+  ingest matches them, so ``a.png`` and ``imgs/a.png`` are one file), or that file another id,
+  is refused before anything changes, since the ledger keeps ids and every later label,
   task and training would then silently pair pixels with the wrong labels.
 """
 
@@ -52,22 +53,22 @@ def check_pool_names(pool: Mapping[str, Any], known: Mapping[int, str], source: 
     Raises:
         taudis.data.coco.CocoFormatError: naming the pool file, the first images and the fix.
     """
-    from taudis.data.coco import CocoFormatError, normal_file_name
+    from taudis.campaign.ingest import normal_name, same_file_name
+    from taudis.data.coco import CocoFormatError
 
-    given = {int(im["id"]): normal_file_name(str(im["file_name"])) for im in pool["images"]}
-    id_of = {name: image_id for image_id, name in given.items()}
+    given = {int(im["id"]): str(im["file_name"]) for im in pool["images"]}
+    id_of = {normal_name(name): image_id for image_id, name in given.items()}
     moved = []
     for image_id, name in sorted(known.items()):
-        name = normal_file_name(name)
-        if image_id in given and given[image_id] != name:
+        if image_id in given and not same_file_name(given[image_id], name):
             moved.append(f"id {image_id} is {given[image_id]!r} here but the campaign's {name!r}")
-        elif id_of.get(name, image_id) != image_id:
-            moved.append(f"{name!r} is id {id_of[name]} here but id {image_id} in the campaign")
+        elif id_of.get(normal_name(name), image_id) != image_id:
+            moved.append(f"{name!r} is id {id_of[normal_name(name)]} here but id {image_id} in the campaign")
     if moved:
         message = (
-            f"{len(moved)} labelled or pending images have another id or file name than the campaign gave "
-            f"them: {'; '.join(moved[:5])}. The pool file was renumbered: keep every image's id once the "
-            "campaign knows it (new images take new ids), then run again; nothing was changed"
+            f"{len(moved)} labelled or pending images have another id or file than the campaign gave them: "
+            f"{'; '.join(moved[:5])}. The pool file renumbered or renamed them: keep every image's id and "
+            "file once the campaign knows it (new images take new ids), then run again; nothing was changed"
         )
         raise CocoFormatError(source, message, field="images")
 

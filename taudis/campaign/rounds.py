@@ -172,7 +172,8 @@ def release_claim(campaign: Campaign) -> dict[str, Any] | None:
 
     For an operator who knows the claiming run is dead (a failed pipeline run holds its round
     for the whole lease). If that run is alive after all, it is fenced off like any run taken over:
-    its later writes are refused. Returns the released record, or None when no round is claimed.
+    its later writes are refused. Returns the released record (its ``run`` is the released run's
+    id with " (released)"), or None when no round is claimed.
     """
     released: dict[str, Any] = {}
 
@@ -181,7 +182,10 @@ def release_claim(campaign: Campaign) -> dict[str, Any] | None:
         if last is None or last["state"] != "claimed":
             return ledger
         expired = _stamp(dt.datetime.fromtimestamp(0, dt.UTC))
-        released.update(last, heartbeat_at=expired, claimed_at=expired, released_at=_stamp(_now()))
+        # The round passes to no run: the released one no longer owns it, so its later writes are
+        # refused even before another run claims the round, which any run may now do.
+        run = f"{last.get('run')} (released)"
+        released.update(last, run=run, heartbeat_at=expired, claimed_at=expired, released_at=_stamp(_now()))
         return _replace_round(ledger, released)
 
     update_ledger(campaign.ledger, f"release:{uuid.uuid4().hex}", apply, kind="release_claim")

@@ -284,43 +284,45 @@ def _image_key(
     """The data key of the image the annotation's regions were drawn on: (key, "", ""), or (None, field, why).
 
     Each result names its Image tag (``to_name``), but which data key that tag reads (``$img``
-    reads ``data["img"]``) is in the label config, not in the export. So: the one value of the
-    data that names an image (a value that names an image file wins over a bare URL, such as a
-    web page); among several, the key named like the results' Image tag (taudis's own tasks:
-    ``image``). An annotation without regions goes by the tag the file's other regions name
-    (``file_names``); in a file without any region, by Label Studio's default ``image``.
-    Anything else would be a guess that puts regions on another image, so it is refused, and so
-    are regions drawn on several of a task's images, and tasks of several images (``<Image
-    valueList>``): one image per task.
+    reads ``data["img"]``) is in the label config, not in the export. So, in order: the key named
+    like the regions' tag (an annotation without regions: like the tag the file's other regions
+    name, ``file_names``); the one value of the data that may be an image; for regions whose tag
+    names no key, the one value in a form Label Studio serves itself (a source web page or a CDN
+    thumbnail beside an upload); in a file without any region, ``image`` (Label Studio's default
+    ``<Image value="$image">``, and taudis's own tasks), then that one value, then the one value
+    that names an image file. Anything else would be a guess that may put regions on another
+    image, so it is refused, and so are regions drawn on several of a task's images and tasks of
+    several images (``<Image valueList>``): one image per task.
     """
-    several = [str(k) for k, v in data.items() if isinstance(v, list) and any(_looks_like_image(str(x)) for x in v)]
-    if several or any(isinstance(r, dict) and "item_index" in r for r in results):
-        field = f"data.{several[0]}" if several else "item_index"
-        return None, field, "a task of several images (<Image valueList>): taudis labels one image per task"
     names = list(dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict) and "to_name" in r))
-    told = names or [n for n in dict.fromkeys(file_names) if n in data]
-    candidates = _image_candidates(data, told)
-    if len(candidates) > 1:
-        candidates = [k for k in candidates if k in told or _names_image_file(str(data[k]))] or candidates
-    if len(candidates) > 1 and not names and not file_names and TO_NAME in candidates:
-        return TO_NAME, "", ""  # no region in the whole file to tell: Label Studio's default <Image value="$image">
-    if len(candidates) == 1:
-        return candidates[0], "", ""
-    if not candidates:
-        return None, f"data.{TO_NAME}", f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
-    unmatched = [name for name in told if name not in candidates]
-    if unmatched or not told:
-        said = f"its regions' to_name {unmatched[0]!r} is none of them" if unmatched else "no region says which"
-        return (
-            None,
-            "to_name",
-            f"several keys of the task's data name an image ({candidates}) and {said}: which one the "
-            "regions belong to is in the label config, not in the export; give the Image tag the name of the "
-            'data key it reads (<Image name="img" value="$img"/>), or keep one image per task',
-        )
+    told = [n for n in (names or dict.fromkeys(file_names)) if isinstance(n, str) and n in data]
+    pages = [r.get("item_index") for r in results if isinstance(r, dict) and r.get("item_index") not in (None, 0)]
+    if pages or any(isinstance(data[n], list) for n in told):
+        field = "item_index" if pages else f"data.{told[0]}"
+        return None, field, "a task of several images (<Image valueList>): taudis labels one image per task"
     if len(told) > 1:
         return None, "to_name", f"regions drawn on several of the task's images ({told}): label one image per task"
-    return str(told[0]), "", ""
+    if told and isinstance(data[told[0]], str):
+        return told[0], "", ""
+    candidates = _image_candidates(data, ())
+    own = [k for k in candidates if _in_label_studio(str(data[k]))]
+    # With regions whose tag names no key, only the one value Label Studio serves itself is safe
+    # (a CDN thumbnail or a signed URL may be either); without any region in the file, its
+    # default $image, then the one value that names an image file.
+    guesses = [own] if names else [[TO_NAME] if TO_NAME in candidates else [], own, _image_files(data, candidates)]
+    for chosen in ([candidates] if len(candidates) == 1 else []) + guesses:
+        if len(chosen) == 1:
+            return chosen[0], "", ""
+    if not candidates:
+        return None, f"data.{TO_NAME}", f"no image URL in the task's data (its keys: {sorted(map(str, data))})"
+    said = f"its regions' to_name {names[0]!r} is none of them" if names else "no region says which"
+    return (
+        None,
+        "to_name",
+        f"several keys of the task's data name an image ({candidates}) and {said}: which one the regions "
+        "belong to is in the label config, not in the export; give the Image tag the name of the data key "
+        'it reads (<Image name="img" value="$img"/>), or keep one image per task',
+    )
 
 
 # Keys that taudis's own tasks carry beside the image (build_tasks): the pool's file name names no
@@ -338,17 +340,30 @@ def _image_candidates(data: Mapping[str, Any], names: Sequence[Any]) -> list[str
     ]
 
 
-def _names_image_file(value: str) -> bool:
-    """A reference that names an image file, not merely a URL: an image suffix, or one of Label Studio's
-    own forms (uploads, local files, a connected storage's bucket)."""
+def _in_label_studio(value: str) -> bool:
+    """A reference in one of the forms Label Studio serves itself: an upload, local files, or an
+    object of a connected storage."""
     text = value.strip()
-    path = unquote(urlsplit(text).path).lower()
-    query = unquote(urlsplit(text).query).lower()
-    storage_uri = text.split("://", 1)[0].lower() in ("s3", "gs", "gcs", "azure-blob")
-    return path.endswith(IMAGE_SUFFIXES) or query.endswith(IMAGE_SUFFIXES) or storage_uri or text.startswith("/data/")
+    return text.startswith("/data/") or text.split("://", 1)[0].lower() in ("s3", "gs", "gcs", "azure-blob")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
+def _image_files(data: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """The keys whose value names an image file (an image suffix or Label Studio's own forms), not merely a URL."""
+    found = []
+    for key in keys:
+        text = str(data[key]).strip()
+        parts = urlsplit(text)
+        named = unquote(parts.path).lower().endswith(IMAGE_SUFFIXES) or unquote(parts.query).lower().endswith(
+            IMAGE_SUFFIXES
+        )
+        if named or _in_label_studio(text):
+            found.append(key)
+    return found
+
+
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".jfif", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2", ".heic", ".heif", ".avif",
+)  # fmt: skip
 
 
 def _looks_like_image(value: str) -> bool:
