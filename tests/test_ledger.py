@@ -115,6 +115,33 @@ def test_an_update_never_unlabels_an_image_or_rewrites_a_label_part(tmp_path: Pa
         update_ledger(uri, "rewrite", lambda led: dataclasses.replace(led, parts=(rewritten,)))
 
 
+def test_withdrawn_images_leave_labels_only_for_good_and_survive_compaction(tmp_path: Path) -> None:
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(5))
+    update_ledger(uri, "p", _add_pending(1))
+    update_ledger(uri, "l", _label({1}, "ingest-a"))
+
+    def withdraw(led: Ledger) -> Ledger:
+        return dataclasses.replace(led, pool=led.pool - {1, 3}, parts=(), withdrawn=frozenset({1, 3}))
+
+    state = update_ledger(uri, "w", withdraw)  # unlabelling is allowed into the withdrawn set only
+    assert state.withdrawn == {1, 3} and state.labelled == frozenset() and read_ledger(uri) == state
+    assert _segments(uri)[-1]["withdrawn_added"] == [[1, 1], [3, 3]]
+    assert storage.read_json(uri)["counts"]["withdrawn"] == 2
+    with pytest.raises(LedgerError, match="never come back") as err:
+        update_ledger(uri, "back", lambda led: dataclasses.replace(led, pool=led.pool | {3}, withdrawn=frozenset({1})))
+    assert err.value.field == "withdrawn"
+    with pytest.raises(LedgerError, match="withdrawn but in the pool"):
+        update_ledger(uri, "both", lambda led: dataclasses.replace(led, pool=led.pool | {3}))
+    for i in range(COMPACT_AFTER + 1):
+        state = update_ledger(
+            uri, f"op-{i}", lambda led, i=i: dataclasses.replace(led, rounds=({"round": 0, "state": f"s{i}"},))
+        )
+    assert any(doc["kind"] == "snapshot" for doc in _segments(uri))
+    again = read_ledger(uri)
+    assert again.withdrawn == {1, 3} and again.pool == state.pool == {0, 2, 4}
+
+
 def test_a_part_replaced_by_others_holding_its_images_leaves_in_a_change_segment(tmp_path: Path) -> None:
     uri = str(tmp_path / "ledger.json")
     create_ledger(uri, range(5))
@@ -237,6 +264,33 @@ def test_lost_answer_gcs_retry_sees_412_and_op_present(gcs_bucket: str, monkeypa
     final = read_ledger(uri)
     assert final.revision == 1 and final.pending == {3} and result == final
     assert [op["op_id"] for op in final.ops] == ["op-1"]
+
+
+def test_lost_answer_of_create_is_a_success_not_already_exists(
+    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head's first write lands, its answer is lost; the retry's 412 meets this call's own head."""
+    import requests
+
+    uri = f"{gcs_bucket}/c/ledger.json"
+    http = storage.gcs_client()._http
+    real_request = http.request
+    seen: list[int] = []
+
+    def flaky(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        response = real_request(method, url, *args, **kwargs)
+        if "/upload/" in url and "ifGenerationMatch" in url:
+            seen.append(response.status_code)
+            if len(seen) == 1:
+                raise requests.exceptions.ConnectionError("answer lost after the write landed")
+        return response
+
+    with monkeypatch.context() as patched:
+        patched.setattr(http, "request", flaky)
+        created = create_ledger(uri, range(5))
+    assert seen == [200, 412] and created.pool == frozenset(range(5)) and read_ledger(uri).revision == 0
+    with pytest.raises(LedgerError, match="already exists"):  # another call's create still finds it taken
+        create_ledger(uri, range(5))
 
 
 def test_lost_answer_connection_error_after_write(storage_root: str, monkeypatch: pytest.MonkeyPatch) -> None:

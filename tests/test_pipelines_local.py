@@ -131,6 +131,7 @@ def test_round_pipeline_runs_twice_on_a_bucket_and_advances_the_round(tiny_datas
     intake = ledger.rounds[1]["ingest"]
     assert intake == {
         "ingested": ["batch-000.json"], "repeat": [], "rejected": ["oops.json"], "conflict": [], "empty": [],
+        "withdrawn": [],
     }  # fmt: skip
     assert storage.exists(storage.join(campaign.rejected, "oops.json.report.json"))
     assert "oops.json" in storage.read_text(storage.join(campaign.round_dir(1), "summary.md"))

@@ -4,6 +4,7 @@ taudis campaign show gs://bucket/campaigns/streets
 taudis campaign check gs://bucket/campaigns/streets
 taudis campaign ingest gs://bucket/campaigns/streets --pool gs://bucket/pool.json
 taudis campaign release gs://bucket/campaigns/streets
+taudis campaign withdraw gs://bucket/campaigns/streets --pool gs://bucket/pool.json 1042 1043
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def _show(args: argparse.Namespace) -> int:
         for status in ("rejected", "conflict"):
             if intake.get(status):
                 print(f"    {status} files: {', '.join(intake[status])} (see incoming/rejected/)")
+        listed = (record.get("pool") or {}).get("withdrawn_listed")
+        if listed:
+            print(f"    the pool file still lists {listed} withdrawn images (kept out; delete them from it)")
     return 0
 
 
@@ -63,14 +67,35 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from taudis.campaign.rounds import release_claim
+    from taudis.campaign.rounds import RELEASED, release_claim
 
     released = release_claim(Campaign(args.campaign))
     if released is None:
         print(f"{args.campaign}: no round is claimed; nothing to release")
     else:
-        run = str(released.get("run")).removesuffix(" (released)")
+        run = str(released.get("run")).removesuffix(RELEASED)
         print(f"{args.campaign}: round {released['round']} released from run {run!r}; the next run takes it over")
+    return 0
+
+
+def _withdraw(args: argparse.Namespace) -> int:
+    from taudis.campaign.pool import load_pool
+    from taudis.campaign.withdraw import withdraw_images
+
+    result = withdraw_images(Campaign(args.campaign), args.image_ids, load_pool(args.pool))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+        return 0
+    for what in ("labelled", "pending", "unlabelled"):
+        if getattr(result, what):
+            print(f"withdrawn, were {what}: {' '.join(map(str, getattr(result, what)))}")
+    if result.already:
+        print(f"withdrawn before: {' '.join(map(str, result.already))}")
+    for name in result.label_files:
+        print(f"their labels taken out of {name}")
+    print(f"recorded in {result.record}; still showing them, for you to keep or delete:")
+    for place in result.elsewhere:
+        print(f"  {place}")
     return 0
 
 
@@ -98,6 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     release.add_argument("campaign")
     release.set_defaults(run=_release)
+    withdraw = commands.add_parser(
+        "withdraw",
+        help="take images out of the campaign for good (a data-deletion request): out of the pool and "
+        "the labels, never chosen or trained on again; names what else still shows them",
+    )
+    withdraw.add_argument("campaign")
+    withdraw.add_argument("--pool", required=True, help="the pool's COCO JSON (names the images)")
+    withdraw.add_argument("image_ids", nargs="+", type=int, metavar="IMAGE_ID", help="pool image ids")
+    withdraw.add_argument("--json", action="store_true", help="print what was done as JSON")
+    withdraw.set_defaults(run=_withdraw)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args))

@@ -10,8 +10,9 @@ a CVAT for images 1.1 XML, bare or zipped; taudis.labeling.read_labels tells the
    listed at once, naming the file, the record and the field.
 2. Compare with the ledger: images pending are new labels; images already labelled with the very
    same annotations are a repeat (a re-export) and change nothing; already labelled with other
-   annotations is a conflict, reported, never applied; images never sent to annotators or not
-   in the pool are problems.
+   annotations is a conflict, reported, never applied; withdrawn images (a data-deletion
+   request, taudis.campaign.withdraw) are left out and named, the rest of the file goes on;
+   images never sent to annotators or not in the pool are problems.
 3. A file with problems or conflicts moves to incoming/rejected/ with ``<name>.report.json``
    beside it (written first). A good file's new labels become one immutable label part, listed
    by one ledger update (op id ``ingest:<sha256 of the file>``), and the file moves to
@@ -48,13 +49,13 @@ from taudis.campaign.labels import (
     labelled_annotations,
     part_document,
     part_without,
-    pending_images,
     replace_labels,
+    sent_images,
     write_part,
 )
 from taudis.campaign.layout import Campaign
 from taudis.data.labels import LabelProblem, bbox_problem, box_mask_problem, segmentation_problem, segmentation_rle
-from taudis.storage.ledger import Ledger, LedgerError, read_ledger
+from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class FileOutcome:
     repeats: list[int] = field(default_factory=list)  # already labelled, identical
     replaced: list[int] = field(default_factory=list)  # already labelled, relabelled by a correction
     empty: list[int] = field(default_factory=list)  # new or replaced labels with no instance
+    withdrawn: list[int] = field(default_factory=list)  # withdrawn images whose labels were left out
     annotations: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -249,7 +251,7 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
             continue
         known = pool.by_id[pool_id]
         for key, value in (("height", image.height), ("width", image.width)):
-            if value is not None and value != int(known[key]):
+            if value is not None and key in known and value != int(known[key]):
                 problem(image.record, key, f"{value} here but {known[key]} in the pool ({known['file_name']!r})")
         if pool_id in claimed:
             problem(image.record, "file_name", f"pool image {pool_id} is labelled twice (also {claimed[pool_id]})")
@@ -405,14 +407,16 @@ def ingest_file(
         op_id = f"{op_id}@{ledger.revision}"
     labels = read_labels(uri)
     resolved = resolve(labels, index)
-    new, repeats, changed = _classify(campaign, ledger, resolved, index, labels.uri)
+    new, repeats, changed, withdrawn = _classify(campaign, ledger, resolved, index, labels.uri)
+    if withdrawn:
+        log.warning("incoming %s: labels of withdrawn images %s left out", campaign.incoming_name(uri), withdrawn[:20])
     if resolved.problems:
         return _quarantine(campaign, uri, data, record, "rejected", [*map(str, resolved.problems), *changed.values()])
     if changed and not correction:
         return _quarantine(campaign, uri, data, record, "conflict", [*changed.values(), CORRECTION_HINT])
     chosen = set(new) | set(changed)
     if not chosen:
-        return _finish(campaign, uri, data, record, "repeat", repeats=repeats)
+        return _finish(campaign, uri, data, record, "repeat", repeats=repeats, withdrawn=withdrawn)
     images = [index.by_id[i] for i in sorted(chosen)]
     annotations = [a for a in resolved.annotations if a["image_id"] in chosen]
     source = campaign.incoming_name(uri)
@@ -423,6 +427,7 @@ def ingest_file(
         source=source,
     )
     try:
+        remainders: dict[str, LabelPart | None] = {}
         if changed:
             holders = [p for p in ledger.parts if p.images & set(changed)]
             remainders = {p.op_id: part_without(campaign, p, changed, op_id=f"{p.op_id}~{op_id}") for p in holders}
@@ -432,15 +437,25 @@ def ingest_file(
     except LedgerError as err:
         if err.field not in ("pending", "parts") or attempt >= RACE_RETRIES:
             raise
-        # another file labelled or corrected some of them meanwhile: classify again
+        _drop_unlistable(campaign, [part, *(remainders.values() if changed else ())])
+        # another file labelled or corrected some of them meanwhile, or they were withdrawn: classify again
         return ingest_file(campaign, uri, pool, index, correction=correction, attempt=attempt + 1, record=record)
     empty = sorted(chosen - {a["image_id"] for a in annotations})
     if empty:
         log.warning("incoming %s: images %s labelled with no instance", source, empty[:20])
     return _finish(
         campaign, uri, data, record, "ingested", images=sorted(new), repeats=repeats, replaced=sorted(changed),
-        empty=empty, annotations=len(annotations),
+        empty=empty, withdrawn=withdrawn, annotations=len(annotations),
     )  # fmt: skip
+
+
+def _drop_unlistable(campaign: Campaign, written: Sequence[LabelPart | None]) -> None:
+    """Delete the label files just written that hold an image withdrawn meanwhile: no update can list
+    them any more (taudis.campaign.withdraw), and they must not keep its labels."""
+    withdrawn = read_ledger(campaign.ledger).withdrawn
+    for part in written:
+        if part is not None and part.images & withdrawn:
+            storage.delete(campaign.file(part.name))
 
 
 def _applies(part_op: str, op_id: str) -> bool:
@@ -456,9 +471,9 @@ CORRECTION_HINT = (
 
 def _classify(
     campaign: Campaign, ledger: Ledger, resolved: _Resolved, pool: PoolIndex, file: str
-) -> tuple[list[int], list[int], dict[int, str]]:
-    """(new pending images, identical repeats, labelled images whose labels differ -> why);
-    other states become problems."""
+) -> tuple[list[int], list[int], dict[int, str], list[int]]:
+    """(new pending images, identical repeats, labelled images whose labels differ -> why, withdrawn
+    images); other states become problems."""
     ids = sorted(set(resolved.images.values()))
     labelled = [i for i in ids if i in ledger.labelled]
     mine = annotations_by_image(
@@ -468,10 +483,12 @@ def _classify(
         }
     )
     before = labelled_annotations(campaign, ledger, labelled)
-    new, repeats, changed = [], [], {}
+    new, repeats, changed, withdrawn = [], [], {}, []
     for image_id in ids:
         name = pool.by_id[image_id]["file_name"]
-        if image_id in ledger.pending:
+        if image_id in ledger.withdrawn:
+            withdrawn.append(image_id)
+        elif image_id in ledger.pending:
             new.append(image_id)
         elif image_id in ledger.labelled:
             if mine.get(image_id, []) == before.get(image_id, []):
@@ -489,7 +506,7 @@ def _classify(
                     file, f"image {image_id} ({name!r})", "file_name", f"this image is {state}: nothing to label"
                 )
             )
-    return new, repeats, changed
+    return new, repeats, changed, withdrawn
 
 
 # Told each file's outcome before the file moves: a step killed after the move cannot tell on a
@@ -557,7 +574,7 @@ def ingest_incoming(
     """
     campaign = Campaign(campaign_uri)
     pool = storage.read_json(pool_annotations) if isinstance(pool_annotations, str) else pool_annotations
-    pool = with_pending_images(campaign, pool)
+    pool = with_sent_images(campaign, pool)
     index = PoolIndex.of(pool)
     waiting = [(uri, False) for uri in campaign.incoming_files()] + [(uri, True) for uri in campaign.correction_files()]
     outcomes = []
@@ -572,31 +589,40 @@ def ingest_incoming(
     return outcomes
 
 
-def with_pending_images(campaign: Campaign, pool: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The pool file plus the pending images it no longer lists, as their tasks named them.
+def with_sent_images(campaign: Campaign, pool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pool file plus the pending and withdrawn images it no longer lists, as their tasks named them.
 
     A pending image stays in the campaign whatever the pool file says (taudis.campaign.pool), so
-    the annotators' work on it still lands on it, and does not sink the rest of its file.
+    the annotators' work on it still lands on it; a withdrawn one is recognised, so that its labels
+    are left out by name. Neither sinks the rest of its file.
     """
+    from taudis.campaign.pool import without_withdrawn
+    from taudis.campaign.withdraw import withdrawn_images
+
+    ledger = read_ledger(campaign.ledger)
+    withdrawn = withdrawn_images(campaign, ledger)
+    pool = without_withdrawn(pool, withdrawn)[0]  # a withdrawn file put back under a new id is still withdrawn
     listed = {int(im["id"]) for im in pool["images"]}
-    dropped = [
-        im for i, im in sorted(pending_images(campaign, read_ledger(campaign.ledger)).items()) if i not in listed
-    ]
-    return {**pool, "images": [*pool["images"], *dropped]} if dropped else pool
+    known = sent_images(campaign, ledger, ledger.pending) | withdrawn
+    dropped = [im for i, im in sorted(known.items()) if i not in listed]
+    return {**pool, "images": [*pool["images"], *dropped]}
 
 
 def summarize(outcomes: Sequence[FileOutcome]) -> dict[str, list[Any]]:
-    """The round record's ``ingest`` facts: file names by status, and under ``empty`` each file
-    that labelled images with no instance, with those images.
+    """The round record's ``ingest`` facts: file names by status; under ``empty`` each file that
+    labelled images with no instance, and under ``withdrawn`` each that held labels of withdrawn
+    images (left out), with those images.
 
     An image a file gives without annotations is labelled empty, for good: that is how a tool
     exports "nothing here", and also how some export images nobody finished (CVAT's untouched
     frames), which no file tells apart. The round's report names them so someone can look.
     """
-    summary: dict[str, list[Any]] = {"ingested": [], "repeat": [], "rejected": [], "conflict": [], "empty": []}
+    kinds = ("ingested", "repeat", "rejected", "conflict", "empty", "withdrawn")
+    summary: dict[str, list[Any]] = {kind: [] for kind in kinds}
     for outcome in outcomes:
         summary[outcome.status].append(outcome.file)
-        if outcome.empty:
-            shown = ", ".join(map(str, outcome.empty[:20])) + (", ..." if len(outcome.empty) > 20 else "")
-            summary["empty"].append(f"{outcome.file} (images {shown})")
+        for kind, images in (("empty", outcome.empty), ("withdrawn", outcome.withdrawn)):
+            if images:
+                shown = ", ".join(map(str, images[:20])) + (", ..." if len(images) > 20 else "")
+                summary[kind].append(f"{outcome.file} (images {shown})")
     return summary

@@ -9,6 +9,7 @@
    (labelled.json) agrees; with ``expected``, each image's annotations equal the expected ones.
 4. The learning curve has one point per evaluated round, rounds are numbered without gaps, and a
    round's published metrics.json holds the numbers the ledger recorded for its winning run.
+5. No file under labels/, listed or not, and not labelled.json, holds a withdrawn image.
 
 ``taudis campaign check`` runs them; the fault-injection tests assert them after every fault.
 """
@@ -44,6 +45,7 @@ def check_campaign(campaign_uri: str, expected: Mapping[int, list[tuple[int, str
         *_tasks(campaign, ledger),
         *_labels(campaign, ledger, expected),
         *_curve(campaign, ledger),
+        *_withdrawn(campaign, ledger),
     ]
 
 
@@ -141,6 +143,24 @@ def _curve(campaign: Campaign, ledger: Ledger) -> list[str]:
             out.append(f"round {record['round']}'s metrics.json is missing")
         elif storage.read_json(uri) != _jsonable(round_metrics(ledger, record["round"])):
             out.append(f"round {record['round']}'s metrics.json is not its winning run's")
+    return out
+
+
+def _withdrawn(campaign: Campaign, ledger: Ledger) -> list[str]:
+    if not ledger.withdrawn:
+        return []
+    out = []
+    files = storage.list_uris(campaign.file("labels/")) + (
+        [campaign.labelled] if storage.exists(campaign.labelled) else []
+    )
+    for uri in files:
+        try:
+            document = json.loads(storage.read_bytes(uri))
+            held = sorted({int(im["id"]) for im in document["images"]} & ledger.withdrawn)
+        except (storage.NotFoundError, ValueError, KeyError, TypeError):
+            continue  # gone meanwhile, or not a label file: the other checks name what is damaged
+        if held:
+            out.append(f"{uri} holds withdrawn images {held[:10]}")
     return out
 
 

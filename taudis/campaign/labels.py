@@ -165,7 +165,21 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
     Layout: {"info": {"description", "taudis": {"ledger_revision", "parts": [names]}}, "licenses": [],
     "images", "annotations", "categories"} with images sorted by id.
     """
-    ledger = ledger or read_ledger(campaign.ledger)
+    if ledger is None:
+        ledger = read_ledger(campaign.ledger)
+        try:
+            return _dataset(campaign, ledger)
+        except LedgerError:
+            fresh = read_ledger(campaign.ledger)
+            if fresh.revision == ledger.revision:
+                raise
+            # A withdrawal rewrites the parts it replaced once the ledger no longer lists them,
+            # which a ledger read just before it still did: the newer ledger's parts are whole.
+            return _dataset(campaign, fresh)
+    return _dataset(campaign, ledger)
+
+
+def _dataset(campaign: Campaign, ledger: Ledger) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     # Every part carries the pool file's categories of its day; a category added to the pool
@@ -191,18 +205,22 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
 
 
 def known_file_names(campaign: Campaign, ledger: Ledger | None = None) -> dict[int, str]:
-    """Image id -> file name of every labelled image (from its label part) and pending image (from
-    its round's task manifest): the names the campaign has tied to ids."""
+    """Image id -> file name of every labelled and pending image: the names the campaign has tied to ids."""
+    return {image_id: str(image["file_name"]) for image_id, image in known_images(campaign, ledger).items()}
+
+
+def known_images(campaign: Campaign, ledger: Ledger | None = None) -> dict[int, dict[str, Any]]:
+    """Image id -> image record of every labelled image (from its label part) and pending image (from
+    its round's task manifest)."""
     ledger = ledger or read_ledger(campaign.ledger)
-    known = {int(im["id"]): str(im["file_name"]) for im in labelled_dataset(campaign, ledger)["images"]}
-    known |= {image_id: str(image["file_name"]) for image_id, image in pending_images(campaign, ledger).items()}
-    return known
+    known = {int(im["id"]): dict(im) for im in labelled_dataset(campaign, ledger)["images"]}
+    return known | sent_images(campaign, ledger, ledger.pending)
 
 
-def pending_images(campaign: Campaign, ledger: Ledger) -> dict[int, dict[str, Any]]:
-    """Pending image id -> {"id", "file_name", "height", "width"} as its round's task manifest has it,
-    for every pending image of a published round (the record the annotators were sent)."""
-    waiting, found = set(ledger.pending), {}
+def sent_images(campaign: Campaign, ledger: Ledger, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Image id -> {"id", "file_name", "height", "width"} as the task manifest of the published round
+    that chose it has it (the record the annotators were sent), for those of ``ids`` sent out."""
+    waiting, found = set(ids), {}
     for record in ledger.rounds:
         if not waiting & set(record.get("images", [])) or record["state"] not in ("exported", "closed"):
             continue

@@ -21,6 +21,8 @@ A campaign lives under one URI (a local directory or gs://bucket/prefix)::
         summary.md, report.html            the round's report
         metrics.json                       mask and box AP of the round's model on the val split
     <campaign>/learning_curve.png          mask AP against labelled images, every recorded round
+    <campaign>/withdrawals/<op>.json       what each withdrawal took out (ids and file names) and
+                                           where it found them, written before its ledger update
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class Campaign:
     def file(self, name: str) -> str:
         """A file named relative to the campaign's folder (as the ledger names label parts)."""
         return storage.join(self.uri, name)
+
+    def withdrawal(self, op_id: str) -> str:
+        """The record of the withdrawal with op id ``withdraw:<hash>``."""
+        return storage.join(self.uri, "withdrawals", op_id.split(":", 1)[-1] + ".json")
+
+    @property
+    def withdrawals(self) -> str:
+        return storage.join(self.uri, "withdrawals") + "/"
 
     def round_dir(self, round_index: int) -> str:
         return storage.join(self.uri, "rounds", f"round-{round_index:03d}")

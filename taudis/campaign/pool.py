@@ -7,6 +7,8 @@ ledger's pool follows it at the start of every round, under compare-and-swap:
 - an unlabelled image that left the file leaves the pool (it can no longer be chosen);
 - labelled and pending images stay, whatever the file says: their labels (or the annotators'
   work on them) are never thrown away;
+- a withdrawn image (taudis.campaign.withdraw) never comes back, whatever the file says: not
+  under its id, nor under its file name with a new id;
 - an image's id never changes once the campaign knows it: a pool file that gives a labelled or
   pending image's id to another file (a file regenerated and renumbered; names compared as
   ingest matches them, so ``a.png`` and ``imgs/a.png`` are one file), or that file another id,
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from taudis.campaign.layout import Campaign
-from taudis.storage.ledger import LabelPart, Ledger, create_ledger, update_ledger
+from taudis.storage.ledger import LabelPart, Ledger, create_ledger, read_ledger, update_ledger
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +81,46 @@ def pool_ids(pool: Mapping[str, Any]) -> frozenset[int]:
 
 def synced(ledger: Ledger, ids: Iterable[int]) -> Ledger:
     """The ledger with its pool following ``ids`` (the rules in the module docstring)."""
-    wanted = frozenset(ids)
+    wanted = frozenset(ids) - ledger.withdrawn
     removed = ledger.unlabelled - wanted
     pool = (ledger.pool | wanted) - removed
     return ledger if pool == ledger.pool else dataclasses.replace(ledger, pool=pool)
 
 
+def without_withdrawn(
+    pool: Mapping[str, Any], withdrawn: Mapping[int, Mapping[str, Any]]
+) -> tuple[dict[str, Any], int]:
+    """The pool file less the withdrawn images it still lists, by id or by file name (a file put
+    back under a new id), and how many it listed.
+
+    Args:
+        withdrawn: taudis.campaign.withdraw.withdrawn_images.
+    """
+    from taudis.campaign.ingest import normal_name, same_file_name
+
+    by_base: dict[str, list[str]] = {}
+    for image in withdrawn.values():
+        name = normal_name(str(image["file_name"]))
+        by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
+
+    def gone(image: Mapping[str, Any]) -> bool:
+        if int(image["id"]) in withdrawn:
+            return True
+        name = normal_name(str(image["file_name"]))
+        return any(same_file_name(name, other) for other in by_base.get(name.rsplit("/", 1)[-1], ()))
+
+    kept = [im for im in pool["images"] if not gone(im)]
+    return {**pool, "images": kept}, len(pool["images"]) - len(kept)
+
+
 def sync_pool(campaign: Campaign, pool: Mapping[str, Any]) -> dict[str, int]:
-    """Bring the ledger's pool in line with the pool file; returns {"added", "removed", "pool"}."""
+    """Bring the ledger's pool in line with the pool file; returns {"added", "removed", "pool"}, and
+    "withdrawn_listed" where the file still lists withdrawn images (how many)."""
+    from taudis.campaign.withdraw import withdrawn_images
+
+    pool, listed = without_withdrawn(pool, withdrawn_images(campaign, read_ledger(campaign.ledger)))
     ids = pool_ids(pool)
-    change: dict[str, int] = {}
+    change: dict[str, int] = {"withdrawn_listed": listed} if listed else {}
 
     def apply(ledger: Ledger) -> Ledger:
         new = synced(ledger, ids)
@@ -98,6 +130,11 @@ def sync_pool(campaign: Campaign, pool: Mapping[str, Any]) -> dict[str, int]:
     update_ledger(campaign.ledger, f"sync_pool:{uuid.uuid4().hex}", apply, kind="sync_pool")
     if change["added"] or change["removed"]:
         log.info("pool of %s: %d images added, %d removed", campaign.uri, change["added"], change["removed"])
+    if change.get("withdrawn_listed"):
+        log.warning(
+            "pool of %s: the pool file still lists %d withdrawn images; they stay out of the campaign "
+            "(remove them from the pool file, and the files from the bucket)", campaign.uri, change["withdrawn_listed"]
+        )  # fmt: skip
     return change
 
 

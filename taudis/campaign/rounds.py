@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 LEASE_ENV = "TAUDIS_ROUND_LEASE"
 DEFAULT_LEASE = 24 * 3600.0  # seconds a claim holds without news from its run
 OPEN_STATES = ("claimed",)
+RELEASED = " (released)"  # appended to the run id of a released claim: no run owns the round then
 PUBLISHED_STATES = ("exported", "closed")
 
 
@@ -184,7 +185,7 @@ def release_claim(campaign: Campaign) -> dict[str, Any] | None:
         expired = _stamp(dt.datetime.fromtimestamp(0, dt.UTC))
         # The round passes to no run: the released one no longer owns it, so its later writes are
         # refused even before another run claims the round, which any run may now do.
-        run = f"{last.get('run')} (released)"
+        run = f"{last.get('run')}{RELEASED}"
         released.update(last, run=run, heartbeat_at=expired, claimed_at=expired, released_at=_stamp(_now()))
         return _replace_round(ledger, released)
 
@@ -437,6 +438,17 @@ def close_round(campaign: Campaign, round_index: int, run: str) -> None:
     write_learning_curve(campaign, closed)
 
 
+def choosing_round(ledger: Ledger) -> dict[str, Any] | None:
+    """The round whose choice is not published yet and may still be: claimed by a run that could
+    still commit it (not released), or selected; None when there is none."""
+    for record in ledger.rounds:
+        if record["state"] == "selected" or (
+            record["state"] == "claimed" and not str(record.get("run")).endswith(RELEASED)
+        ):
+            return dict(record)
+    return None
+
+
 # ----------------------------------------------------------------------------- what rounds show
 
 
@@ -495,6 +507,7 @@ def write_learning_curve(campaign: Campaign, ledger: Ledger) -> None:
 __all__: Sequence[str] = [
     "RoundBusyError",
     "RoundLostError",
+    "choosing_round",
     "claim_round",
     "close_round",
     "commit_selection",

@@ -56,6 +56,7 @@ INTAKE_LABELS = {
         "labelled with no instance (make sure these images were finished: an export of unfinished "
         "images reads the same; a file in incoming/corrections/ relabels them)"
     ),
+    "withdrawn": "holding labels of withdrawn images, left out (the rest of each file went in)",
 }
 
 

@@ -11,7 +11,7 @@ Head::
     {"schema": "taudis.ledger", "version": 2, "campaign": str,
      "revision": int,                    # +1 per applied update (0 at creation)
      "created": str, "updated": str,     # ISO 8601 UTC
-     "counts": {"pool", "labelled", "pending", "unlabelled"},   # checked against the segments on read
+     "counts": {"pool", "labelled", "pending", "unlabelled"[, "withdrawn"]},   # checked against the segments
      "segments": [name, ...],            # relative to the head's folder, applied in order
      "rounds": [{"round": int, "state": str, ... every field but "images"}, ...],
      "ops": [{"op_id": str, "kind": str, "revision": int, "at": str}, ...]}   # every update applied
@@ -20,16 +20,20 @@ Segment (``kind`` "snapshot" holds the whole state, "change" what one update cha
 
     {"schema": "taudis.ledger.segment", "version": 2, "revision": int, "kind": "snapshot" | "change",
      "pool": ids, "pending": ids, "parts": [part, ...], "round_images": {"<round>": [id, ...]},  # snapshot
+     "withdrawn": ids,                                                                # snapshot, if any
      "pool_added": ids, "pool_removed": ids, "pending_added": ids, "pending_removed": ids,     # change
-     "parts_added": [part, ...], "parts_removed": [op_id, ...], "round_images": {...}}
+     "parts_added": [part, ...], "parts_removed": [op_id, ...], "round_images": {...},
+     "withdrawn_added": ids}                                                          # change, if any
 
 ``ids`` are sorted image ids as inclusive ranges ``[[first, last], ...]`` (a contiguous pool is one
 pair). A label part ``{"op_id", "name", "images": ids, "source"}`` names an immutable COCO file
 (relative to the head's folder) holding the annotations of its images: the labelled set is the
 union of the parts' images, so the labels and the ledger can never disagree about what is
 labelled. A part leaves the ledger only when others take over its images (a correction:
-taudis.campaign.labels.replace_labels), so an image once labelled stays labelled. Round records
-and their images are written by taudis.campaign.
+taudis.campaign.labels.replace_labels), so an image once labelled stays labelled, unless it is withdrawn:
+``withdrawn`` holds the images taken out of the campaign for good (a data-deletion request,
+taudis.campaign.withdraw), outside the pool, their labels gone from the parts; an image never
+leaves it. Round records and their images are written by taudis.campaign.
 
 Every update is a compare-and-swap of the head (``taudis.storage.write_if_generation``): read the
 head and its segments, apply a pure function, write the new segment under a fresh name, then
@@ -116,6 +120,7 @@ class Ledger:
     parts: tuple[LabelPart, ...] = ()
     rounds: tuple[dict[str, Any], ...] = ()
     ops: tuple[dict[str, Any], ...] = ()
+    withdrawn: frozenset[int] = frozenset()  # taken out of the campaign for good, outside the pool
     revision: int = 0
     created: str = ""
     updated: str = ""
@@ -146,12 +151,15 @@ class Ledger:
         return next((p for p in self.parts if p.op_id == op_id), None)
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "pool": len(self.pool),
             "labelled": len(self.labelled),
             "pending": len(self.pending),
             "unlabelled": len(self.unlabelled),
         }
+        # Only where there is one: the heads of campaigns without any stay as they were, and a
+        # taudis from before withdrawals refuses a head that has them instead of misreading it.
+        return counts | ({"withdrawn": len(self.withdrawn)} if self.withdrawn else {})
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as one document (for ``taudis ledger show --json``; not the stored form)."""
@@ -167,6 +175,7 @@ class Ledger:
             "labelled": sorted(self.labelled),
             "pending": sorted(self.pending),
             "unlabelled": sorted(self.unlabelled),
+            "withdrawn": sorted(self.withdrawn),
             "parts": [{**p.to_json(), "images": sorted(p.images)} for p in self.parts],
             "rounds": [dict(r) for r in self.rounds],
             "ops": [dict(o) for o in self.ops],
@@ -254,6 +263,7 @@ class _State:
     pending: set[int] = field(default_factory=set)
     parts: list[LabelPart] = field(default_factory=list)
     round_images: dict[int, list[int]] = field(default_factory=dict)
+    withdrawn: set[int] = field(default_factory=set)
 
 
 def _parse_part(doc: Any, uri: str) -> LabelPart:
@@ -282,6 +292,7 @@ def _apply_segment(state: _State, doc: Mapping[str, Any], uri: str) -> None:
         state.pending = set(decode_ids(doc.get("pending"), uri, "pending"))
         state.parts = [_parse_part(p, uri) for p in doc.get("parts", [])]
         state.round_images = _round_images(doc, uri)
+        state.withdrawn = set(decode_ids(doc.get("withdrawn", []), uri, "withdrawn"))
         return
     if doc.get("kind") != "change":
         raise LedgerError(uri, f"unknown segment kind {doc.get('kind')!r}", field="kind")
@@ -295,6 +306,7 @@ def _apply_segment(state: _State, doc: Mapping[str, Any], uri: str) -> None:
     state.parts = [p for p in state.parts if p.op_id not in set(removed)]
     state.parts += [_parse_part(p, uri) for p in doc.get("parts_added", [])]
     state.round_images.update(_round_images(doc, uri))
+    state.withdrawn |= decode_ids(doc.get("withdrawn_added", []), uri, "withdrawn_added")
 
 
 def _snapshot(ledger: Ledger, revision: int) -> dict[str, Any]:
@@ -307,23 +319,27 @@ def _snapshot(ledger: Ledger, revision: int) -> dict[str, Any]:
         "pending": encode_ids(ledger.pending),
         "parts": [p.to_json() for p in ledger.parts],
         "round_images": {str(r["round"]): list(r.get("images", [])) for r in ledger.rounds if r.get("images")},
-    }
+    } | ({"withdrawn": encode_ids(ledger.withdrawn)} if ledger.withdrawn else {})
 
 
 def _change(old: Ledger, new: Ledger, revision: int, uri: str) -> dict[str, Any]:
     """The segment that turns ``old`` into ``new``.
 
     Raises:
-        LedgerError: ``new`` rewrites a label part, or unlabels an image (labels are never taken
-            back; a part may leave only when others hold its images).
+        LedgerError: ``new`` rewrites a label part, unlabels an image it does not withdraw
+            (labels are never taken back; a part may leave only when others hold its images), or
+            takes an image back from the withdrawn.
     """
     old_parts = {p.op_id: p for p in old.parts}
     new_ids = {p.op_id for p in new.parts}
     if any(old_parts.get(p.op_id, p) != p for p in new.parts):
         raise LedgerError(uri, "an update may add or replace label parts, never rewrite one", field="parts")
-    if old.labelled - new.labelled:
-        lost = sorted(old.labelled - new.labelled)[:10]
+    if old.labelled - new.labelled - new.withdrawn:
+        lost = sorted(old.labelled - new.labelled - new.withdrawn)[:10]
         raise LedgerError(uri, f"an update may not unlabel images ({lost})", field="parts")
+    if old.withdrawn - new.withdrawn:
+        back = sorted(old.withdrawn - new.withdrawn)[:10]
+        raise LedgerError(uri, f"withdrawn images never come back ({back})", field="withdrawn")
     old_images = {r["round"]: r.get("images") for r in old.rounds}
     return {
         "schema": SEGMENT_SCHEMA,
@@ -341,7 +357,7 @@ def _change(old: Ledger, new: Ledger, revision: int, uri: str) -> dict[str, Any]
             for r in new.rounds
             if r.get("images") is not None and r.get("images") != old_images.get(r["round"])
         },
-    }
+    } | ({"withdrawn_added": encode_ids(new.withdrawn - old.withdrawn)} if new.withdrawn - old.withdrawn else {})
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -352,9 +368,13 @@ def check_ledger(ledger: Ledger) -> None:
 
     Raises:
         LedgerError: pending images outside the pool or labelled, label parts that overlap or hold
-            images outside the pool, a round listed twice, an op id listed twice.
+            images outside the pool, withdrawn images in the pool, a round listed twice, an op id
+            listed twice.
     """
     uri = ledger.uri or "<memory>"
+    inside = sorted(ledger.withdrawn & ledger.pool)
+    if inside:
+        raise LedgerError(uri, f"image ids {inside[:10]} are withdrawn but in the pool", field="withdrawn")
     outside = sorted(ledger.pending - ledger.pool)
     if outside:
         raise LedgerError(uri, f"image ids {outside[:10]} are not in the pool", field="pending")
@@ -426,6 +446,7 @@ def _decode(head_bytes: bytes, uri: str) -> Ledger:
         pending=frozenset(state.pending),
         parts=tuple(state.parts),
         rounds=tuple(rounds),
+        withdrawn=frozenset(state.withdrawn),
         ops=tuple(dict(o) for o in head["ops"]),
         revision=head["revision"],
         created=str(head.get("created", "")),
@@ -508,7 +529,16 @@ def create_ledger(
         storage.write_if_generation(uri, _head(ledger, [segment]), 0)
         return ledger
     except storage.PreconditionFailedError:
-        if not exist_ok:
+        there = storage.read_versioned(uri)
+        # A retried request whose first attempt landed (its answer lost) meets its own ledger: the
+        # one whose first segment is this call's, a name no other writer can have drawn (updates
+        # landed since append theirs; a compaction would start over, after 64 of them).
+        try:
+            head = json.loads(there.data) if there is not None else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            head = {}  # not ours: ours is valid JSON
+        mine = isinstance(head, dict) and list(head.get("segments") or [])[:1] == [segment]
+        if not (exist_ok or mine):
             raise LedgerError(uri, "a ledger already exists here (pass exist_ok to reuse it)") from None
         return read_ledger(uri)
 
