@@ -140,7 +140,7 @@ def run_demo(
     state = state or str((out / "campaigns").resolve())
     for strategy in strategies:
         validate_round_parameters(
-            strategy=strategy, budget=budget, alpha=2.5, beta=1.5, sigma=0.8, metric="seg_entropy", aggregation="mean"
+            strategy=strategy, budget=budget, alpha=2.5, beta=1.5, sigma=0.8, metric="product_rank", aggregation="mean"
         )
     started = time.monotonic()
     data = prepare_data(out, state, images=images, seed=seed)

@@ -34,7 +34,7 @@ def build_round_pipeline(strategy: str = "taudis", *, num_shards: int = 2, targe
         alpha: float = 2.5,
         beta: float = 1.5,
         sigma: float = 0.8,
-        metric: str = "seg_entropy",
+        metric: str = "product_rank",  # taudis.select.uncertainty.DEFAULT_METRIC
         aggregation: str = "mean",
         universe: str = "candidates",
         centre: bool = False,

@@ -77,7 +77,7 @@ def test_invalid_parameters_rejected_before_any_work(kwargs: dict[str, Any], mat
 
 def test_taudis_follows_the_algorithm(pool: Path) -> None:
     b = 20
-    sel = select(pool, b, alpha=3.0, beta=1.5, sigma=0.8)
+    sel = select(pool, b, alpha=3.0, beta=1.5, sigma=0.8, metric="seg_entropy")
     scores = score_pool(pool, ["seg_entropy"])
     u = scores.metrics["seg_entropy"]
     n_cand, k = math.ceil(3.0 * b), math.ceil(1.5 * b)

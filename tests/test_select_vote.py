@@ -35,7 +35,7 @@ def test_fill_by_image_uncertainty_with_empty_images_last() -> None:
     assert filled == 5
     assert len(notes) == 1 and "filled 5" in notes[0] and "only 1 images" in notes[0]
     assert "no predicted instance" in selected[4].reason and selected[4].uncertainty == 0.0
-    assert "max of seg_entropy over 1 instances" in selected[1].reason
+    assert "max of product_rank over 1 instances" in selected[1].reason  # the default metric
     assert all(s.reason for s in selected)
 
 

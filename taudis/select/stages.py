@@ -33,7 +33,7 @@ from taudis.select.strategies import (
     oversample_step,
     vote_step,
 )
-from taudis.select.uncertainty import METRICS, PoolScores, check_aggregation, score_pool
+from taudis.select.uncertainty import DEFAULT_METRIC, METRICS, PoolScores, check_aggregation, score_pool
 
 SCORES_SCHEMA = "taudis.scores"
 CANDIDATES_SCHEMA = "taudis.candidates"
@@ -137,7 +137,7 @@ def oversample_instances(
     out_dir: str | os.PathLike[str],
     budget: int,
     alpha: float = 2.5,
-    metric: str = "seg_entropy",
+    metric: str = DEFAULT_METRIC,
     *,
     exclude: Collection[int] = (),
 ) -> Path:

@@ -265,8 +265,8 @@ def select(
         alpha: oversampling factor, candidates = ceil(alpha * B); alpha >= beta.
         beta: instances chosen by the cover = ceil(beta * B); beta >= 1.
         sigma: cosine similarity threshold of the graph, in [-1, 1].
-        metric: instance uncertainty metric (taudis.select.uncertainty.METRICS); the default
-            ``seg_entropy`` is provisional until the active-learning benchmark decides it.
+        metric: instance uncertainty metric (taudis.select.uncertainty.METRICS); the default,
+            ``product_rank``, is the benchmark's choice (taudis.select.uncertainty).
         aggregation: image-level aggregation (mean, max, sum) for the fill, the uncertainty
             baseline and the report.
         seed: random seed (random and coreset strategies; recorded for all).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from taudis.select.selection import SelectedImage
+from taudis.select.uncertainty import DEFAULT_METRIC
 
 
 def fill_order(image_ids: np.ndarray, image_uncertainty: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def vote(
     budget: int,
     *,
     aggregation: str = "mean",
-    metric: str = "seg_entropy",
+    metric: str = DEFAULT_METRIC,
 ) -> tuple[list[SelectedImage], int, list[str]]:
     """Rank pool images by votes of chosen instances and fill up to ``budget``.
 
