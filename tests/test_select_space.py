@@ -98,7 +98,7 @@ def test_select_whitens_on_the_pool_not_on_the_candidates(tmp_path: Path) -> Non
     """Whitened on the candidates alone (fewer than the dimensions), every pair would be alike."""
     write_pool(tmp_path, PoolSpec(num_instances=600, seed=4, mask_size=4, embedding_dim=32))
     scores = score_pool(tmp_path, ["seg_entropy"])
-    chosen = select(tmp_path, 8, whiten=True, sigma=0.3)  # 20 candidates in 32 dimensions
+    chosen = select(tmp_path, 8, metric="seg_entropy", whiten=True, sigma=0.3)  # 20 candidates in 32 dimensions
     assert chosen.params["whiten"] is True
     # its cover ran on the pool's whitening: the same picks as cover_step given that whitening
     rows = np.arange(scores.instance_image.size)
