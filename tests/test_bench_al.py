@@ -7,7 +7,9 @@ here is what decides whether their numbers mean what the tables say.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,6 +172,49 @@ def test_a_coco_folder_that_breaks_the_splits_is_refused_naming_the_file(tmp_pat
         prepare_dataset(str(empty), tmp_path / "w", initial=None)
     with pytest.raises(FileNotFoundError, match=r"no .*pool\.json"):
         prepare_dataset(str(tmp_path / "nothing"), tmp_path / "w")
+
+
+def _edit(folder: Path, split: str, change: Callable[[dict[str, Any]], None]) -> None:
+    path = folder / "annotations" / f"{split}.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_a_split_with_nothing_to_score_or_to_label_is_refused(tmp_path: Path) -> None:
+    def all_crowd(doc: dict[str, Any]) -> None:
+        for ann in doc["annotations"]:
+            ann["iscrowd"] = 1
+
+    crowd = _coco_folder(tmp_path / "crowd", {"pool": ["a.png", "b.png"], "val": ["v.png", "w.png"]})
+    _edit(crowd, "val", all_crowd)  # as CVAT's COCO export writes every mask
+    with pytest.raises(ValueError, match=r"val\.json: only crowd regions \(2 annotations.*mask AP would be empty"):
+        prepare_dataset(str(crowd), tmp_path / "w")
+    unlabelled = _coco_folder(tmp_path / "bare", {"train": ["t.png"], "pool": ["a.png", "b.png"], "val": ["v.png"]})
+    _edit(unlabelled, "pool", lambda doc: doc["annotations"].clear())  # train.json's labels do not make up for it
+    with pytest.raises(ValueError, match=r"pool\.json: no annotation: the benchmark's oracle"):
+        prepare_dataset(str(unlabelled), tmp_path / "w", initial=None)
+
+
+def test_the_folder_checks_warnings_are_printed_before_the_campaigns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _coco_folder(tmp_path / "mine", {"pool": ["a.png", "b.png", "c.png"], "val": ["v.png"]})
+
+    def odd(doc: dict[str, Any]) -> None:
+        doc["annotations"][0]["iscrowd"] = 1
+        doc["categories"].append({"id": 2, "name": "tree"})
+
+    _edit(folder, "pool", odd)
+    _edit(folder, "val", lambda doc: doc["categories"].append({"id": 2, "name": "tree"}))
+    args = _parser().parse_args(["run", "--dataset", str(folder), "--initial", "1", "--work", str(tmp_path / "w"),
+                                 "--results", str(tmp_path / "r")])  # fmt: skip
+    for _ in range(2):  # from the check, and again from its record when the run resumes
+        jobs_for(args, "campaign")
+        warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+        assert any("pool.json: 1 of 3 annotation(s) are iscrowd=1" in w for w in warnings), warnings
+        assert any("pool.json: category 'tree' (id 2) has no annotation" in w for w in warnings), warnings
+        assert not any("val.json" in w for w in warnings), warnings  # val's unused class is only unscored
 
 
 def test_a_generated_dataset_of_another_size_or_start_is_another_dataset(tmp_path: Path) -> None:

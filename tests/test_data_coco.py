@@ -230,16 +230,17 @@ def test_uncompressed_rle_reaches_detectron2_compressed_with_the_same_mask(tmp_p
     np.testing.assert_array_equal(mask_utils.decode(record["segmentation"]), mask)
 
 
-def test_image_files_are_checked_as_training_reads_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["jpg", "tif"])  # Pillow turns a TIFF itself while reading it
+def test_image_files_are_checked_as_training_reads_them(tmp_path: Path, suffix: str) -> None:
     from PIL import Image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 20 wide and 10 high, shown (and trained) 10 wide and 20 high
-    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / f"r.{suffix}", exif=exif)
     Image.new("1", (13_500, 13_400)).save(tmp_path / "big.png")  # beyond PIL's default bomb limit
     data = {
         "images": [
-            {"id": 1, "file_name": "r.jpg", "height": 20, "width": 10},
+            {"id": 1, "file_name": f"r.{suffix}", "height": 20, "width": 10},
             {"id": 2, "file_name": "big.png", "height": 13_400, "width": 13_500},
         ],
         "categories": [{"id": 1, "name": "car"}],
@@ -267,6 +268,7 @@ def test_an_orientation_that_keeps_the_size_is_warned_of(tmp_path: Path) -> None
         ("upright.jpg", 10, 20, 1),
         ("side.jpg", 10, 20, 6),  # the swapped sides confirm the turn: no warning
         ("upside.jpg", 10, 20, 3),
+        ("upside.tif", 10, 20, 3),
         ("square.jpg", 16, 16, 8),
         ("mirror.jpg", 10, 20, 2),
     ]:
@@ -274,9 +276,9 @@ def test_an_orientation_that_keeps_the_size_is_warned_of(tmp_path: Path) -> None
     data = {"images": images, "categories": []}
     assert check_image_files(data, str(tmp_path)) == [], "every size is the turned one: valid"
     (warning,) = inspect_image_files(data, str(tmp_path), shown=2).warnings
-    assert warning.startswith("3 image(s)") and "EXIF orientation that keeps their size" in warning
+    assert warning.startswith("4 image(s)") and "EXIF orientation that keeps their size" in warning
     assert "image id 4" in warning and "orientation 3, turned 180 degrees" in warning
-    assert "image id 5" in warning and "and 1 more" in warning and "image id 3 " not in warning
+    assert "image id 5" in warning and "and 2 more" in warning and "image id 3 " not in warning
     assert inspect_image_files({"images": images[:3], "categories": []}, str(tmp_path)).warnings == []
     missing = {"images": [{"id": 9, "file_name": "gone.jpg", "height": 1, "width": 1}], "categories": []}
     check = inspect_image_files(missing, str(tmp_path))

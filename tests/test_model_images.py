@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from taudis.model.images import ImageReadError, displayed_size, load_for_inference, output_size, read_image, to_rgb
+from taudis.model.images import (
+    ImageReadError,
+    displayed_size,
+    load_for_inference,
+    open_image,
+    output_size,
+    read_image,
+    to_rgb,
+)
 
 
 def test_modes_become_three_channel_uint8() -> None:
@@ -97,3 +105,24 @@ def test_the_displayed_size_follows_the_exif_rotation(tmp_path: Path) -> None:
     with Image.open(tmp_path / "r.jpg") as image:
         assert image.size == (20, 10) and displayed_size(image) == (10, 20)
     assert read_image(tmp_path / "r.jpg").shape[:2] == (20, 10)
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png", "tif", "webp"])
+def test_every_format_is_turned_once_by_its_exif_orientation(tmp_path: Path, suffix: str) -> None:
+    """Pillow turns a TIFF by its orientation while reading it and JPEG, PNG, WebP not: the displayed
+    size, the whole image and the inference image agree with the picture a viewer shows, either way."""
+    stored = np.zeros((48, 80, 3), np.uint8)
+    stored[:12, :20] = 255  # a bright block in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: 48 wide, 80 high, block top-right
+    lossless = {"lossless": True} if suffix == "webp" else {}
+    Image.fromarray(stored).save(tmp_path / f"r.{suffix}", exif=exif, **lossless)
+    shown = np.rot90(stored, k=-1)
+    with open_image(tmp_path / f"r.{suffix}") as image:
+        assert displayed_size(image) == (48, 80)
+    error = 10 if suffix == "jpg" else 0  # mean absolute difference: JPEG is lossy
+    whole = read_image(tmp_path / f"r.{suffix}", "RGB")
+    assert whole.shape == shown.shape and np.abs(whole.astype(int) - shown).mean() <= error
+    loaded = load_for_inference(tmp_path / f"r.{suffix}", 48, 1000, "RGB")
+    assert (loaded.width, loaded.height) == (48, 80) and loaded.pixels.shape == shown.shape
+    assert np.abs(loaded.pixels.astype(int) - shown).mean() <= error

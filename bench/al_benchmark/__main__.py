@@ -84,6 +84,8 @@ def jobs_for(args: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
         name: prepare_dataset(name, args.work, initial=args.initial, images=args.images) for name in args.dataset
     }
     for dataset in datasets.values():
+        for warning in dataset.warnings():
+            print(f"warning: {warning}", flush=True)
         for problem in fit_problems(dataset, args.config, args.train_opts):
             print(f"warning: {problem}; pass them with --train-opts", flush=True)
     for seed in args.seeds:  # seed-major: results of every strategy arrive together

@@ -12,6 +12,7 @@ seed, so the strategies start from one place.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from bench.al_benchmark.files import locked, write_json
-from taudis.data.coco import check_image_files, load_coco, normal_file_name, subset_coco
+from taudis.data.coco import (
+    annotation_warnings,
+    inspect_image_files,
+    load_coco,
+    normal_file_name,
+    subset_coco,
+    unlabelled_categories,
+)
 from taudis.model import numerics
 from taudis.select.pool import UNIVERSES
 from taudis.select.uncertainty import (
@@ -34,6 +42,7 @@ from taudis.select.uncertainty import (
 
 INITIAL = 10  # images drawn per seed as the initial labelled set, unless told otherwise
 GENERATED_IMAGES = 500  # size of a generated dataset, unless told otherwise
+WARNINGS = "warnings.json"  # the folder check's warnings, written beside the merged pool
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "alpha": 2.5,
@@ -183,6 +192,12 @@ class Dataset:
                 write_json(path, subset_coco(pool, chosen.tolist()))
         return path
 
+    def warnings(self) -> list[str]:
+        """What the folder's check found valid but worth a look (crowd regions, unused classes,
+        EXIF turns that keep the size...): ``taudis data check``'s warnings, for every split."""
+        path = self.root / WARNINGS
+        return list(json.loads(path.read_text())) if path.is_file() else []
+
     def describe(self) -> dict[str, Any]:
         pool = json.loads(self.pool.read_text())
         val = json.loads(self.val.read_text())
@@ -269,21 +284,24 @@ def coco_folder(name: str, data: Path, root: Path, initial: int | None) -> Datas
     splits = _splits(data)
     if initial is None and not splits["train"].is_file():
         raise FileNotFoundError(f"{data}: --initial given needs {splits['train']} (the initial labelled set)")
-    merged, given = root / "pool-all.json", root / "initial-given.json"
+    merged, given, warned = root / "pool-all.json", root / "initial-given.json", root / WARNINGS
     with locked(merged):
-        if not (merged.is_file() and given.is_file()):
+        if not (merged.is_file() and given.is_file() and warned.is_file()):
             found = {split: load_coco(path) for split, path in splits.items() if path.is_file()}
-            _check_splits(found, splits, data / "images")
+            warnings = _check_splits(found, splits, data / "images")
             pool, train_ids = _merge(found.get("train"), found["pool"])
+            warnings += [f"{splits['pool']}: {w}" for w in unlabelled_categories(pool)]  # train's labels count
             write_json(given, subset_coco(pool, train_ids))
-            write_json(merged, pool)
+            write_json(warned, warnings)
+            write_json(merged, pool)  # last: its presence says the check is done
     if initial is None and not json.loads(given.read_text())["images"]:
         raise ValueError(f"{splits['train']}: no images; --initial given needs an initial labelled set there")
     return Dataset(name, root, merged, splits["val"], data / "images", initial)
 
 
-def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], images: Path) -> None:
-    """Same categories in every split, val apart from the labelled pool, every image file present."""
+def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], images: Path) -> list[str]:
+    """Same categories in every split, val apart from the labelled pool, every image file present,
+    objects to score in val and to label in the pool; returns the splits' warnings (named by file)."""
     categories = {split: sorted((c["id"], c["name"]) for c in d["categories"]) for split, d in found.items()}
     for split, cats in categories.items():
         if cats != categories["pool"]:
@@ -301,10 +319,31 @@ def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], imag
             if not (images / image["file_name"]).is_file():
                 raise FileNotFoundError(f"{paths[split]}, images[{i}] (id {image['id']}), field 'file_name': "
                                         f"no file {images / image['file_name']}")  # fmt: skip
-        problems = check_image_files(d, str(images))  # sizes as training reads them, before hours of it
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ValueError(f"{paths[split]}: {problems[0]}{more}")
+    for split in ("pool", "val"):
+        _require_objects(found[split], paths[split], split)
+    warnings = []
+    for split, d in found.items():
+        files = inspect_image_files(d, str(images))  # sizes as training reads them, before hours of it
+        if files.problems:
+            more = f" (and {len(files.problems) - 1} more)" if len(files.problems) > 1 else ""
+            raise ValueError(f"{paths[split]}: {files.problems[0]}{more}")
+        warnings += [f"{paths[split]}: {w}" for w in annotation_warnings(d) + files.warnings]
+    return warnings
+
+
+def _require_objects(data: dict[str, Any], path: Path, split: str) -> None:
+    """val must hold an object the evaluation scores, pool.json one the oracle can label: without,
+    every round would score None (recorded as 0) or train on background alone, for hours."""
+    annotations = data.get("annotations", [])
+    if any(not a.get("iscrowd", 0) for a in annotations):
+        return
+    what = "no annotation" if not annotations else f"only crowd regions ({len(annotations)} annotations, iscrowd=1)"
+    if split == "val":
+        use = "COCO evaluation scores no crowd region, so every round's mask AP would be empty"
+    else:
+        use = "the benchmark's oracle labels the pool's images from it, so they would teach nothing"
+    fix = "; CVAT's COCO export marks every mask so: set iscrowd 0" if annotations else ""
+    raise ValueError(f"{path}: {what}: {use}{fix}")
 
 
 def _merge(train: dict[str, Any] | None, pool: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
@@ -312,8 +351,11 @@ def _merge(train: dict[str, Any] | None, pool: dict[str, Any]) -> tuple[dict[str
     and train's image ids."""
     train = train or {"images": [], "annotations": [], "categories": pool["categories"]}
     taken = {int(im["id"]) for im in train["images"]}
-    fresh = iter(range(max(taken | {int(im["id"]) for im in pool["images"]}, default=0) + 1, 2**62))
+    fresh = itertools.count(max(taken | {int(im["id"]) for im in pool["images"]}, default=0) + 1)
     renamed = {int(im["id"]): (next(fresh) if int(im["id"]) in taken else int(im["id"])) for im in pool["images"]}
+    if max(renamed.values(), default=0) >= 2**63:  # ids are int64 in the instance shards
+        raise ValueError("train.json and pool.json share image ids, and their largest is too near 2**63 to renumber "
+                         "the pool's past it: renumber the pool's images")  # fmt: skip
     images = train["images"] + [{**im, "id": renamed[int(im["id"])]} for im in pool["images"]]
     annotations = [dict(a) for a in train.get("annotations", [])]
     annotations += [{**a, "image_id": renamed[int(a["image_id"])]} for a in pool.get("annotations", [])]

@@ -310,9 +310,9 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
         where = f"image id {image['id']} ({path})"
         try:
             with open_image(path) as opened:
+                orientation = opened.getexif().get(0x0112, 1)  # before displayed_size: loading a TIFF drops it
                 width, height = displayed_size(opened)
-                rotated = (width, height) != opened.size
-                orientation = opened.getexif().get(0x0112, 1)
+                rotated = orientation in (5, 6, 7, 8)
                 # A camera's MPO JPEG holds the photo first and previews after it: one image.
                 frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
                 opened.load()

@@ -85,6 +85,11 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as the model sees the image: after its EXIF orientation, which may swap the sides."""
+    if image.format == "TIFF":
+        # Pillow's TIFF reader turns the image by its orientation itself: its size is the turned
+        # one from the start, and loading drops the tag. Loading first leaves one rule for every
+        # Pillow, whether or not its reader turns TIFFs.
+        image.load()
     width, height = image.size
     if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
         return height, width
