@@ -32,7 +32,8 @@ def check_parameters(
         metric=metric,
         aggregation=aggregation,
         universe=universe,
-        uris=[pool_annotations, val_annotations, *([labelled_annotations] if seed_needed(campaign_uri) else [])],
+        uris=[pool_annotations, *([labelled_annotations] if seed_needed(campaign_uri) else [])],
+        val_annotations=val_annotations,
     )
 
 

@@ -188,7 +188,7 @@ def test_a_split_with_nothing_to_score_or_to_label_is_refused(tmp_path: Path) ->
 
     crowd = _coco_folder(tmp_path / "crowd", {"pool": ["a.png", "b.png"], "val": ["v.png", "w.png"]})
     _edit(crowd, "val", all_crowd)  # as CVAT's COCO export writes every mask
-    with pytest.raises(ValueError, match=r"val\.json: only crowd regions \(2 annotations.*mask AP would be empty"):
+    with pytest.raises(ValueError, match=r"val\.json: only crowd regions \(2 annotation.*mask AP would be empty"):
         prepare_dataset(str(crowd), tmp_path / "w")
     unlabelled = _coco_folder(tmp_path / "bare", {"train": ["t.png"], "pool": ["a.png", "b.png"], "val": ["v.png"]})
     _edit(unlabelled, "pool", lambda doc: doc["annotations"].clear())  # train.json's labels do not make up for it

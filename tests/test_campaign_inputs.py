@@ -296,6 +296,32 @@ def test_the_seed_file_is_needed_only_by_the_run_that_creates_the_campaign(stora
         check_parameters.python_func(**params, campaign_uri=storage.join(storage_root, "new-campaign"))
 
 
+def test_a_val_split_with_nothing_to_score_stops_the_run_before_training(storage_root: str) -> None:
+    from taudis.data.coco import CocoFormatError
+    from taudis_kfp.components.labels import check_parameters
+
+    campaign, uris = _exported(storage_root)
+    params = {
+        "strategy": "taudis", "budget": 4, "alpha": 2.5, "beta": 1.5, "sigma": 0.8, "metric": "product_rank",
+        "aggregation": "mean", "universe": "candidates", "pool_annotations": uris["pool"],
+        "labelled_annotations": uris["seed"], "campaign_uri": campaign.uri,
+    }  # fmt: skip
+    val = storage.read_json(uris["pool"])
+    check_parameters.python_func(**params, val_annotations=uris["pool"])  # objects to score: runs on
+    crowd = storage.join(storage_root, "val-crowd.json")
+    storage.write_json(crowd, {**val, "annotations": [{**a, "iscrowd": 1} for a in val["annotations"]]})
+    with pytest.raises(ValueError, match=r"val-crowd\.json: only crowd regions .*set iscrowd 0"):
+        check_parameters.python_func(**params, val_annotations=crowd)
+    bare = storage.join(storage_root, "val-bare.json")
+    storage.write_json(bare, {**val, "annotations": []})
+    with pytest.raises(ValueError, match=r"val-bare\.json: no annotation: the val split must hold an object"):
+        check_parameters.python_func(**params, val_annotations=bare)
+    broken = storage.join(storage_root, "val-broken.json")
+    storage.write_json(broken, {**val, "annotations": [{**val["annotations"][0], "image_id": 10**9}]})
+    with pytest.raises(CocoFormatError, match=r"val-broken\.json.*image_id"):
+        check_parameters.python_func(**params, val_annotations=broken)
+
+
 def test_a_file_another_ingest_took_meanwhile_is_left_to_it(storage_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     campaign, uris = _exported(storage_root)
     storage.write_json(storage.join(campaign.incoming, "b.json"), subset(storage.read_json(uris["pool"]), [5]))

@@ -26,6 +26,7 @@ from taudis.data.coco import (
     inspect_image_files,
     load_coco,
     normal_file_name,
+    nothing_to_score,
     subset_coco,
     unlabelled_categories,
 )
@@ -334,16 +335,13 @@ def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], imag
 def _require_objects(data: dict[str, Any], path: Path, split: str) -> None:
     """val must hold an object the evaluation scores, pool.json one the oracle can label: without,
     every round would score None (recorded as 0) or train on background alone, for hours."""
-    annotations = data.get("annotations", [])
-    if any(not a.get("iscrowd", 0) for a in annotations):
+    problem = nothing_to_score(data)
+    if problem is None:
         return
-    what = "no annotation" if not annotations else f"only crowd regions ({len(annotations)} annotations, iscrowd=1)"
     if split == "val":
-        use = "COCO evaluation scores no crowd region, so every round's mask AP would be empty"
-    else:
-        use = "the benchmark's oracle labels the pool's images from it, so they would teach nothing"
-    fix = "; CVAT's COCO export marks every mask so: set iscrowd 0" if annotations else ""
-    raise ValueError(f"{path}: {what}: {use}{fix}")
+        raise ValueError(f"{path}: {problem}: COCO evaluation scores none, so every round's mask AP would be empty")
+    raise ValueError(f"{path}: {problem}: the benchmark's oracle labels the pool's images from it, so they would "
+                     "teach nothing")  # fmt: skip
 
 
 def _merge(train: dict[str, Any] | None, pool: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:

@@ -80,21 +80,31 @@ def validate_round_parameters(
     aggregation: str,
     universe: str = "candidates",
     uris: Sequence[str] = (),
+    val_annotations: str = "",
 ) -> None:
     """Reject bad parameters before any training or inference starts.
 
+    ``val_annotations``, where given, is read too: valid COCO with an object to score, or every
+    round of a campaign that may run for months would record a mask AP of nothing.
+
     Raises:
-        ValueError: naming the parameter and the accepted values.
+        ValueError: naming the parameter and the accepted values, or the val file and what it lacks.
         FileNotFoundError: a URI that must exist does not.
+        taudis.data.coco.CocoFormatError: the val file is no valid COCO (naming the record and field).
     """
+    from taudis.data.coco import load_coco, nothing_to_score
     from taudis.select.pool import check_params
     from taudis.select.strategies import check_cover_options
 
     check_params(budget, strategy, alpha, beta, sigma, metric, aggregation)
     check_cover_options(universe, 1)
-    for uri in uris:
+    for uri in [*uris, val_annotations]:
         if uri and not storage.exists(uri):
             raise FileNotFoundError(f"{uri} does not exist")
+    if val_annotations:
+        problem = nothing_to_score(load_coco(val_annotations))
+        if problem:
+            raise ValueError(f"{val_annotations}: {problem}: the val split must hold an object COCO evaluation scores")
 
 
 def _recorder(campaign: Campaign, round_index: int, run_id: str) -> Callable[[Any], None]:

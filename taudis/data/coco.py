@@ -380,6 +380,20 @@ def annotation_warnings(data: dict[str, Any], *, shown: int = 3) -> list[str]:
     return [warning for warning in found if warning]
 
 
+def nothing_to_score(data: dict[str, Any]) -> str | None:
+    """Why COCO evaluation finds no object to score in a (validated) split, else None: it has no
+    annotation, or crowd regions only (COCOeval scores none of them, so every AP comes out empty)."""
+    annotations = data.get("annotations", [])
+    if any(not ann.get("iscrowd", 0) for ann in annotations):
+        return None
+    if not annotations:
+        return "no annotation"
+    return (
+        f"only crowd regions ({len(annotations)} annotation(s), every one iscrowd=1; CVAT's COCO export marks every "
+        "mask so: set iscrowd 0)"
+    )
+
+
 def crowd_warning(data: dict[str, Any]) -> str | None:
     """A warning when annotations are crowd regions (iscrowd 1), else None.
 
