@@ -12,6 +12,7 @@ import pytest
 from taudis import storage
 from taudis.labeling.labelstudio import label_config
 from taudis.labeling.labelstudio_sync import Client, LabelStudioError, TransientError, main, pull, push
+from taudis.labeling.read import read_labels
 from tests.fake_labelstudio import PERSONAL_TOKEN, TOKEN, FakeLabelStudio
 
 CONFIG = label_config(["house", "car"])
@@ -118,6 +119,7 @@ def test_pull_writes_each_finished_annotation_once(fake: FakeLabelStudio, client
     incoming = storage.join(storage_root, "campaign", "incoming")
     assert pull(client, 1, incoming) == {
         "project": 1, "exported": 0, "new": 0, "written": None, "edited": 0, "corrections": None,
+        "refused": 0, "held": None,
     }  # fmt: skip
     _annotate(fake, 1)
     _annotate(fake, 2, was_cancelled=True)  # skipped: not a label
@@ -144,6 +146,43 @@ def test_pull_writes_each_finished_annotation_once(fake: FakeLabelStudio, client
     assert third["corrections"].startswith(storage.join(incoming, "corrections", "labelstudio-1-"))
     assert [t["id"] for t in storage.read_json(third["corrections"])] == [1]
     assert pull(client, 1, incoming)["written"] is None  # the correction counts as pulled
+
+
+def test_a_task_the_reader_refuses_holds_back_no_other_task(
+    fake: FakeLabelStudio, client: Client, storage_root: str
+) -> None:
+    push(client, _tasks_folder(storage_root, [1, 2, 3, 4]), title="t", create=True)
+    for task_id in (1, 1, 2, 3, 4):  # task 1: two annotators, neither marked ground truth
+        _annotate(fake, task_id)
+    incoming = storage.join(storage_root, "campaign", "incoming")
+    pulled = pull(client, 1, incoming)
+    assert (pulled["new"], pulled["refused"]) == (3, 1)
+    assert [t["id"] for t in storage.read_json(pulled["written"])] == [2, 3, 4]
+    assert pulled["held"].startswith(storage.join(incoming, "labelstudio-1-")) and "-refused-" in pulled["held"]
+    assert [t["id"] for t in storage.read_json(pulled["held"])] == [1]
+    assert "ground truth" in str(read_labels(pulled["held"]).problems)  # why ingest will reject it
+    assert pull(client, 1, incoming)["written"] is None  # both files count as pulled
+    # once one annotation is marked ground truth (which touches it), task 1 comes as an edit
+    fake.tasks[1]["annotations"][1].update(ground_truth=True, updated_at="t2")
+    fixed = pull(client, 1, incoming)
+    assert fixed["corrections"] and [t["id"] for t in storage.read_json(fixed["corrections"])] == [1]
+    assert not read_labels(fixed["corrections"]).problems
+
+
+def test_retry_rejected_brings_back_the_good_tasks_of_a_file_rejected_whole(
+    fake: FakeLabelStudio, client: Client, storage_root: str
+) -> None:
+    push(client, _tasks_folder(storage_root, [1, 2, 3]), title="t", create=True)
+    for task_id in (1, 1, 2, 3):
+        _annotate(fake, task_id)
+    incoming = storage.join(storage_root, "campaign", "incoming")
+    # an earlier version wrote every task to one file, and ingest rejected it for task 1
+    storage.write_json(storage.join(incoming, "rejected", "labelstudio-1-old.json"), client.export_json(1))
+    assert pull(client, 1, incoming)["written"] is None  # stranded: counted as pulled
+    again = pull(client, 1, incoming, retry_rejected=True)
+    assert [t["id"] for t in storage.read_json(again["written"])] == [2, 3]
+    assert [t["id"] for t in storage.read_json(again["held"])] == [1]
+    assert pull(client, 1, incoming, retry_rejected=True)["written"] is None  # the retry's files count
 
 
 def test_pulls_are_named_in_the_order_they_were_made(fake: FakeLabelStudio, client: Client, storage_root: str) -> None:

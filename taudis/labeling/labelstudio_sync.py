@@ -21,7 +21,11 @@ ingest's done/ and rejected/), drops their predictions and drafts, and writes th
 that ingest, which goes in name order, takes pulls in the order they were made). Nothing new:
 nothing is written, so pulling twice writes one file. An annotation edited in Label Studio after
 it was pulled is pulled again into ``FOLDER/corrections/``: when FOLDER is a campaign's
-``incoming/``, the next ingest replaces those images' labels with the edit.
+``incoming/``, the next ingest replaces those images' labels with the edit. A task the labels
+reader refuses on its own (two annotators and no ground truth, a rectangle) is written apart, to
+``FOLDER/<name>-refused-<hash>.json``, so that ingest's refusal of it holds back no other task;
+fixed in Label Studio, it comes with a later pull. ``--retry-rejected`` pulls again the tasks of
+files ingest rejected, as they stand now.
 """
 
 from __future__ import annotations
@@ -336,11 +340,13 @@ def pulled_keys(tasks: Iterable[Any]) -> set[tuple[Any, ...]]:
     }
 
 
-def _earlier_pulls(folder: str) -> set[tuple[Any, ...]]:
-    """The annotation keys of every Label Studio JSON export already under ``folder``."""
+def _earlier_pulls(folder: str, *, skip: str | None = None) -> set[tuple[Any, ...]]:
+    """The annotation keys of every Label Studio JSON export already under ``folder`` (but under ``skip``)."""
     keys: set[tuple[Any, ...]] = set()
     for uri in storage.list_uris(folder.rstrip("/") + "/"):
         if not uri.endswith(".json") or uri.endswith(".report.json"):
+            continue
+        if skip is not None and uri.startswith(skip.rstrip("/") + "/"):
             continue
         try:
             doc = json.loads(storage.read_bytes(uri))
@@ -351,32 +357,58 @@ def _earlier_pulls(folder: str) -> set[tuple[Any, ...]]:
     return keys
 
 
-def pull(client: Client, project_id: int, out: str, *, name: str | None = None) -> dict[str, Any]:
+def pull(
+    client: Client, project_id: int, out: str, *, name: str | None = None, retry_rejected: bool = False
+) -> dict[str, Any]:
     """Write the project's newly finished tasks to ``out`` (see the module docstring).
 
+    Args:
+        retry_rejected: pull again the tasks of files ingest rejected (under ``out/rejected/``), as
+            they stand now: how the good tasks of a file that an earlier version of this command
+            wrote whole, one bad task and all, come back.
+
     Returns:
-        A summary: project, exported (tasks with a submitted annotation), new, written (URI or None).
+        A summary: project, exported (tasks with a submitted annotation), new, written (URI or None),
+        edited, corrections (URI or None), refused (tasks of ``new`` the reader refuses), held (URI
+        of their own file, or None).
     """
     exported = [t for t in client.export_json(project_id) if _submitted(t)]
     for task in exported:
         task.setdefault("project", project_id)
-    earlier = _earlier_pulls(out)
+    earlier = _earlier_pulls(out, skip=storage.join(out, "rejected") if retry_rejected else None)
     seen = {key[:3] for key in earlier}  # (project, task, annotation) without updated_at
     fresh = [t for t in exported if not pulled_keys([t]) <= earlier]
     edited = [t for t in fresh if any(key[:3] in seen for key in pulled_keys([t]) - earlier)]
     new = [t for t in fresh if t not in edited]
+    # Ingest takes or refuses a file whole: a task it would refuse (two annotators and no ground
+    # truth, a rectangle) goes in a file of its own, so that it holds back no other task's labels.
+    # Fixed in Label Studio, its annotation's updated_at changes and a later pull brings it.
+    refused = [t for t in new if _refused_alone(t)]
+    new = [t for t in new if t not in refused]
     summary: dict[str, Any] = {
         "project": project_id, "exported": len(exported), "new": len(new), "written": None,
-        "edited": len(edited), "corrections": None,
+        "edited": len(edited), "corrections": None, "refused": len(refused), "held": None,
     }  # fmt: skip
     # Ingest takes files in name order, so names start with the pull's time: a later pull is
     # ingested after an earlier one. An annotation edited in Label Studio after it was pulled is
     # the tool's newer word on those images: it goes to corrections/, which replaces their labels.
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    for tasks, folder, key in ((new, out, "written"), (edited, storage.join(out, "corrections"), "corrections")):
+    stem = name or f"labelstudio-{project_id}-{stamp}"
+    for tasks, folder, key, suffix in (
+        (new, out, "written", ""),
+        (refused, out, "held", "-refused"),
+        (edited, storage.join(out, "corrections"), "corrections", ""),
+    ):
         if tasks:
-            summary[key] = _write_pull(tasks, folder, name or f"labelstudio-{project_id}-{stamp}")
+            summary[key] = _write_pull(tasks, folder, stem + suffix)
     return summary
+
+
+def _refused_alone(task: Mapping[str, Any]) -> bool:
+    """Whether the labels reader finds a problem in ``task`` on its own (as ingest would, in any file)."""
+    from taudis.labeling.labelstudio import read_labelstudio_json
+
+    return bool(read_labelstudio_json([task], f"task {task.get('id')}").problems)
 
 
 def _write_pull(tasks: Sequence[Mapping[str, Any]], folder: str, stem: str) -> str:
@@ -413,6 +445,9 @@ def _parser() -> argparse.ArgumentParser:
     pull_cmd.add_argument("--title", help="the project's title (exact)")
     pull_cmd.add_argument("--out", required=True, help="the folder, normally <campaign>/incoming")
     pull_cmd.add_argument("--name", help="the file's name without .json (default: from the project and content)")
+    pull_cmd.add_argument(
+        "--retry-rejected", action="store_true", help="pull again the tasks of files ingest rejected (OUT/rejected/)"
+    )
     return parser
 
 
@@ -431,7 +466,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 update_config=args.update_config,
             )
         else:
-            summary = pull(client, _project_id(client, args), args.out, name=args.name)
+            summary = pull(
+                client, _project_id(client, args), args.out, name=args.name, retry_rejected=args.retry_rejected
+            )
     except (LabelStudioError, storage.StorageError) as err:
         print(f"taudis labelstudio {args.command}: {err}", file=sys.stderr)
         return 1
