@@ -214,3 +214,40 @@ def _pixels(segmentation: Any, height: int, width: int) -> np.ndarray:
     if isinstance(segmentation, list):
         return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))).astype(bool)
     return decode_rle(segmentation)
+
+
+CROWD = """
+import sys
+import numpy as np
+import datumaro as dm
+from datumaro.components.annotation import Mask, Polygon
+from datumaro.components.media import Image
+
+labels = dm.LabelCategories(attributes={"is_crowd"})
+labels.add("cell")
+region = np.zeros((30, 40), np.uint8)
+region[10:20, 5:25] = 1
+shapes = [  # what an annotator marks with the label's is_crowd attribute: a crowd, not one object
+    Polygon([2, 2, 10, 2, 10, 10, 2, 10], label=0),
+    Mask(region, label=0, attributes={"is_crowd": True}),
+    Polygon([30, 2, 38, 2, 38, 8, 30, 8], label=0, attributes={"is_crowd": False}),
+    Polygon([30, 20, 38, 20, 38, 28, 30, 28], label=0, group=2, attributes={"is_crowd": True}),
+    Polygon([20, 22, 26, 22, 26, 28, 20, 28], label=0, group=2),
+]
+item = dm.DatasetItem(id="field", subset="default", media=Image.from_numpy(np.zeros((30, 40, 3), np.uint8), ext=".png"),
+                      annotations=shapes)
+dataset = dm.Dataset.from_iterable([item], categories={dm.AnnotationType.label: labels})
+dataset.export(sys.argv[1], "cvat", save_media=False)
+"""
+
+
+def test_a_shape_marked_is_crowd_in_cvat_xml_is_a_crowd_region(datumaro_python: str, tmp_path: Path) -> None:
+    done = subprocess.run([datumaro_python, "-c", CROWD, str(tmp_path)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    (xml,) = sorted(tmp_path.rglob("*.xml"))
+    labels = read_labels(str(xml))
+    assert labels.format == "cvat-xml" and labels.problems == ()
+    # in shape order: the plain polygon, the crowd mask, the polygon marked false, the group with a crowd part
+    assert [a.iscrowd for a in labels.annotations] == [0, 1, 0, 1]
+    crowd = labels.annotations[1]
+    assert _pixels(crowd.segmentation, 30, 40).sum() == 200  # the region itself, where it was drawn

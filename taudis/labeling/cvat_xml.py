@@ -8,6 +8,10 @@ category's name). Read as instances:
   pixels whose top-left pixel is (``left``, ``top``); ``rle`` counts alternating runs, background
   first, row by row (CVAT's own encoding, not COCO's column-major one).
 
+A shape whose ``<attribute name="is_crowd">`` is true (the attribute CVAT's COCO import and
+export read, where a project's label has it) is a crowd region, ``iscrowd`` 1: labelled, neither
+trained on nor scored as an object; so is a group with such a shape among its polygons and masks.
+
 Shapes of one ``group_id`` with a polygon or mask among them are one instance, as CVAT's COCO
 export makes them: the union of the group's polygons and masks, which must share one label; a
 box in the group is that instance's box (CVAT imports a COCO instance so) and must have its label.
@@ -23,6 +27,7 @@ matched to the pool by file name and category name, never by CVAT's numbers.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -114,7 +119,7 @@ def _instance(
     segmentation = _segmentation(shape, image, record, problems)
     if label is None or segmentation is None:
         return None
-    return ToolAnnotation(image_index, record, label, segmentation, None, 0)
+    return ToolAnnotation(image_index, record, label, segmentation, None, _crowd([shape]))
 
 
 def _group(
@@ -151,7 +156,19 @@ def _group(
     if len(problems) > before or label is None:
         return None
     where = f"{record} ({', '.join(f'<{shape.tag}> #{position}' for position, shape in parts)})"
-    return ToolAnnotation(image_index, where, label, _union(segmentations, image), None, 0)
+    return ToolAnnotation(image_index, where, label, _union(segmentations, image), None, _crowd(s for _, s in parts))
+
+
+def _crowd(shapes: Iterable[ET.Element]) -> int:
+    """1 where a shape's ``is_crowd`` attribute is true (CVAT writes "true" or "false"), else 0."""
+    return int(
+        any(
+            (attribute.text or "").strip().lower() in ("true", "1")
+            for shape in shapes
+            for attribute in shape.iter("attribute")
+            if attribute.get("name") == "is_crowd"
+        )
+    )
 
 
 def _union(segmentations: list[Any], image: ToolImage) -> list[list[float]] | dict[str, Any]:
