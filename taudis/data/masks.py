@@ -17,9 +17,10 @@ MASK_THRESHOLD = 0.5
 def paste_mask(mask_probs: np.ndarray, box: np.ndarray | list[float], height: int, width: int) -> np.ndarray:
     """Resample an SxS mask into its box of an image of ``height`` x ``width`` pixels.
 
-    Bilinear sampling at pixel centres, as Mask R-CNN's paste does: pixel (y, x) of the image
-    looks up the box-relative coordinate of its centre in the SxS grid. Pixels outside the box
-    are 0.
+    Bilinear sampling at pixel centres, as detectron2's paste does (``paste_masks_in_image``:
+    ``grid_sample`` with zero padding): pixel (y, x) of the image looks up the box-relative
+    coordinate of its centre in the SxS grid, and past the grid's outer cells the values fade to
+    0, so a pixel whose centre lies on or outside the box's edge stays below the threshold.
 
     Args:
         mask_probs: (S, S) probabilities of the instance's class.
@@ -39,14 +40,16 @@ def paste_mask(mask_probs: np.ndarray, box: np.ndarray | list[float], height: in
     if c1 <= c0 or r1 <= r0:
         return out
     box_w, box_h = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
-    # Grid coordinate of each pixel centre: cell i of the mask covers [i, i+1) * box/S.
-    gx = ((np.arange(c0, c1) + 0.5 - x0) / box_w * size - 0.5).clip(0, size - 1)
-    gy = ((np.arange(r0, r1) + 0.5 - y0) / box_h * size - 0.5).clip(0, size - 1)
+    # Grid coordinate of each pixel centre (cell i of the mask covers [i, i+1) * box/S), on the
+    # grid with a border of zeros around it (index + 1): the zero padding of grid_sample.
+    padded = np.pad(probs, 1)
+    gx = ((np.arange(c0, c1) + 0.5 - x0) / box_w * size - 0.5).clip(-1, size) + 1
+    gy = ((np.arange(r0, r1) + 0.5 - y0) / box_h * size - 0.5).clip(-1, size) + 1
     ix0, iy0 = np.floor(gx).astype(int), np.floor(gy).astype(int)
-    ix1, iy1 = np.minimum(ix0 + 1, size - 1), np.minimum(iy0 + 1, size - 1)
+    ix1, iy1 = np.minimum(ix0 + 1, size + 1), np.minimum(iy0 + 1, size + 1)
     fx, fy = (gx - ix0)[None, :], (gy - iy0)[:, None]
-    top = probs[iy0][:, ix0] * (1 - fx) + probs[iy0][:, ix1] * fx
-    bottom = probs[iy1][:, ix0] * (1 - fx) + probs[iy1][:, ix1] * fx
+    top = padded[iy0][:, ix0] * (1 - fx) + padded[iy0][:, ix1] * fx
+    bottom = padded[iy1][:, ix0] * (1 - fx) + padded[iy1][:, ix1] * fx
     out[r0:r1, c0:c1] = top * (1 - fy) + bottom * fy
     return out
 
