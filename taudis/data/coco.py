@@ -23,6 +23,8 @@ from typing import Any
 
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
 REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")
+# A box without a mask gives the mask head nothing to learn, and detectron2's mapper fails on a mix of both.
+_BOX_ONLY = " (a box-only annotation: taudis trains masks, so draw its mask, or leave the annotation out)"
 REQUIRED_CATEGORY_KEYS = ("id", "name")
 ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
@@ -107,7 +109,8 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
             raise CocoFormatError(source, "not a JSON object", record=record)
         for key in REQUIRED_ANNOTATION_KEYS:
             if key not in ann:
-                raise CocoFormatError(source, "missing key", record=record, field=key)
+                raise CocoFormatError(source, f"missing key{_BOX_ONLY if key == 'segmentation' else ''}",
+                                      record=record, field=key)  # fmt: skip
         record = f"annotation id {ann['id']} (#{position})"
         _check_id(ann["id"], source, record)
         if ann["id"] in seen:
@@ -242,6 +245,8 @@ def _check_segmentation(seg: Any, image: dict[str, Any], source: str, record: st
             message += (
                 f" ({[width, height]} is the image's [width, height]: COCO writes an RLE's size as [height, width])"
             )
+        if seg == []:
+            message += _BOX_ONLY
         raise CocoFormatError(source, message, record=record, field=field)
 
 
