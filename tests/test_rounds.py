@@ -228,6 +228,35 @@ def test_images_added_to_the_pool_file_are_chosen_from_the_next_round(data: dict
     assert check_campaign(campaign.uri) == []
 
 
+def test_a_retried_ingest_step_reports_the_pool_change_of_its_first_attempt(
+    data: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from campaign_fixtures import make_pool
+
+    import taudis.campaign.steps as steps_module
+
+    campaign = Campaign(data["campaign"])
+    _claim(data, "run-a")
+    rounds.record_evaluation(campaign, 0, "run-a", METRICS)
+    _commit(data, 0, "run-a", [5, 6], tmp_path)
+    pool = storage.read_json(data["pool"])
+    storage.write_json(data["pool"], {**pool, "images": pool["images"] + make_pool(100, first_id=500)["images"]})
+    assert _claim(data, "run-b") == 1
+    args = (data["campaign"], data["pool"], 1, "run-b", str(tmp_path / "l.json"), str(tmp_path / "u.json"))
+
+    def dies(*_: object) -> None:
+        raise OSError("the pod was preempted")
+
+    with monkeypatch.context() as patched:  # the first attempt dies after the sync, before its facts
+        patched.setattr(steps_module, "reveal_oracle_labels", dies)
+        with pytest.raises(OSError, match="preempted"):
+            ingest_labels(*args, oracle=True)
+    assert 500 in read_ledger(campaign.ledger).pool  # the sync landed
+    facts = ingest_labels(*args, oracle=True)  # the retry finds nothing new to sync
+    assert facts["pool"] == read_ledger(campaign.ledger).round(1)["pool"] == {"added": 100, "removed": 0, "pool": 140}
+    assert check_campaign(campaign.uri) == []
+
+
 @pytest.mark.parametrize(
     ("edit", "words"),
     [

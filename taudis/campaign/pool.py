@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from taudis.campaign.layout import Campaign
@@ -113,9 +113,17 @@ def without_withdrawn(
     return {**pool, "images": kept}, len(pool["images"]) - len(kept)
 
 
-def sync_pool(campaign: Campaign, pool: Mapping[str, Any]) -> dict[str, int]:
+def sync_pool(
+    campaign: Campaign, pool: Mapping[str, Any], also: Callable[[Ledger, dict[str, int]], Ledger] | None = None
+) -> dict[str, int]:
     """Bring the ledger's pool in line with the pool file; returns {"added", "removed", "pool"}, and
-    "withdrawn_listed" where the file still lists withdrawn images (how many)."""
+    "withdrawn_listed" where the file still lists withdrawn images (how many).
+
+    Args:
+        also: a further change in the same ledger write, given the new ledger and the change (the
+            round's record of it: taudis.campaign.rounds.pool_change_recorder), so that a step
+            that dies after the sync loses no word of it.
+    """
     from taudis.campaign.withdraw import withdrawn_images
 
     pool, listed = without_withdrawn(pool, withdrawn_images(campaign, read_ledger(campaign.ledger)))
@@ -125,7 +133,7 @@ def sync_pool(campaign: Campaign, pool: Mapping[str, Any]) -> dict[str, int]:
     def apply(ledger: Ledger) -> Ledger:
         new = synced(ledger, ids)
         change.update(added=len(new.pool - ledger.pool), removed=len(ledger.pool - new.pool), pool=len(new.pool))
-        return new
+        return also(new, dict(change)) if also is not None else new
 
     update_ledger(campaign.ledger, f"sync_pool:{uuid.uuid4().hex}", apply, kind="sync_pool")
     if change["added"] or change["removed"]:

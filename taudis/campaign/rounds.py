@@ -42,7 +42,7 @@ import os
 import uuid
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from taudis import storage
@@ -233,6 +233,24 @@ def record_round_facts(campaign: Campaign, round_index: int, run: str, facts: Ma
         return _replace_round(ledger, record | {"heartbeat_at": _stamp(_now())})
 
     update_ledger(campaign.ledger, f"facts:{run}:{uuid.uuid4().hex}", apply, kind="record_round_facts")
+
+
+def pool_change_recorder(round_index: int, run: str) -> Callable[[Ledger, dict[str, int]], Ledger]:
+    """For :func:`taudis.campaign.pool.sync_pool`: the pool change into round r's record, in the
+    sync's own ledger write. A retried step adds its images to what the first attempt recorded
+    (it finds them synced already), so the round's "pool" says what the round added and removed.
+
+    Raises (from the write):
+        RoundLostError: ``run`` does not own the claimed round (then the sync does not land either).
+    """
+
+    def record(ledger: Ledger, change: dict[str, int]) -> Ledger:
+        owned = _owned(ledger, round_index, run)
+        before = owned.get("pool") or {}
+        merged = {**change, **{k: int(before.get(k, 0)) + change[k] for k in ("added", "removed")}}
+        return _replace_round(ledger, owned | {"pool": merged, "heartbeat_at": _stamp(_now())})
+
+    return record
 
 
 def record_evaluation(

@@ -184,7 +184,8 @@ def ingest_labels(
     rounds.renew_claim(campaign, round_index, run_id)
     pool = load_pool(pool_annotations)
     check_pool_names(pool, known_file_names(campaign), pool_annotations)
-    facts: dict[str, Any] = {"pool": sync_pool(campaign, pool)}
+    sync_pool(campaign, pool, also=rounds.pool_change_recorder(round_index, run_id))  # recorded as it lands
+    facts: dict[str, Any] = {}
     if oracle:
         facts["oracle"] = reveal_oracle_labels(campaign, pool)
     else:
@@ -206,7 +207,8 @@ def ingest_labels(
         },
     )
     rounds.record_round_facts(campaign, round_index, run_id, facts)
-    return facts
+    recorded = read_ledger(campaign.ledger).round(round_index) or {}
+    return {"pool": recorded.get("pool", {}), **facts}
 
 
 # -------------------------------------------------------------------------------------- model
