@@ -161,12 +161,32 @@ def test_a_task_the_reader_refuses_holds_back_no_other_task(
     assert pulled["held"].startswith(storage.join(incoming, "labelstudio-1-")) and "-refused-" in pulled["held"]
     assert [t["id"] for t in storage.read_json(pulled["held"])] == [1]
     assert "ground truth" in str(read_labels(pulled["held"]).problems)  # why ingest will reject it
-    assert pull(client, 1, incoming)["written"] is None  # both files count as pulled
-    # once one annotation is marked ground truth (which touches it), task 1 comes as an edit
+    assert pull(client, 1, incoming)["written"] is None  # both files count as pulled, unchanged
+    # once one annotation is marked ground truth (which touches it), task 1 comes: as new, since it never went in
     fake.tasks[1]["annotations"][1].update(ground_truth=True, updated_at="t2")
     fixed = pull(client, 1, incoming)
-    assert fixed["corrections"] and [t["id"] for t in storage.read_json(fixed["corrections"])] == [1]
-    assert not read_labels(fixed["corrections"]).problems
+    assert (fixed["new"], fixed["refused"], fixed["corrections"]) == (1, 0, None)
+    assert [t["id"] for t in storage.read_json(fixed["written"])] == [1]
+    assert not read_labels(fixed["written"]).problems
+    assert pull(client, 1, incoming)["written"] is None
+
+
+def test_a_refused_task_fixed_by_deleting_an_annotation_comes_with_the_next_pull(
+    fake: FakeLabelStudio, client: Client, storage_root: str
+) -> None:
+    push(client, _tasks_folder(storage_root, [1, 2]), title="t", create=True)
+    for task_id in (1, 1, 2):
+        _annotate(fake, task_id)
+    incoming = storage.join(storage_root, "campaign", "incoming")
+    first = pull(client, 1, incoming)
+    storage.write_bytes(  # ingest rejected the file of refused tasks: it moved to rejected/, name kept
+        storage.join(incoming, "rejected", first["held"].rsplit("/", 1)[-1]), storage.read_bytes(first["held"])
+    )
+    storage.delete(first["held"])
+    del fake.tasks[1]["annotations"][1]  # the second annotator's work taken out: the first stands untouched
+    fixed = pull(client, 1, incoming)
+    assert [t["id"] for t in storage.read_json(fixed["written"])] == [1] and fixed["refused"] == 0
+    assert pull(client, 1, incoming)["written"] is None
 
 
 def test_retry_rejected_brings_back_the_good_tasks_of_a_file_rejected_whole(

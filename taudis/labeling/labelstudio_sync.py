@@ -24,7 +24,7 @@ it was pulled is pulled again into ``FOLDER/corrections/``: when FOLDER is a cam
 ``incoming/``, the next ingest replaces those images' labels with the edit. A task the labels
 reader refuses on its own (two annotators and no ground truth, a rectangle) is written apart, to
 ``FOLDER/<name>-refused-<hash>.json``, so that ingest's refusal of it holds back no other task;
-fixed in Label Studio, it comes with a later pull. ``--retry-rejected`` pulls again the tasks of
+changed in Label Studio in any way, it comes with a later pull. ``--retry-rejected`` pulls again the tasks of
 files ingest rejected, as they stand now.
 """
 
@@ -57,6 +57,7 @@ TIMEOUT = 120.0
 REFRESH_PATH = "/api/token/refresh/"
 JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 PAGE_SIZE = 500
+REFUSED_FILE = re.compile(r"-refused-[0-9a-f]{8}\.json$")  # pull's file of the tasks the reader refuses
 IMPORT_BATCH = 200
 
 
@@ -340,9 +341,14 @@ def pulled_keys(tasks: Iterable[Any]) -> set[tuple[Any, ...]]:
     }
 
 
-def _earlier_pulls(folder: str, *, skip: str | None = None) -> set[tuple[Any, ...]]:
-    """The annotation keys of every Label Studio JSON export already under ``folder`` (but under ``skip``)."""
+def _earlier_pulls(
+    folder: str, *, skip: str | None = None
+) -> tuple[set[tuple[Any, ...]], set[frozenset[tuple[Any, ...]]]]:
+    """What the Label Studio JSON exports under ``folder`` (but under ``skip``) hold: the annotation
+    keys of every task pulled, and, for the tasks pulled into a file of refused tasks, each task's
+    whole set of keys (:data:`REFUSED_FILE`)."""
     keys: set[tuple[Any, ...]] = set()
+    refused: set[frozenset[tuple[Any, ...]]] = set()
     for uri in storage.list_uris(folder.rstrip("/") + "/"):
         if not uri.endswith(".json") or uri.endswith(".report.json"):
             continue
@@ -352,9 +358,13 @@ def _earlier_pulls(folder: str, *, skip: str | None = None) -> set[tuple[Any, ..
             doc = json.loads(storage.read_bytes(uri))
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # not ours to judge: ingest reports it
-        if isinstance(doc, list):
+        if not isinstance(doc, list):
+            continue
+        if REFUSED_FILE.search(uri.rsplit("/", 1)[-1]):
+            refused |= {frozenset(pulled_keys([task])) for task in doc}
+        else:
             keys |= pulled_keys(doc)
-    return keys
+    return keys, refused
 
 
 def pull(
@@ -375,16 +385,17 @@ def pull(
     exported = [t for t in client.export_json(project_id) if _submitted(t)]
     for task in exported:
         task.setdefault("project", project_id)
-    earlier = _earlier_pulls(out, skip=storage.join(out, "rejected") if retry_rejected else None)
+    earlier, held = _earlier_pulls(out, skip=storage.join(out, "rejected") if retry_rejected else None)
     seen = {key[:3] for key in earlier}  # (project, task, annotation) without updated_at
-    fresh = [t for t in exported if not pulled_keys([t]) <= earlier]
+    # A task refused before is pulled again once it changes in any way: an annotation marked ground
+    # truth (which touches it), or one deleted (which leaves the others as they were).
+    fresh = [t for t in exported if not pulled_keys([t]) <= earlier and frozenset(pulled_keys([t])) not in held]
     edited = [t for t in fresh if any(key[:3] in seen for key in pulled_keys([t]) - earlier)]
-    new = [t for t in fresh if t not in edited]
     # Ingest takes or refuses a file whole: a task it would refuse (two annotators and no ground
     # truth, a rectangle) goes in a file of its own, so that it holds back no other task's labels.
-    # Fixed in Label Studio, its annotation's updated_at changes and a later pull brings it.
-    refused = [t for t in new if _refused_alone(t)]
-    new = [t for t in new if t not in refused]
+    refused = [t for t in fresh if _refused_alone(t)]
+    new = [t for t in fresh if t not in edited and t not in refused]
+    edited = [t for t in edited if t not in refused]
     summary: dict[str, Any] = {
         "project": project_id, "exported": len(exported), "new": len(new), "written": None,
         "edited": len(edited), "corrections": None, "refused": len(refused), "held": None,
