@@ -350,6 +350,32 @@ def test_a_file_uploaded_to_label_studio_ingests_as_the_pool_image_it_renamed(cl
     assert resolved.problems == [] and resolved.images == {0: 7} and len(resolved.annotations) == 1
 
 
+def test_a_task_two_annotators_left_unresolved_holds_back_no_other_task(client: Client, tmp_path: Path) -> None:
+    """Label Studio's own export of a task with two submitted annotations and no ground truth: pull
+    writes it apart, the other tasks' file reads clean, and marking one ground truth brings it."""
+    project = client.create_project("two annotators", label_config(["car"], regions="polygons"))["id"]
+    tasks = [{"data": {"image": f"gs://bucket/pool/{n}.png"}} for n in range(3)]
+    client.request("POST", f"/api/projects/{project}/import", json=tasks, retry=False)
+    region = {"points": [[10, 10], [60, 10], [60, 60]], "polygonlabels": ["car"]}
+    result = {"id": "r1", "type": "polygonlabels", "from_name": "label", "to_name": "image", "value": region}
+    body = {"result": [{**result, "original_width": 20, "original_height": 16, "image_rotation": 0}]}
+    first, *others = sorted(client.tasks(project), key=lambda task: task["id"])
+    answers = [
+        client.request("POST", f"/api/tasks/{task['id']}/annotations", json=body, retry=False).json()
+        for task in (first, first, *others)
+    ]
+    incoming = str(tmp_path / "incoming")
+    pulled = pull(client, project, incoming)
+    assert (pulled["new"], pulled["refused"]) == (2, 1)
+    assert [task["id"] for task in json.loads(Path(pulled["written"]).read_text())] == [t["id"] for t in others]
+    assert read_labels(pulled["written"]).problems == ()
+    assert "ground truth" in str(read_labels(pulled["held"]).problems)
+    client.request("PATCH", f"/api/annotations/{answers[1]['id']}", json={"ground_truth": True}, retry=False)
+    fixed = pull(client, project, incoming)
+    assert [task["id"] for task in json.loads(Path(fixed["written"]).read_text())] == [first["id"]]
+    assert read_labels(fixed["written"]).problems == () and fixed["refused"] == 0
+
+
 def test_a_personal_access_token_works_as_the_legacy_token_does(client: Client, tmp_path: Path) -> None:
     """Label Studio 1.23's default kind of token (a JWT refresh token): push and pull with it alone."""
     personal = client.json("POST", "/api/token/", retry=False)["token"]  # what Account & Settings creates
