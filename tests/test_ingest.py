@@ -204,6 +204,70 @@ def test_a_bad_file_does_not_hold_up_the_good_ones(campaign) -> None:
     assert ingest_incoming(campaign.uri, pool_uri) == []  # nothing is stuck in incoming/
 
 
+def _damaged_zips(pool: dict[str, Any]) -> dict[str, bytes]:
+    """Zips a vendor may send: a member whose compressed bytes are damaged, an encrypted one."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("annotations/instances_default.json", json.dumps(subset(pool, [5])) * 20)
+    whole = buffer.getvalue()
+    start = whole.index(b"PK\x03\x04") + 30 + len("annotations/instances_default.json")
+    damaged = whole[:start] + bytes(b ^ 0x5A for b in whole[start : start + 40]) + whole[start + 40 :]
+    # the encryption flag (bit 0 of the general purpose flags) in the local and central headers
+    local, central = whole.index(b"PK\x03\x04") + 6, whole.index(b"PK\x01\x02") + 8
+    encrypted = bytearray(whole)
+    encrypted[local] |= 1
+    encrypted[central] |= 1
+    return {"1-damaged.zip": damaged, "2-encrypted.zip": bytes(encrypted)}
+
+
+def test_a_file_that_cannot_be_decoded_is_quarantined_and_holds_up_nothing(campaign) -> None:
+    campaign, pool, pool_uri = campaign
+    for name, data in _damaged_zips(pool).items():
+        storage.write_bytes(storage.join(campaign.incoming, name), data)
+    storage.write_bytes(storage.join(campaign.incoming, "3-nested.json"), b"[" * 200_000 + b"]" * 200_000)
+    _drop(campaign, "4-good.json", subset(pool, [8]))
+    outcomes = ingest_incoming(campaign.uri, pool_uri)
+    assert [(o.file, o.status) for o in outcomes] == [
+        ("1-damaged.zip", "rejected"), ("2-encrypted.zip", "rejected"), ("3-nested.json", "rejected"),
+        ("4-good.json", "ingested"),
+    ]  # fmt: skip
+    assert "cannot be decoded" in _report(campaign, "2-encrypted.zip")["problems"][0]
+    assert "nested too deeply" in _report(campaign, "3-nested.json")["problems"][0]
+    assert "cannot be decoded" in _report(campaign, "1-damaged.zip")["problems"][0]
+    assert 8 in read_ledger(campaign.ledger).labelled and 5 in read_ledger(campaign.ledger).pending
+    assert ingest_incoming(campaign.uri, pool_uri) == []  # nothing is stuck in incoming/
+
+
+def test_a_file_replaced_while_it_is_ingested_leaves_the_new_version_for_the_next_ingest(
+    campaign, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An annotator uploads a fuller export under the same name while the first is being ingested."""
+    import taudis.campaign.ingest as ingest_module
+
+    campaign, pool, pool_uri = campaign
+    uri = _drop(campaign, "export.json", subset(pool, [5, 6]))
+    resolve = ingest_module.resolve
+
+    def uploaded_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        storage.write_json(uri, subset(pool, [5, 6, 7, 8]))
+        monkeypatch.setattr(ingest_module, "resolve", resolve)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "resolve", uploaded_meanwhile)
+    (first,) = ingest_incoming(campaign.uri, pool_uri)
+    assert first.status == "ingested" and first.images == [5, 6]  # the version read, whole
+    assert storage.read_json(storage.join(campaign.done, "export.json")) == subset(pool, [5, 6])
+    assert storage.read_json(uri) == subset(pool, [5, 6, 7, 8])  # still waiting, not carried off unread
+    (second,) = ingest_incoming(campaign.uri, pool_uri)
+    assert second.status == "ingested" and second.images == [7, 8] and second.repeats == [5, 6]
+    assert {5, 6, 7, 8} <= read_ledger(campaign.ledger).labelled
+    assert storage.read_json(storage.join(campaign.done, "export.json")) == subset(pool, [5, 6])
+    assert check_campaign(campaign.uri) == []
+
+
 def test_images_never_sent_to_annotators_are_refused(campaign) -> None:
     campaign, pool, pool_uri = campaign
     _drop(campaign, "extra.json", subset(pool, [5, 30]))  # 30 is unlabelled
@@ -220,7 +284,7 @@ def test_an_ingest_interrupted_after_the_ledger_update_finishes_on_rerun(campaig
         raise KeyboardInterrupt("the pod was killed before the file moved")
 
     with monkeypatch.context() as patched:
-        patched.setattr(storage, "move", killed)
+        patched.setattr(storage, "move_if_unchanged", killed)
         with pytest.raises(KeyboardInterrupt):
             ingest_incoming(campaign.uri, pool_uri)
     revision = read_ledger(campaign.ledger).revision

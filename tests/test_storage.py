@@ -108,6 +108,23 @@ def test_conditional_write(storage_root: str) -> None:
     assert g2 != g1
 
 
+def test_a_move_of_the_version_read_leaves_a_newer_one_in_place(storage_root: str) -> None:
+    src, dst = storage.join(storage_root, "in", "a.json"), storage.join(storage_root, "done", "a.json")
+    storage.write_bytes(src, b"v1")
+    read = storage.read_versioned(src)
+    assert read is not None and storage.move_if_unchanged(src, dst, read) is True
+    assert storage.read_bytes(dst) == b"v1" and not storage.exists(src)
+    storage.write_bytes(src, b"v1")
+    read = storage.read_versioned(src)
+    assert read is not None
+    storage.write_bytes(src, b"v2, uploaded meanwhile")
+    assert storage.move_if_unchanged(src, dst, read) is False
+    assert storage.read_bytes(dst) == b"v1" and storage.read_bytes(src) == b"v2, uploaded meanwhile"
+    storage.delete(src)
+    with pytest.raises(storage.NotFoundError):
+        storage.move_if_unchanged(src, dst, read)  # another mover took it
+
+
 def test_join() -> None:
     assert storage.join("gs://b", "x", "y.json") == "gs://b/x/y.json"
     assert storage.join("gs://b/x/", "/y") == "gs://b/x/y"

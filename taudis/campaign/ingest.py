@@ -56,6 +56,7 @@ from taudis.campaign.labels import (
 from taudis.campaign.layout import Campaign
 from taudis.data.labels import LabelProblem, bbox_problem, box_mask_problem, segmentation_problem, segmentation_rle
 from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger
+from taudis.storage.uri import Versioned
 
 log = logging.getLogger(__name__)
 
@@ -392,11 +393,15 @@ def ingest_file(
     because the ledger changed under this one. ``record`` is told the outcome before the file
     moves (see :data:`Recorder`).
     """
-    from taudis.labeling import read_labels
+    from taudis.labeling.read import read_label_bytes
 
     index = index or PoolIndex.of(pool)
-    data = storage.read_bytes(uri)
-    op_id = f"{'correct' if correction else 'ingest'}:{hashlib.sha256(data).hexdigest()[:16]}"
+    # One read: the op id, the labels and the move are all of this version, whatever is uploaded
+    # under the same name meanwhile (that version stays in incoming/ for the next ingest).
+    data = storage.read_versioned(uri)
+    if data is None:
+        raise storage.NotFoundError(f"{uri}: not found")
+    op_id = f"{'correct' if correction else 'ingest'}:{hashlib.sha256(data.data).hexdigest()[:16]}"
     ledger = read_ledger(campaign.ledger)
     landed = next((p for p in ledger.parts if _applies(p.op_id, op_id)), None)
     if landed is not None:  # ingested by an earlier attempt: only the move is left
@@ -405,7 +410,7 @@ def ingest_file(
         # The same file again after its labels were replaced (a correction put back after a later
         # one): an update under the old op id would be skipped as done, so this one gets its own.
         op_id = f"{op_id}@{ledger.revision}"
-    labels = read_labels(uri)
+    labels = read_label_bytes(data.data, uri)
     resolved = resolve(labels, index)
     new, repeats, changed, withdrawn = _classify(campaign, ledger, resolved, index, labels.uri)
     if withdrawn:
@@ -516,21 +521,30 @@ Recorder = Callable[[FileOutcome], None]
 
 
 def _finish(
-    campaign: Campaign, uri: str, data: bytes, record: Recorder | None, status: str, **facts: Any
+    campaign: Campaign, uri: str, data: Versioned, record: Recorder | None, status: str, **facts: Any
 ) -> FileOutcome:
-    target = _free_name(campaign.done, uri, data)
+    target = _free_name(campaign.done, uri, data.data)
     outcome = FileOutcome(campaign.incoming_name(uri), status, target, **facts)
     if record is not None:
         record(outcome)
-    storage.move(uri, target)
+    _move(campaign, uri, target, data)
     log.info("incoming %s: %s -> %s", campaign.incoming_name(uri), status, target)
     return outcome
 
 
+def _move(campaign: Campaign, uri: str, target: str, data: Versioned) -> None:
+    """The version handled to ``target``; a newer one uploaded under the name meanwhile stays."""
+    if not storage.move_if_unchanged(uri, target, data):
+        log.warning(
+            "incoming %s: replaced while it was being ingested; the version read is in %s, the new one "
+            "stays for the next ingest", campaign.incoming_name(uri), target,
+        )  # fmt: skip
+
+
 def _quarantine(
-    campaign: Campaign, uri: str, data: bytes, record: Recorder | None, status: str, problems: Sequence[str]
+    campaign: Campaign, uri: str, data: Versioned, record: Recorder | None, status: str, problems: Sequence[str]
 ) -> FileOutcome:
-    target = _free_name(campaign.rejected, uri, data)
+    target = _free_name(campaign.rejected, uri, data.data)
     report = {
         "file": campaign.incoming_name(uri),
         "status": status,
@@ -541,7 +555,7 @@ def _quarantine(
     outcome = FileOutcome(campaign.incoming_name(uri), status, target, problems=list(problems))
     if record is not None:
         record(outcome)
-    storage.move(uri, target)
+    _move(campaign, uri, target, data)
     log.warning("incoming %s: %s (%d problems) -> %s", campaign.incoming_name(uri), status, len(problems), target)
     return outcome
 

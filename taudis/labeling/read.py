@@ -30,6 +30,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from typing import Any
 
 from taudis import storage
@@ -61,8 +62,29 @@ def read_labels(uri: str | os.PathLike[str]) -> ToolLabels:
     Raises:
         taudis.storage.StorageError: the file cannot be read at all (missing, no access).
     """
-    uri = str(uri)
-    data = storage.read_bytes(uri)
+    return read_label_bytes(storage.read_bytes(str(uri)), str(uri))
+
+
+# What a file that cannot be decoded raises on the way: a damaged or truncated zip (BadZipFile,
+# zlib.error, EOFError), an encrypted one or one of an unsupported compression (RuntimeError,
+# NotImplementedError), JSON nested past the parser's depth (RecursionError).
+UNDECODABLE = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError)
+
+
+def read_label_bytes(data: bytes, uri: str) -> ToolLabels:
+    """:func:`read_labels` of bytes already read from ``uri`` (ingest reads each file once).
+
+    A file that cannot be decoded at all gives one problem naming why, so that ingest quarantines
+    it rather than failing on it at every run.
+    """
+    try:
+        return _read_bytes(data, uri)
+    except UNDECODABLE as err:
+        what = "nested too deeply to parse" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        return unreadable(uri, "coco", f"cannot be decoded: {what}")
+
+
+def _read_bytes(data: bytes, uri: str) -> ToolLabels:
     if data.startswith(ZIP_MAGIC):
         return _read_zip(data, uri)
     if is_cvat_xml(data):

@@ -540,6 +540,49 @@ def move(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
     return dst
 
 
+def move_if_unchanged(src: str | os.PathLike[str], dst: str | os.PathLike[str], version: Versioned) -> bool:
+    """Move the ``version`` of ``src`` that was read to ``dst``: its bytes go to ``dst``, and ``src``
+    is deleted only if it still is that version.
+
+    Someone may overwrite ``src`` while its old version is being handled (an annotator uploading
+    a fuller export under the same name). A plain move would carry the new version off unhandled;
+    this leaves it where it is, for whoever handles the next version.
+
+    GCS: the generation is compared, and the delete carries ``if_generation_match`` too (real GCS
+    enforces it, closing the window between the two; fake-gcs-server does not). Local: the
+    content is compared under the lock that write_if_generation takes.
+
+    Returns:
+        True if ``src`` was deleted, False if it changed and stays.
+
+    Raises:
+        NotFoundError: ``src`` is gone (another mover took it).
+    """
+    src, dst = str(src), str(dst)
+    write_bytes(dst, version.data)
+    if not is_gcs(src):
+        path = local_path(src)
+        with _local_lock(path):
+            current = read_versioned(src)
+            if current is None:
+                raise NotFoundError(f"{src}: not found")
+            if current.generation != version.generation:
+                return False
+            path.unlink()
+        return True
+    blob = _blob(src)
+    with _gcs_errors(src):
+        blob.reload(retry=gcs_retry(), timeout=REQUEST_TIMEOUT)
+    if int(blob.generation) != version.generation:
+        return False
+    try:
+        with _gcs_errors(src):
+            blob.delete(if_generation_match=version.generation, timeout=REQUEST_TIMEOUT)
+    except PreconditionFailedError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------ listings
 
 
