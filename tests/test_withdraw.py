@@ -128,6 +128,21 @@ def test_a_round_whose_choice_is_not_published_refuses_a_withdrawal_until_releas
     assert 30 not in read_ledger(campaign.ledger).unlabelled
 
 
+def test_a_choice_committed_and_left_unpublished_is_published_then_withdrawn_from(campaign, tmp_path) -> None:
+    """Its run died after the commit (retries spent): withdraw publishes it, as the next run would."""
+    campaign, pool, _pool_uri = campaign
+    rounds.claim_round(campaign, "run-b")
+    rounds.record_evaluation(campaign, 1, "run-b", {"labelled_images": 4, "mask_ap": 1.0, "box_ap": 1.0})
+    staging = rounds.stage_files(campaign, 1, "run-b", {"tasks/manifest.jsonl": b'{"image_id": 30}\n'})
+    rounds.commit_selection(campaign, 1, "run-b", selection_doc([30, 31]), staging)
+    assert read_ledger(campaign.ledger).round(1)["state"] == "selected"
+    withdrawn = withdraw_images(campaign, [30], pool)
+    assert withdrawn.pending == [30]  # chosen: in the published round's tasks, now withdrawn
+    ledger = read_ledger(campaign.ledger)
+    assert ledger.round(1)["state"] == "exported" and 30 in ledger.withdrawn and 31 in ledger.pending
+    assert storage.exists(storage.join(campaign.round_dir(1), "tasks", "manifest.jsonl"))
+
+
 def test_an_id_the_campaign_never_had_withdraws_nothing(campaign) -> None:
     campaign, pool, _pool_uri = campaign
     before = read_ledger(campaign.ledger)
@@ -200,6 +215,24 @@ def test_a_withdrawn_file_put_back_in_the_pool_file_under_a_new_id_stays_out(cam
     _drop(campaign, "late.json", subset(pool, [5, 6]))  # named by file: the withdrawn image, not 1006
     (outcome,) = ingest_incoming(campaign.uri, pool_uri)
     assert outcome.status == "ingested" and outcome.images == [5] and outcome.withdrawn == [6]
+
+
+def test_an_image_whose_file_name_is_unknown_is_not_withdrawn_half_way(campaign) -> None:
+    """Dropping the image from the pool file first is the natural order; its name must still be known."""
+    campaign, pool, _pool_uri = campaign
+    dropped = {**pool, "images": [im for im in pool["images"] if im["id"] != 30]}
+    before = read_ledger(campaign.ledger)
+    with pytest.raises(LedgerError, match=r"image ids \[30\] are in no pool file given .* file names are unknown"):
+        withdraw_images(campaign, [6, 30], dropped)  # 6 is pending: its name is in the round's tasks
+    assert read_ledger(campaign.ledger) == before
+    withdrawn = withdraw_images(campaign, [6, 30], pool)  # the pool file from before: both named
+    assert withdrawn.pending == [6] and withdrawn.unlabelled == [30]
+    back = {
+        **dropped,
+        "images": [*dropped["images"], {**next(im for im in pool["images"] if im["id"] == 30), "id": 1030}],
+    }
+    assert sync_pool(campaign, back)["withdrawn_listed"] == 2  # 6 as it was, 30 under its new id
+    assert not {6, 30, 1030} & read_ledger(campaign.ledger).pool
 
 
 def test_a_withdrawn_seed_image_no_pool_file_lists_is_still_known_by_its_name(campaign) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 from taudis import storage
 from taudis.campaign.labels import known_images, labelled_dataset, part_without
 from taudis.campaign.layout import Campaign
-from taudis.campaign.rounds import choosing_round
+from taudis.campaign.rounds import choosing_round, recover_rounds
 from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger, update_ledger
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,20 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
     """Take ``image_ids`` out of the campaign for good (module docstring); ``pool``: the pool file.
 
     Raises:
-        LedgerError: an id the campaign never had (nothing is changed then), or a round claimed or
-            selected and not yet published.
+        LedgerError: an id the campaign never had, or one whose file name neither ``pool`` nor a
+            label file gives (nothing is changed then), or a round claimed or selected and not yet
+            published.
     """
     ids = frozenset(int(i) for i in image_ids)
     if not ids:
         raise LedgerError(campaign.ledger, "no image ids given", field="withdrawn")
     op_id = "withdraw:" + hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:16]
     ledger = read_ledger(campaign.ledger)
+    if not ledger.has_op(op_id) and any(r["state"] == "selected" for r in ledger.rounds):
+        # A choice committed and left unpublished (its run died publishing it) is published, as the
+        # next run would do first, rather than holding up a data-deletion request until then.
+        recover_rounds(campaign)
+        ledger = read_ledger(campaign.ledger)
     if not ledger.has_op(op_id):
         # Written (again) before the update: until the update lands, nothing reads it.
         storage.write_json(campaign.withdrawal(op_id), _record(campaign, ledger, ids, pool, op_id))
@@ -157,6 +163,17 @@ def _record(
     named = {int(im["id"]): {k: im[k] for k in keys if k in im} for im in pool["images"]}
     named |= {i: {k: im[k] for k in keys if k in im} for i, im in known_images(campaign, ledger).items()}
     named |= withdrawn_images(campaign, ledger)
+    nameless = sorted(i for i in ids & ledger.pool if "file_name" not in named.get(i, {}))
+    if nameless:
+        # Kept out by name too (taudis.campaign.pool.without_withdrawn): without it, a pool file
+        # listing the same file under a new id would bring it back.
+        raise LedgerError(
+            ledger.uri,
+            f"image ids {nameless[:10]} are in no pool file given and in no label file, so their file names are "
+            "unknown: pass --pool a pool file that lists them (the one before they were dropped); nothing was "
+            "withdrawn",
+            field="withdrawn",
+        )
     return {
         "schema": SCHEMA,
         "op_id": op_id,
