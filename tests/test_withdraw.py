@@ -169,6 +169,31 @@ def test_a_withdrawal_killed_before_it_scrubbed_the_label_files_finishes_when_ru
     assert check_campaign(campaign.uri) == []
 
 
+def test_a_withdrawal_killed_after_its_ledger_update_is_finished_by_the_next_rounds_ingest(
+    campaign, monkeypatch, tmp_path
+) -> None:
+    from taudis.campaign import withdraw
+    from taudis.campaign.steps import ingest_labels
+
+    campaign, pool, pool_uri = campaign
+
+    def killed(*args: Any, **kwargs: Any) -> list[str]:
+        raise KeyboardInterrupt("the pod was killed after the ledger update")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(withdraw, "scrub_label_files", killed)
+        with pytest.raises(KeyboardInterrupt):
+            withdraw_images(campaign, [2], pool)
+    assert _label_files_holding(campaign, 2) and check_campaign(campaign.uri)  # invariant 5 broken: nobody reran it
+    index = rounds.claim_round(campaign, "run-b")
+    ingest_labels(
+        campaign.uri, pool_uri, index, "run-b", str(tmp_path / "l.json"), str(tmp_path / "u.json"), oracle=False
+    )
+    assert _label_files_holding(campaign, 2) == [] and check_campaign(campaign.uri) == []
+    (record,) = storage.list_uris(campaign.withdrawals)
+    assert storage.read_json(record)["scrubbed"] is True  # later rounds read the record, not every label file
+
+
 def test_a_round_after_a_withdrawal_trains_and_chooses_without_the_image(campaign, tmp_path, capsys) -> None:
     campaign, pool, pool_uri = campaign
     _drop(campaign, "a.json", subset(pool, [5, 6, 7]))

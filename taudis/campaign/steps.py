@@ -37,6 +37,7 @@ from taudis.campaign.ingest import ingest_incoming, seed_in_pool_terms, summariz
 from taudis.campaign.labels import known_file_names, labelled_dataset, part_document, reveal_oracle_labels, write_part
 from taudis.campaign.layout import Campaign
 from taudis.campaign.pool import check_pool_names, ensure_ledger, load_pool, sync_pool
+from taudis.campaign.withdraw import finish_withdrawals
 from taudis.data.instances import InstanceTableError, list_shards
 from taudis.storage.ledger import LabelPart, read_ledger
 
@@ -185,6 +186,7 @@ def ingest_labels(
     pool = load_pool(pool_annotations)
     check_pool_names(pool, known_file_names(campaign), pool_annotations)
     sync_pool(campaign, pool, also=rounds.pool_change_recorder(round_index, run_id))  # recorded as it lands
+    finish_withdrawals(campaign)  # one whose own run died after its ledger update
     facts: dict[str, Any] = {}
     if oracle:
         facts["oracle"] = reveal_oracle_labels(campaign, pool)

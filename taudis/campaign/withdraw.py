@@ -19,15 +19,18 @@
    refused part. Then labelled.json is rewritten.
 
 Every step is idempotent. A withdrawal killed anywhere finishes when run again, and reports from
-its record.
+its record; one killed after its ledger update is finished by the next round's ingest step too
+(:func:`finish_withdrawals`: the record says whether its scrub was done).
 
 What it does not touch, and names so that someone can: the image files and the pool file (the
 team's), the seed file, the annotators' files in incoming/, the round folders whose tasks,
 reports and models show or learnt from the images, and the labelling tool's own copy.
 
-Refused while a round's choice is not published yet (claimed by a run, or selected). That choice
-may hold the images, and its run could not then commit it. Withdraw once it is published, or
-first release a dead run's claim (`taudis campaign release`).
+Refused while a round is claimed by a run: its choice may hold the images, and the run could not
+then commit it. Withdraw once it is published, or first release a dead run's claim (`taudis
+campaign release`). A choice committed and left unpublished (``selected``) is published first.
+An image whose file name neither the pool file nor the labels give is refused: it could come
+back under a new id.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger, u
 log = logging.getLogger(__name__)
 
 SCHEMA = "taudis.withdrawal"
+SCRUBBED = "scrubbed"  # in a record: its scrub of the label files was done (finish_withdrawals)
 RACE_RETRIES = 5  # other label updates landing between making the remainders and the update
 
 
@@ -94,6 +98,8 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
     record = storage.read_json(campaign.withdrawal(op_id))
     scrubbed = scrub_label_files(campaign)
     storage.write_json(campaign.labelled, labelled_dataset(campaign))  # the published view, without them
+    if not record.get(SCRUBBED):
+        storage.write_json(campaign.withdrawal(op_id), {**record, SCRUBBED: True})
     log.info("campaign %s: withdrew images %s", campaign.uri, sorted(ids)[:20])
     were = record["were"]
     return Withdrawal(
@@ -194,11 +200,19 @@ def withdrawn_images(campaign: Campaign, ledger: Ledger) -> dict[int, dict[str, 
     if not ledger.withdrawn:
         return {}
     found: dict[int, dict[str, Any]] = {}
+    for _, document in _landed_records(campaign, ledger):
+        found |= {int(im["id"]): dict(im) for im in document.get("images", []) if "file_name" in im}
+    return {i: im for i, im in found.items() if i in ledger.withdrawn}
+
+
+def _landed_records(campaign: Campaign, ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:
+    """(URI, record) of every withdrawal whose ledger update landed (a record is written before it)."""
+    records = []
     for uri in storage.list_uris(campaign.withdrawals):
         document = storage.read_json(uri)
         if isinstance(document, dict) and ledger.has_op(str(document.get("op_id"))):
-            found |= {int(im["id"]): dict(im) for im in document.get("images", []) if "file_name" in im}
-    return {i: im for i, im in found.items() if i in ledger.withdrawn}
+            records.append((uri, document))
+    return records
 
 
 def _elsewhere(campaign: Campaign, ledger: Ledger, ids: frozenset[int]) -> list[str]:
@@ -227,6 +241,25 @@ def _elsewhere(campaign: Campaign, ledger: Ledger, ids: frozenset[int]) -> list[
         "incoming/rejected/ that name them; the models of the rounds that trained on them: the team's to delete"
     )
     return out
+
+
+def finish_withdrawals(campaign: Campaign) -> list[str]:
+    """Scrub the label files for every withdrawal whose record does not say it was scrubbed (one
+    killed after its ledger update), then mark the records; returns the files changed. The ingest
+    step calls it every round, so such a withdrawal finishes without anyone running it again."""
+    ledger = read_ledger(campaign.ledger)
+    if not ledger.withdrawn:
+        return []
+    unfinished = [(uri, record) for uri, record in _landed_records(campaign, ledger) if not record.get(SCRUBBED)]
+    if not unfinished:
+        return []
+    changed = scrub_label_files(campaign)  # reads the ledger after these records' ops landed: theirs included
+    for uri, record in unfinished:
+        storage.write_json(uri, {**record, SCRUBBED: True})
+    log.info(
+        "campaign %s: finished %d withdrawals (%d label files changed)", campaign.uri, len(unfinished), len(changed)
+    )
+    return changed
 
 
 # --------------------------------------------------------------------------------------- scrub
