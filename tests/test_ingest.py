@@ -241,6 +241,21 @@ def test_a_file_that_cannot_be_decoded_is_quarantined_and_holds_up_nothing(campa
     assert ingest_incoming(campaign.uri, pool_uri) == []  # nothing is stuck in incoming/
 
 
+def test_an_error_of_taudis_own_is_not_taken_for_an_undecodable_file(campaign, monkeypatch) -> None:
+    import taudis.labeling.read as read_module
+
+    campaign, pool, pool_uri = campaign
+    _drop(campaign, "good.json", subset(pool, [5]))
+
+    def buggy(*args: Any) -> Any:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(read_module, "read_document", buggy)
+    with pytest.raises(RuntimeError, match="dictionary changed size"):
+        ingest_incoming(campaign.uri, pool_uri)
+    assert campaign.incoming_files() == [storage.join(campaign.incoming, "good.json")]  # not quarantined
+
+
 def test_a_file_replaced_while_it_is_ingested_leaves_the_new_version_for_the_next_ingest(
     campaign, monkeypatch: pytest.MonkeyPatch
 ) -> None:

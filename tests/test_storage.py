@@ -120,7 +120,8 @@ def test_a_move_of_the_version_read_leaves_a_newer_one_in_place(storage_root: st
     storage.write_bytes(src, b"v2, uploaded meanwhile")
     assert storage.move_if_unchanged(src, dst, read) is False
     assert storage.read_bytes(dst) == b"v1" and storage.read_bytes(src) == b"v2, uploaded meanwhile"
-    storage.delete(src)
+    storage.write_bytes(src, b"v1")  # the very bytes uploaded again (on GCS: another generation)
+    assert storage.move_if_unchanged(src, dst, read) is True and not storage.exists(src)
     with pytest.raises(storage.NotFoundError):
         storage.move_if_unchanged(src, dst, read)  # another mover took it
 

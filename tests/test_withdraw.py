@@ -136,6 +136,10 @@ def test_a_choice_committed_and_left_unpublished_is_published_then_withdrawn_fro
     staging = rounds.stage_files(campaign, 1, "run-b", {"tasks/manifest.jsonl": b'{"image_id": 30}\n'})
     rounds.commit_selection(campaign, 1, "run-b", selection_doc([30, 31]), staging)
     assert read_ledger(campaign.ledger).round(1)["state"] == "selected"
+    before = read_ledger(campaign.ledger)
+    with pytest.raises(LedgerError, match=r"\[999\] are not in the campaign"):
+        withdraw_images(campaign, [30, 999], pool)
+    assert read_ledger(campaign.ledger) == before  # refused: not even the round published
     withdrawn = withdraw_images(campaign, [30], pool)
     assert withdrawn.pending == [30]  # chosen: in the published round's tasks, now withdrawn
     ledger = read_ledger(campaign.ledger)

@@ -116,8 +116,8 @@ def without_withdrawn(
 def sync_pool(
     campaign: Campaign, pool: Mapping[str, Any], also: Callable[[Ledger, dict[str, int]], Ledger] | None = None
 ) -> dict[str, int]:
-    """Bring the ledger's pool in line with the pool file; returns {"added", "removed", "pool"}, and
-    "withdrawn_listed" where the file still lists withdrawn images (how many).
+    """Bring the ledger's pool in line with the pool file; returns this sync's {"added", "removed",
+    "pool"}, and "withdrawn_listed" where the file still lists withdrawn images (how many).
 
     Args:
         also: a further change in the same ledger write, given the new ledger and the change (the

@@ -78,8 +78,7 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
 
     Raises:
         LedgerError: an id the campaign never had, or one whose file name neither ``pool`` nor a
-            label file gives (nothing is changed then), or a round claimed or selected and not yet
-            published.
+            label file gives, or a round claimed by a run (nothing is changed then).
     """
     ids = frozenset(int(i) for i in image_ids)
     if not ids:
@@ -87,6 +86,7 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
     op_id = "withdraw:" + hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:16]
     ledger = read_ledger(campaign.ledger)
     if not ledger.has_op(op_id) and any(r["state"] == "selected" for r in ledger.rounds):
+        _record(campaign, ledger, ids, pool, op_id)  # its refusals first: a refused withdrawal changes nothing
         # A choice committed and left unpublished (its run died publishing it) is published, as the
         # next run would do first, rather than holding up a data-deletion request until then.
         recover_rounds(campaign)
@@ -169,6 +169,9 @@ def _record(
     named = {int(im["id"]): {k: im[k] for k in keys if k in im} for im in pool["images"]}
     named |= {i: {k: im[k] for k in keys if k in im} for i, im in known_images(campaign, ledger).items()}
     named |= withdrawn_images(campaign, ledger)
+    unknown = sorted(ids - ledger.pool - ledger.withdrawn)
+    if unknown:
+        raise LedgerError(ledger.uri, f"image ids {unknown[:10]} are not in the campaign: nothing was withdrawn")
     nameless = sorted(i for i in ids & ledger.pool if "file_name" not in named.get(i, {}))
     if nameless:
         # Kept out by name too (taudis.campaign.pool.without_withdrawn): without it, a pool file

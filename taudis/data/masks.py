@@ -20,7 +20,7 @@ def paste_mask(mask_probs: np.ndarray, box: np.ndarray | list[float], height: in
     Bilinear sampling at pixel centres, as detectron2's paste does (``paste_masks_in_image``:
     ``grid_sample`` with zero padding): pixel (y, x) of the image looks up the box-relative
     coordinate of its centre in the SxS grid, and past the grid's outer cells the values fade to
-    0, so a pixel whose centre lies on or outside the box's edge stays below the threshold.
+    0: a pixel centred on the box's edge gets half its edge cell's value, one further out less.
 
     Args:
         mask_probs: (S, S) probabilities of the instance's class.

@@ -24,8 +24,9 @@ it was pulled is pulled again into ``FOLDER/corrections/``: when FOLDER is a cam
 ``incoming/``, the next ingest replaces those images' labels with the edit. A task the labels
 reader refuses on its own (two annotators and no ground truth, a rectangle) is written apart, to
 ``FOLDER/<name>-refused-<hash>.json``, so that ingest's refusal of it holds back no other task;
-changed in Label Studio in any way, it comes with a later pull. ``--retry-rejected`` pulls again the tasks of
-files ingest rejected, as they stand now.
+once one of its annotations changes in Label Studio (marked ground truth, edited or deleted), it
+comes with a later pull. ``--retry-rejected`` pulls again the tasks of files ingest rejected, as
+they stand now (fix first what ingest refused them for: an image name the pool lacks, a category).
 """
 
 from __future__ import annotations
@@ -352,7 +353,7 @@ def _earlier_pulls(
     for uri in storage.list_uris(folder.rstrip("/") + "/"):
         if not uri.endswith(".json") or uri.endswith(".report.json"):
             continue
-        if skip is not None and uri.startswith(skip.rstrip("/") + "/"):
+        if skip is not None and _under(uri, skip):
             continue
         try:
             doc = json.loads(storage.read_bytes(uri))
@@ -365,6 +366,13 @@ def _earlier_pulls(
         else:
             keys |= pulled_keys(doc)
     return keys, refused
+
+
+def _under(uri: str, folder: str) -> bool:
+    """Whether ``uri`` lies under ``folder``, however a local one is spelt (``file://`` or a path)."""
+    if not storage.is_gcs(folder):
+        uri, folder = str(storage.local_path(uri)), str(storage.local_path(folder))
+    return uri.startswith(folder.rstrip("/") + "/")
 
 
 def pull(
@@ -387,7 +395,7 @@ def pull(
         task.setdefault("project", project_id)
     earlier, held = _earlier_pulls(out, skip=storage.join(out, "rejected") if retry_rejected else None)
     seen = {key[:3] for key in earlier}  # (project, task, annotation) without updated_at
-    # A task refused before is pulled again once it changes in any way: an annotation marked ground
+    # A task refused before is pulled again once one of its annotations changes: one marked ground
     # truth (which touches it), or one deleted (which leaves the others as they were).
     fresh = [t for t in exported if not pulled_keys([t]) <= earlier and frozenset(pulled_keys([t])) not in held]
     edited = [t for t in fresh if any(key[:3] in seen for key in pulled_keys([t]) - earlier)]

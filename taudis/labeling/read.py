@@ -66,9 +66,10 @@ def read_labels(uri: str | os.PathLike[str]) -> ToolLabels:
 
 
 # What a file that cannot be decoded raises on the way: a damaged or truncated zip (BadZipFile,
-# zlib.error, EOFError), an encrypted one or one of an unsupported compression (RuntimeError,
-# NotImplementedError), JSON nested past the parser's depth (RecursionError).
-UNDECODABLE = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError)
+# zlib.error, EOFError), one of a compression zipfile lacks (NotImplementedError: Deflate64), JSON
+# nested past the parser's depth (RecursionError); an encrypted zip raises a RuntimeError that
+# says so. Any other error is taudis's, and must not quarantine a good file: it propagates.
+UNDECODABLE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RecursionError, RuntimeError)
 
 
 def read_label_bytes(data: bytes, uri: str) -> ToolLabels:
@@ -80,7 +81,14 @@ def read_label_bytes(data: bytes, uri: str) -> ToolLabels:
     try:
         return _read_bytes(data, uri)
     except UNDECODABLE as err:
-        what = "nested too deeply to parse" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        if isinstance(err, RecursionError):
+            what = "nested too deeply to parse"
+        elif type(err) is RuntimeError and ("encrypted" in str(err) or "password" in str(err)):
+            what = f"an encrypted zip ({err}): export it without a password"
+        elif type(err) is RuntimeError:
+            raise
+        else:
+            what = f"{type(err).__name__}: {err}"
         return unreadable(uri, "coco", f"cannot be decoded: {what}")
 
 

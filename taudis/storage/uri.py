@@ -25,6 +25,7 @@ disk, and the file is renamed over the target, so a reader sees the old or the n
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -548,9 +549,10 @@ def move_if_unchanged(src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     a fuller export under the same name). A plain move would carry the new version off unhandled;
     this leaves it where it is, for whoever handles the next version.
 
-    GCS: the generation is compared, and the delete carries ``if_generation_match`` too (real GCS
-    enforces it, closing the window between the two; fake-gcs-server does not). Local: the
-    content is compared under the lock that write_if_generation takes.
+    GCS: the generation is compared (or, for a re-upload of the very bytes, their MD5), and the
+    delete carries ``if_generation_match`` too (real GCS enforces it, closing the window between
+    the two; fake-gcs-server does not). Local: the content is compared just before the unlink
+    (uploads take no lock, so a narrow window stays).
 
     Returns:
         True if ``src`` was deleted, False if it changed and stays.
@@ -561,25 +563,26 @@ def move_if_unchanged(src: str | os.PathLike[str], dst: str | os.PathLike[str], 
     src, dst = str(src), str(dst)
     write_bytes(dst, version.data)
     if not is_gcs(src):
-        path = local_path(src)
-        with _local_lock(path):
-            current = read_versioned(src)
-            if current is None:
-                raise NotFoundError(f"{src}: not found")
-            if current.generation != version.generation:
-                return False
-            path.unlink()
+        current = read_versioned(src)
+        if current is None:
+            raise NotFoundError(f"{src}: not found")
+        if current.generation != version.generation:  # the content's own hash: same bytes, same generation
+            return False
+        local_path(src).unlink(missing_ok=True)
         return True
     blob = _blob(src)
     with _gcs_errors(src):
         blob.reload(retry=gcs_retry(), timeout=REQUEST_TIMEOUT)
-    if int(blob.generation) != version.generation:
+    same_bytes = blob.md5_hash == base64.b64encode(hashlib.md5(version.data).digest()).decode()
+    if int(blob.generation) != version.generation and not same_bytes:
         return False
     try:
         with _gcs_errors(src):
-            blob.delete(if_generation_match=version.generation, timeout=REQUEST_TIMEOUT)
+            blob.delete(if_generation_match=int(blob.generation), retry=gcs_retry(), timeout=REQUEST_TIMEOUT)
     except PreconditionFailedError:
-        return False
+        return False  # replaced between the reload and the delete
+    except NotFoundError:
+        pass  # a retried delete whose first try landed
     return True
 
 
