@@ -194,6 +194,37 @@ def test_a_withdrawal_killed_after_its_ledger_update_is_finished_by_the_next_rou
     assert storage.read_json(record)["scrubbed"] is True  # later rounds read the record, not every label file
 
 
+def test_a_run_released_while_it_ingests_does_not_publish_a_withdrawn_image(campaign, monkeypatch, tmp_path) -> None:
+    """The operator releases a run believed dead and withdraws an image while the run, alive after
+    all, is still ingesting: the run must not then write labelled.json from what it read before."""
+    import taudis.campaign.steps as steps_module
+    from taudis.campaign.rounds import RoundLostError
+
+    campaign, pool, pool_uri = campaign
+    index = rounds.claim_round(campaign, "run-b")
+    build = steps_module.labelled_dataset
+
+    def released_meanwhile(*args: Any, **kwargs: Any) -> list[Any]:
+        rounds.release_claim(campaign)
+        return []
+
+    def withdrawn_meanwhile(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        stale = build(*args, **kwargs)
+        withdraw_images(campaign, [2], pool)
+        return stale
+
+    monkeypatch.setattr(steps_module, "ingest_incoming", released_meanwhile)
+    monkeypatch.setattr(steps_module, "labelled_dataset", withdrawn_meanwhile)
+    with pytest.raises(RoundLostError):
+        steps_module.ingest_labels(
+            campaign.uri, pool_uri, index, "run-b", str(tmp_path / "l.json"), str(tmp_path / "u.json"), oracle=False
+        )
+    if 2 not in read_ledger(campaign.ledger).withdrawn:  # fenced before it read: the operator's withdrawal goes on
+        withdraw_images(campaign, [2], pool)
+    assert 2 not in {im["id"] for im in storage.read_json(campaign.labelled)["images"]}
+    assert check_campaign(campaign.uri) == []
+
+
 def test_a_round_after_a_withdrawal_trains_and_chooses_without_the_image(campaign, tmp_path, capsys) -> None:
     campaign, pool, pool_uri = campaign
     _drop(campaign, "a.json", subset(pool, [5, 6, 7]))

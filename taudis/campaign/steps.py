@@ -194,6 +194,9 @@ def ingest_labels(
         facts["ingest"] = summarize(
             ingest_incoming(campaign_uri, pool, record=_recorder(campaign, round_index, run_id))
         )
+    # Still this run's round? Ingesting may take long enough for an operator to release a run
+    # believed dead and withdraw images; the published labelled.json must not bring them back.
+    rounds.renew_claim(campaign, round_index, run_id)
     ledger = read_ledger(campaign.ledger)
     dataset = labelled_dataset(campaign, ledger)
     facts["labelled_images"] = len(dataset["images"])
