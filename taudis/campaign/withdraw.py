@@ -86,7 +86,7 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
     op_id = "withdraw:" + hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()[:16]
     ledger = read_ledger(campaign.ledger)
     if not ledger.has_op(op_id) and any(r["state"] == "selected" for r in ledger.rounds):
-        _record(campaign, ledger, ids, pool, op_id)  # its refusals first: a refused withdrawal changes nothing
+        _named(campaign, ledger, ids, pool)  # its refusals first: a refused withdrawal changes nothing
         # A choice committed and left unpublished (its run died publishing it) is published, as the
         # next run would do first, rather than holding up a data-deletion request until then.
         recover_rounds(campaign)
@@ -131,9 +131,7 @@ def _withdrawn(ids: frozenset[int], remainders: dict[str, LabelPart | None]) -> 
     """The update: ``ids`` leave pool, pending and parts (each holder replaced by its remainder)."""
 
     def apply(ledger: Ledger) -> Ledger:
-        unknown = sorted(ids - ledger.pool - ledger.withdrawn)
-        if unknown:
-            raise LedgerError(ledger.uri, f"image ids {unknown[:10]} are not in the campaign: nothing was withdrawn")
+        _refuse_unknown(ledger, ids)  # again: the ledger may have changed since the record was made
         record = choosing_round(ledger)
         if record is not None and ids - ledger.withdrawn:
             raise LedgerError(
@@ -165,24 +163,7 @@ def _record(
     campaign: Campaign, ledger: Ledger, ids: frozenset[int], pool: Mapping[str, Any], op_id: str
 ) -> dict[str, Any]:
     """The withdrawal's record: the images by id and file name, what they were, where they show."""
-    keys = ("id", "file_name", "height", "width")
-    named = {int(im["id"]): {k: im[k] for k in keys if k in im} for im in pool["images"]}
-    named |= {i: {k: im[k] for k in keys if k in im} for i, im in known_images(campaign, ledger).items()}
-    named |= withdrawn_images(campaign, ledger)
-    unknown = sorted(ids - ledger.pool - ledger.withdrawn)
-    if unknown:
-        raise LedgerError(ledger.uri, f"image ids {unknown[:10]} are not in the campaign: nothing was withdrawn")
-    nameless = sorted(i for i in ids & ledger.pool if "file_name" not in named.get(i, {}))
-    if nameless:
-        # Kept out by name too (taudis.campaign.pool.without_withdrawn): without it, a pool file
-        # listing the same file under a new id would bring it back.
-        raise LedgerError(
-            ledger.uri,
-            f"image ids {nameless[:10]} are in no pool file given and in no label file, so their file names are "
-            "unknown: pass --pool a pool file that lists them (the one before they were dropped); nothing was "
-            "withdrawn",
-            field="withdrawn",
-        )
+    named = _named(campaign, ledger, ids, pool)
     return {
         "schema": SCHEMA,
         "op_id": op_id,
@@ -195,6 +176,40 @@ def _record(
         },
         "elsewhere": _elsewhere(campaign, ledger, ids),
     }
+
+
+def _refuse_unknown(ledger: Ledger, ids: frozenset[int]) -> None:
+    unknown = sorted(ids - ledger.pool - ledger.withdrawn)
+    if unknown:
+        raise LedgerError(ledger.uri, f"image ids {unknown[:10]} are not in the campaign: nothing was withdrawn")
+
+
+def _named(
+    campaign: Campaign, ledger: Ledger, ids: frozenset[int], pool: Mapping[str, Any]
+) -> dict[int, dict[str, Any]]:
+    """Every image the pool file, the labels or earlier withdrawals name, by id ({"id", "file_name",
+    "height", "width"}), once ``ids`` are known to be the campaign's and named.
+
+    Raises:
+        LedgerError: an id the campaign never had, or one in its pool whose file name is unknown.
+    """
+    _refuse_unknown(ledger, ids)
+    keys = ("id", "file_name", "height", "width")
+    named = {int(im["id"]): {k: im[k] for k in keys if k in im} for im in pool["images"]}
+    named |= {i: {k: im[k] for k in keys if k in im} for i, im in known_images(campaign, ledger).items()}
+    named |= withdrawn_images(campaign, ledger)
+    nameless = sorted(i for i in ids & ledger.pool if "file_name" not in named.get(i, {}))
+    if nameless:
+        # Kept out by name too (taudis.campaign.pool.without_withdrawn): without it, a pool file
+        # listing the same file under a new id would bring it back.
+        raise LedgerError(
+            ledger.uri,
+            f"image ids {nameless[:10]} are in no pool file given and in no label file, so their file names are "
+            "unknown: pass --pool a pool file that lists them (the one before they were dropped); nothing was "
+            "withdrawn",
+            field="withdrawn",
+        )
+    return named
 
 
 def withdrawn_images(campaign: Campaign, ledger: Ledger) -> dict[int, dict[str, Any]]:
