@@ -344,7 +344,7 @@ def test_a_retried_ingest_step_still_reports_the_files_its_first_attempt_handled
         raise KeyboardInterrupt("the pod was killed after the files moved")
 
     with monkeypatch.context() as patched:
-        patched.setattr(steps, "labelled_dataset", killed)
+        patched.setattr(steps, "publish_labelled", killed)
         with pytest.raises(KeyboardInterrupt):
             _ingest_step(campaign, uris["pool"], tmp_path)
     _ingest_step(campaign, uris["pool"], tmp_path)  # KFP's retry: nothing is waiting any more

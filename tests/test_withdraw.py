@@ -196,31 +196,52 @@ def test_a_withdrawal_killed_after_its_ledger_update_is_finished_by_the_next_rou
 
 def test_a_run_released_while_it_ingests_does_not_publish_a_withdrawn_image(campaign, monkeypatch, tmp_path) -> None:
     """The operator releases a run believed dead and withdraws an image while the run, alive after
-    all, is still ingesting: the run must not then write labelled.json from what it read before."""
+    all, is still ingesting: the run stops at its claim check and publishes nothing."""
     import taudis.campaign.steps as steps_module
     from taudis.campaign.rounds import RoundLostError
 
     campaign, pool, pool_uri = campaign
     index = rounds.claim_round(campaign, "run-b")
-    build = steps_module.labelled_dataset
 
     def released_meanwhile(*args: Any, **kwargs: Any) -> list[Any]:
         rounds.release_claim(campaign)
+        withdraw_images(campaign, [2], pool)
         return []
 
-    def withdrawn_meanwhile(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        stale = build(*args, **kwargs)
-        withdraw_images(campaign, [2], pool)
-        return stale
-
     monkeypatch.setattr(steps_module, "ingest_incoming", released_meanwhile)
-    monkeypatch.setattr(steps_module, "labelled_dataset", withdrawn_meanwhile)
     with pytest.raises(RoundLostError):
         steps_module.ingest_labels(
             campaign.uri, pool_uri, index, "run-b", str(tmp_path / "l.json"), str(tmp_path / "u.json"), oracle=False
         )
-    if 2 not in read_ledger(campaign.ledger).withdrawn:  # fenced before it read: the operator's withdrawal goes on
-        withdraw_images(campaign, [2], pool)
+    assert 2 not in {im["id"] for im in storage.read_json(campaign.labelled)["images"]}
+    assert not (tmp_path / "l.json").exists()
+    assert check_campaign(campaign.uri) == []
+
+
+def test_a_withdrawal_landing_while_a_run_writes_labelled_json_is_not_undone(campaign, monkeypatch, tmp_path) -> None:
+    """The operator releases a run believed dead and withdraws an image after the run's last claim
+    check, before its write of labelled.json: the run's write of what it read (image 2 still
+    labelled) must not stand over the withdrawal's, and the run is fenced at its next step."""
+    from taudis.campaign.rounds import RoundLostError
+
+    campaign, pool, pool_uri = campaign
+    index = rounds.claim_round(campaign, "run-b")
+    write = storage.write_json
+    landed: list[bool] = []
+
+    def withdrawn_just_before(uri: str, document: Any, *args: Any, **kwargs: Any) -> None:
+        images = {im["id"] for im in document.get("images", [])} if isinstance(document, dict) else set()
+        if uri == campaign.labelled and 2 in images and not landed:
+            landed.append(True)
+            rounds.release_claim(campaign)
+            withdraw_images(campaign, [2], pool)  # publishes its own view first
+        write(uri, document, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "write_json", withdrawn_just_before)
+    labelled_out, unlabelled_out = tmp_path / "l.json", tmp_path / "u.json"
+    with pytest.raises(RoundLostError):
+        ingest_labels(campaign.uri, pool_uri, index, "run-b", str(labelled_out), str(unlabelled_out), oracle=False)
+    assert landed
     assert 2 not in {im["id"] for im in storage.read_json(campaign.labelled)["images"]}
     assert check_campaign(campaign.uri) == []
 

@@ -53,7 +53,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from taudis.campaign.ingest import ingest_incoming
-    from taudis.campaign.labels import known_file_names, labelled_dataset
+    from taudis.campaign.labels import known_file_names, publish_labelled
     from taudis.campaign.pool import check_pool_names, load_pool
 
     campaign = Campaign(args.campaign)
@@ -62,7 +62,7 @@ def _ingest(args: argparse.Namespace) -> int:
     outcomes = ingest_incoming(args.campaign, pool)
     for outcome in outcomes:
         print(json.dumps(outcome.to_json()))
-    storage.write_json(campaign.labelled, labelled_dataset(campaign))  # the view a round's ingest writes too
+    publish_labelled(campaign)  # the view a round's ingest writes too
     return 1 if any(o.status in ("rejected", "conflict") for o in outcomes) else 0
 
 

@@ -179,6 +179,27 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
     return _dataset(campaign, ledger)
 
 
+def publish_labelled(campaign: Campaign, ledger: Ledger | None = None) -> tuple[dict[str, Any], Ledger]:
+    """Write ``<campaign>/labelled.json`` from the ledger, and return it with the ledger it shows.
+
+    Several writers publish the view (a round's ingest, ``taudis campaign ingest``, a withdrawal),
+    each from the ledger it read. A writer whose ledger changed under it (a withdrawal landed
+    between its read and its write) may have overwritten a newer view with an older one, so each
+    reads the ledger again after its write and writes again until the two agree. Whichever writer
+    writes last then read a ledger at least as new as every change before it: labelled.json never
+    keeps a withdrawn image, nor lacks a part, once its writers are done.
+    """
+    ledger = ledger or read_ledger(campaign.ledger)
+    while True:
+        dataset = labelled_dataset(campaign, ledger)
+        storage.write_json(campaign.labelled, dataset)
+        fresh = read_ledger(campaign.ledger)
+        if (fresh.parts, fresh.withdrawn) == (ledger.parts, ledger.withdrawn):
+            return dataset, ledger
+        log.info("%s: the ledger changed while labelled.json was written: writing it again", campaign.labelled)
+        ledger = fresh
+
+
 def _dataset(campaign: Campaign, ledger: Ledger) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []

@@ -34,7 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 from taudis import storage
 from taudis.campaign import rounds
 from taudis.campaign.ingest import ingest_incoming, seed_in_pool_terms, summarize
-from taudis.campaign.labels import known_file_names, labelled_dataset, part_document, reveal_oracle_labels, write_part
+from taudis.campaign.labels import known_file_names, part_document, publish_labelled, reveal_oracle_labels, write_part
 from taudis.campaign.layout import Campaign
 from taudis.campaign.pool import check_pool_names, ensure_ledger, load_pool, sync_pool
 from taudis.campaign.withdraw import finish_withdrawals
@@ -197,11 +197,9 @@ def ingest_labels(
     # Still this run's round? Ingesting may take long enough for an operator to release a run
     # believed dead and withdraw images; the published labelled.json must not bring them back.
     rounds.renew_claim(campaign, round_index, run_id)
-    ledger = read_ledger(campaign.ledger)
-    dataset = labelled_dataset(campaign, ledger)
+    dataset, ledger = publish_labelled(campaign)
     facts["labelled_images"] = len(dataset["images"])
     storage.write_json(labelled_out, dataset)
-    storage.write_json(campaign.labelled, dataset)
     keep = ledger.unlabelled
     storage.write_json(
         unlabelled_out,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taudis import storage
-from taudis.campaign.labels import known_images, labelled_dataset, part_without
+from taudis.campaign.labels import known_images, part_without, publish_labelled
 from taudis.campaign.layout import Campaign
 from taudis.campaign.rounds import choosing_round, recover_rounds
 from taudis.storage.ledger import LabelPart, Ledger, LedgerError, read_ledger, update_ledger
@@ -97,7 +97,7 @@ def withdraw_images(campaign: Campaign, image_ids: Iterable[int], pool: Mapping[
         _update(campaign, ledger, ids, op_id)
     record = storage.read_json(campaign.withdrawal(op_id))
     scrubbed = scrub_label_files(campaign)
-    storage.write_json(campaign.labelled, labelled_dataset(campaign))  # the published view, without them
+    publish_labelled(campaign)  # the published view, without them
     if not record.get(SCRUBBED):
         storage.write_json(campaign.withdrawal(op_id), {**record, SCRUBBED: True})
     log.info("campaign %s: withdrew images %s", campaign.uri, sorted(ids)[:20])
