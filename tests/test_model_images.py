@@ -126,3 +126,81 @@ def test_every_format_is_turned_once_by_its_exif_orientation(tmp_path: Path, suf
     loaded = load_for_inference(tmp_path / f"r.{suffix}", 48, 1000, "RGB")
     assert (loaded.width, loaded.height) == (48, 80) and loaded.pixels.shape == shown.shape
     assert np.abs(loaded.pixels.astype(int) - shown).mean() <= error
+
+
+def _png_16_bit(path: Path, samples: np.ndarray, exif: bytes = b"") -> None:
+    """A 16-bit RGB PNG, written by the PNG specification (Pillow writes none), with an optional eXIf chunk."""
+    import struct
+    import zlib
+
+    height, width = samples.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    extra = chunk(b"eXIf", exif) if exif else b""
+    body = chunk(b"IHDR", header) + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def _twelve_bit() -> tuple[np.ndarray, np.ndarray]:
+    """12-bit colour samples (a 12-bit camera's, stored at 16 bits) and their 8-bit reading."""
+    samples = (np.random.default_rng(0).random((30, 40, 3)) * 4095).astype(np.uint16)
+    return samples, np.rint(samples * (255.0 / samples.max())).astype(np.uint8)
+
+
+def _orientation_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff", "tiff-zlib", "tiff-rgba"])
+def test_16_bit_colour_is_read_whole_not_by_its_high_byte(tmp_path: Path, kind: str) -> None:
+    """Pillow's own conversion keeps each sample's high byte: 12-bit data would come in nearly black."""
+    import tifffile
+
+    samples, expected = _twelve_bit()
+    path = tmp_path / ("a.png" if kind == "png" else "a.tif")
+    if kind == "png":
+        _png_16_bit(path, samples)
+    elif kind == "tiff-rgba":
+        alpha = np.full((*samples.shape[:2], 1), 65535, dtype=np.uint16)
+        tifffile.imwrite(path, np.concatenate([samples, alpha], axis=2), photometric="rgb", extrasamples=[2])
+    else:
+        tifffile.imwrite(path, samples, photometric="rgb", compression="zlib" if kind == "tiff-zlib" else None)
+    assert Image.open(path).convert("RGB").getextrema()[0][1] < 16  # what Pillow alone reads
+    assert np.array_equal(read_image(path, "RGB"), expected)
+    assert np.array_equal(read_image(path, "BGR"), expected[:, :, ::-1])
+    loaded = load_for_inference(path, 60, 200, "RGB")
+    assert (loaded.height, loaded.width) == (30, 40) and loaded.pixels.shape == (60, 80, 3)
+    assert loaded.pixels.max() > 200
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff"])
+def test_16_bit_colour_turns_by_its_orientation_once_like_an_8_bit_image(tmp_path: Path, kind: str) -> None:
+    import tifffile
+
+    samples, expected = _twelve_bit()
+    reference = tmp_path / "8-bit.png"
+    Image.fromarray(expected).save(reference, exif=_orientation_exif(6))
+    path = tmp_path / ("a.png" if kind == "png" else "a.tif")
+    if kind == "png":
+        _png_16_bit(path, samples, exif=_orientation_exif(6)[len(b"Exif\x00\x00") :])  # eXIf holds the bare TIFF
+    else:
+        tifffile.imwrite(path, samples, photometric="rgb", extratags=[(0x0112, 3, 1, 6, True)])
+    assert displayed_size(open_image(path)) == displayed_size(open_image(reference)) == (30, 40)
+    assert np.array_equal(read_image(path, "RGB"), read_image(reference, "RGB"))
+    assert read_image(path, "RGB").shape == (40, 30, 3)
+    assert load_for_inference(path, 60, 200, "RGB").pixels.shape == (80, 60, 3)
+
+
+def test_16_bit_colour_from_a_bucket_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import taudis.storage
+
+    samples, expected = _twelve_bit()
+    _png_16_bit(tmp_path / "a.png", samples)
+    monkeypatch.setattr(taudis.storage, "read_bytes", lambda uri: (tmp_path / "a.png").read_bytes())
+    assert np.array_equal(read_image("gs://bucket/a.png", "RGB"), expected)

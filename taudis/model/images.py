@@ -8,6 +8,11 @@ the same thing everywhere. Mode handling:
 - 16-bit and 32-bit integer or float images (I;16*, I, F): scaled linearly so that the image's
   maximum maps to 255 (values <= 255 are kept as is), then replicated to three channels. A float
   image whose values all lie in 0..1 is normalised imagery and is scaled by 255.
+- 16-bit colour (RGB or RGBA with 16 bits a sample, PNG or TIFF: 12- and 14-bit cameras, overhead
+  imagery): Pillow's conversion keeps each sample's high byte only, which leaves 12-bit data nearly
+  black, so the samples are read whole (two of Pillow's decodes, one per byte) and follow the same
+  rule, one maximum for all bands (which keeps the colour balance); a fourth band is dropped like
+  alpha.
 - EXIF orientation is applied, as detectron2's own reader does.
 
 Pixels come back in the model's channel order (``cfg.INPUT.FORMAT``, "BGR" or "RGB").
@@ -18,16 +23,19 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 # Large aerial scenes are legitimate input; the model shrinks them anyway. Guard only against
 # absurd sizes (decompression bombs), well above any real tile.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _NO_REDUCE_MODES = ("1", "P", "PA")
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 
 
 class ImageReadError(OSError):
@@ -46,6 +54,8 @@ class LoadedImage:
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open (lazily) a local file or a ``gs://`` object as a PIL image.
 
+    A 16-bit colour image is decoded at once, to 8-bit RGB (see the module's rules).
+
     Raises:
         ImageReadError: naming the file, for missing, empty or undecodable files.
     """
@@ -54,29 +64,88 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         if source.startswith("gs://"):
             from taudis.storage import read_bytes  # lazy: only remote images need the storage layer
 
-            return Image.open(io.BytesIO(read_bytes(source)))
-        if os.path.getsize(source) == 0:
-            raise ImageReadError(f"{source}: empty file (0 bytes)")
-        return Image.open(source)
+            data = read_bytes(source)
+
+            def reopen() -> ImageFile.ImageFile:
+                return Image.open(io.BytesIO(data))
+
+        else:
+            if os.path.getsize(source) == 0:
+                raise ImageReadError(f"{source}: empty file (0 bytes)")
+
+            def reopen() -> ImageFile.ImageFile:
+                return Image.open(source)
+
+        image = reopen()
+        return _deep_colour_as_8_bit(image, reopen()) if _is_deep_colour(image) else image
     except ImageReadError:
         raise
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise ImageReadError(f"{source}: cannot open image: {type(err).__name__}: {err}") from err
 
 
+def _rawmode(args: Any) -> str:
+    """The rawmode in a tile's decoder arguments (a PNG's are the rawmode, a TIFF's start with it)."""
+    return args if isinstance(args, str) else str((args or ("",))[0])
+
+
+def _is_deep_colour(image: ImageFile.ImageFile) -> bool:
+    """Whether Pillow would read this colour image's samples at 16 bits as their high byte."""
+    if image.mode not in ("RGB", "RGBA", "RGBX"):
+        return False  # 16-bit gray keeps its depth in Pillow (I;16)
+    return bool(image.tile) and all(_rawmode(tile.args).endswith((";16B", ";16L", ";16N")) for tile in image.tile)
+
+
+def _deep_colour_as_8_bit(high: ImageFile.ImageFile, low: ImageFile.ImageFile) -> Image.Image:
+    """The 8-bit RGB image of a 16-bit colour file, from two of Pillow's decodes of it.
+
+    Pillow unpacks each 16-bit sample to its high byte. Told the other byte order, the same decoder
+    unpacks the low byte: the two make the samples whole, decoded, unfiltered and turned by
+    Pillow's own readers (its TIFF reader turns by the orientation tag as it loads). The samples
+    then follow the module's scaling rule, and a PNG's EXIF orientation is kept for the readers
+    that turn the image later.
+    """
+    low.tile = [tile._replace(args=_other_byte(tile.args)) for tile in low.tile]
+    high.load()
+    low.load()
+    if high.size != low.size or high.mode != low.mode:
+        raise ValueError(f"16-bit {high.mode} {high.format}: its two decodes disagree")
+    samples = (np.asarray(high, dtype=np.uint16) << 8) | np.asarray(low, dtype=np.uint16)
+    rgb = _scaled_to_8_bit(samples[:, :, :3], is_float=False)
+    out = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    orientation = high.getexif().get(_ORIENTATION, 1)  # 1 for a TIFF: its reader turned it and dropped the tag
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[_ORIENTATION] = orientation
+        out.info["exif"] = exif.tobytes()
+    return out
+
+
+def _other_byte(args: Any) -> Any:
+    """A tile's decoder arguments with the 16-bit rawmode of the other byte order ("N" is native)."""
+    rawmode = _rawmode(args)
+    order = {"N": "L" if sys.byteorder == "little" else "B"}.get(rawmode[-1], rawmode[-1])
+    swapped = rawmode[:-1] + ("B" if order == "L" else "L")
+    return swapped if isinstance(args, str) else (swapped, *tuple(args)[1:])
+
+
+def _scaled_to_8_bit(values: np.ndarray, *, is_float: bool) -> np.ndarray:
+    """High-depth samples to uint8: the maximum to 255 (values <= 255 kept), 0..1 floats times 255."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    values = np.clip(values, 0, None)
+    top = float(values.max()) if values.size else 0.0
+    if top > 255:
+        values = values * (255.0 / top)
+    elif is_float and top <= 1.0:
+        values = values * 255.0
+    return np.rint(values).astype(np.uint8)
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     """Decode a PIL image to an (H, W, 3) uint8 RGB array following the module's mode rules."""
     image = ImageOps.exif_transpose(image) or image
     if image.mode in _HIGH_DEPTH_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        values = np.clip(values, 0, None)
-        top = float(values.max()) if values.size else 0.0
-        if top > 255:
-            values = values * (255.0 / top)
-        elif image.mode == "F" and top <= 1.0:
-            values = values * 255.0
-        gray = np.rint(values).astype(np.uint8)
+        gray = _scaled_to_8_bit(np.asarray(image), is_float=image.mode == "F")
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -91,7 +160,7 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
         # Pillow, whether or not its reader turns TIFFs.
         image.load()
     width, height = image.size
-    if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+    if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
         return height, width
     return width, height
 
