@@ -34,7 +34,7 @@ from taudis.labeling.cvat import read_cvat_archive
 from taudis.labeling.labelstudio import normalise_ref, prediction_results
 from taudis.labeling.labelstudio_rle import BrushRLEError, decode_brush_rle, encode_brush_rle
 from taudis.labeling.predictions import Prediction
-from taudis.labeling.read import read_document
+from taudis.labeling.read import read_document, read_label_bytes
 
 DATA = Path(__file__).parent / "data" / "labeling"
 FINISHED = [0, 2, 3, 1, 4, 6]  # task order; tile 001 was submitted empty, tile 006 lost its last instance
@@ -646,6 +646,11 @@ def test_read_labels_through_gcs(gcs_bucket: str) -> None:
         ("https://img.example/pool/t%201.png", "https://img.example/pool/t 1.png"),
         ("../srv/pool/images/tiles/t.png", "../srv/pool/images/tiles/t.png"),
         ("tiles/1a2b3c4d-t.png", "tiles/1a2b3c4d-t.png"),  # not an upload folder: kept
+        ("images/e9f1c4c2__8f3a2b1c-t1.png", "t1.png"),  # an upload the COCO export fetched
+        # a bucket's UUID-named object the COCO export fetched: no upload prefix to take off
+        ("images/e9f1c4c2__8f3a2b1c-1d2e-4f5a-9b8c-0123456789ab.png", "8f3a2b1c-1d2e-4f5a-9b8c-0123456789ab.png"),
+        ("..\\..\\media\\upload\\1\\8f3a2b1c-t1.png", "t1.png"),  # the COCO export written on Windows
+        ("images\\e9f1c4c2__t1.png", "t1.png"),
     ],
 )
 def test_normalise_ref(ref: str, normal: str) -> None:
@@ -697,3 +702,130 @@ def test_one_brush_region_per_instance_keeps_parts_and_holes() -> None:
     labels = read_document([_task(1, polygons)], "t.json")
     (instance,) = labels.annotations
     assert isinstance(instance.segmentation, list) and len(instance.segmentation) == 2
+
+
+# ------------------------------------------------------------------------- odd files, first contact
+
+
+def _refs_resolved(labels: ToolLabels, pool: dict[str, Any]) -> dict[int, int]:
+    from taudis.campaign.ingest import PoolIndex, resolve
+
+    resolved = resolve(labels, PoolIndex.of(pool))
+    assert resolved.problems == []
+    return resolved.images
+
+
+ODD_POOL = {
+    "images": [{"id": 1, "file_name": "pool/a.png", "height": 30, "width": 40}],
+    "annotations": [],
+    "categories": [{"id": 1, "name": "house"}],
+}
+
+
+def test_a_label_studio_coco_zip_zipped_again_in_its_folder_is_read() -> None:
+    """A browser unpacks the download (Safari does), the team zips the folder again (Finder adds __MACOSX)."""
+    polygon = {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [[1, 1, 9, 1, 9, 9]], "bbox": [1, 1, 8, 8],
+               "iscrowd": 0, "area": 32}  # fmt: skip
+    doc = _ls_coco([{"id": 0, "file_name": "/data/upload/1/8f3a2b1c-a.png", "width": 40, "height": 30}], [polygon])
+    data = zip_bytes(
+        {
+            "project-3-at-2026-12-01-10-00-abcdef12/result.json": json.dumps(doc).encode(),
+            "__MACOSX/project-3-at-2026-12-01-10-00-abcdef12/._result.json": b"\x00\x05\x16\x07",
+        }
+    )
+    labels = read_label_bytes(data, "ls.zip")
+    assert labels.format == "labelstudio-coco" and labels.problems == ()
+    assert _refs_resolved(labels, ODD_POOL) == {0: 1}
+    two = zip_bytes({"a/result.json": json.dumps(doc).encode(), "b/result.json": json.dumps(doc).encode()})
+    (problem,) = read_label_bytes(two, "two.zip").problems
+    assert "several Label Studio exports" in problem.message
+
+
+def test_a_zip_whose_member_names_hold_backslashes_is_read() -> None:
+    """Windows PowerShell 5.1's Compress-Archive writes member names with backslashes."""
+    xml = (
+        '<annotations><version>1.1</version><image id="0" name="pool/a.png" width="40" height="30">'
+        '<polygon label="house" points="1,1;10,1;10,10"/></image></annotations>'
+    )
+    labels = read_label_bytes(zip_bytes({"task_3\\annotations.xml": xml.encode()}), "ps.zip")
+    assert labels.format == "cvat-xml" and labels.problems == () and len(labels.annotations) == 1
+    assert _refs_resolved(labels, ODD_POOL) == {0: 1}
+
+
+def test_one_label_studio_task_is_read_as_a_file_of_one_task() -> None:
+    """What the labelling screen shows as the task's source, and the API's GET /api/tasks/<id>."""
+    task = _task(1, [_polygon("p", SQUARE)])
+    task["data"] = {"image": "/data/upload/1/8f3a2b1c-a.png"}
+    labels = read_label_bytes(json.dumps(task).encode(), "task.json")
+    assert labels.format == "labelstudio-json" and labels.problems == () and len(labels.annotations) == 1
+    assert _refs_resolved(labels, {**ODD_POOL, "images": [{**ODD_POOL["images"][0], "height": 10, "width": 10}]}) == {
+        0: 1
+    }
+
+
+def test_a_file_of_drafts_and_skipped_tasks_says_so() -> None:
+    skipped = _task(1, [], was_cancelled=True)
+    drafted = {**_task(2, []), "annotations": [], "drafts": [{"result": [_polygon("p", SQUARE)]}]}
+    (problem,) = read_document([skipped, drafted], "drafts.json").problems
+    assert "none of the file's 2 tasks has a submitted annotation (1 skipped, 1 with drafts only)" in problem.message
+
+
+def test_a_smart_tools_prompt_left_beside_the_masks_is_named_as_such() -> None:
+    prompt = {"id": "kp", "type": "keypointlabels", "original_width": 10, "original_height": 10,
+              "value": {"x": 50, "y": 50, "width": 0.5, "keypointlabels": ["house"]}}  # fmt: skip
+    (problem,) = read_document([_task(1, [prompt, _polygon("p", SQUARE)])], "sam.json").problems
+    assert problem.field == "type" and "smart tool's prompt" in problem.message
+    (alone,) = read_document([_task(1, [prompt])], "points.json").problems
+    assert "prompt" not in alone.message and "has no mask" in alone.message
+
+
+ODD_VALUES = [None, True, 0, -1, 2.5, "", "x", [], [None], [[]], {}, {"a": [1]}]
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value in a JSON document, the document's own included."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [path] + [p for key, child in children for p in _paths(child, (*path, key))]
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    out = copy.deepcopy(doc)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("kind", ["labelstudio-json", "labelstudio-coco", "coco"])
+def test_any_field_of_an_export_of_any_type_gives_problems_never_an_error(kind: str) -> None:
+    """A hand-edited file must be quarantined with a reason: an error would fail every ingest run
+    and hold every other file back."""
+    mask = np.zeros((10, 10), bool)
+    mask[2:6, 3:8] = True
+    polygon = {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [[1, 1, 9, 1, 9, 9]], "bbox": [1, 1, 8, 8],
+               "iscrowd": 0, "area": 32}  # fmt: skip
+    rle = {**polygon, "id": 2, "segmentation": {"size": [10, 10], "counts": [20, 5, 75]}}
+    doc: Any = (
+        [_task(1, [_brush("b", mask), _polygon("p", SQUARE), {"type": "choices", "value": {"choices": ["x"]}}])]
+        if kind == "labelstudio-json"
+        else {
+            "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+            "annotations": [{**polygon, "image_id": 1, "category_id": 1}, {**rle, "image_id": 1, "category_id": 1}],
+            "categories": [{"id": 1, "name": "house", "supercategory": ""}],
+        }
+        if kind == "coco"
+        else _ls_coco(
+            [
+                {"id": 0, "file_name": "/data/upload/1/8f3a2b1c-a.png", "width": 10, "height": 10},
+                {"id": 1, "file_name": "gs://bucket/pool/c.png", "width": 10, "height": 10},
+            ],
+            [polygon, {**polygon, "id": 1, "image_id": 1}],
+        )
+    )
+    for path in _paths(doc):
+        for value in ODD_VALUES:
+            labels = read_document(_replaced(doc, path, value), "odd.json")
+            assert isinstance(labels, ToolLabels), (path, value)

@@ -505,3 +505,50 @@ def test_gs_task_urls_are_resolved_by_a_connected_gcs_storage(
         uri = base64.urlsafe_b64decode(url.split("fileuri=", 1)[1]).decode()
         assert uri == f"{gcs_bucket}/pool/images/{round_.file_name(task['data']['image_id'])}"
         assert storage.exists(uri)
+
+
+CONVERTER_SCRIPT = """
+import json, sys
+from pathlib import Path
+from label_studio_sdk.converter import Converter
+config, tasks, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+converter = Converter(config=config, project_dir=None, upload_dir=out / "media", download_resources=False,
+                      access_token="token", hostname="http://localhost:8080")
+converter.convert(tasks, str(out / "coco"), "COCO", is_dir=False)
+"""
+
+
+def test_label_studio_coco_export_of_uploads_it_fetched_is_matched_to_the_pool(
+    server: labelstudio_server.LabelStudioServer, tmp_path: Path
+) -> None:
+    """Label Studio's own converter (the snapshot export, and any server whose media live in a bucket)
+    fetches an upload through /storage-data/uploaded and names it images/<md5>__<upload prefix>-NAME."""
+    import subprocess
+
+    pool = {
+        "images": [
+            {"id": 1, "file_name": "pool/a.png", "height": 30, "width": 40},
+            {"id": 2, "file_name": "pool/tile 3 (copy).png", "height": 30, "width": 40},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "car"}],
+    }
+    region = {
+        "id": "p", "type": "polygonlabels", "from_name": "label", "to_name": "image", "original_width": 40,
+        "original_height": 30, "value": {"points": [[0, 0], [50, 0], [50, 50]], "polygonlabels": ["car"]},
+    }  # fmt: skip
+    uploads = ["/data/upload/1/8f3a2b1c-a.png", "/data/upload/1/0badf00d-tile_3_copy.png"]
+    tasks = [
+        {"id": i, "data": {"image": ref}, "annotations": [{"id": i, "result": [region]}]}
+        for i, ref in enumerate(uploads)
+    ]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    python = str(server.venv / "bin" / "python")
+    args = [python, "-c", CONVERTER_SCRIPT, label_config(["car"], regions="polygons"), "tasks.json", str(tmp_path)]
+    done = subprocess.run(args, capture_output=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    export = tmp_path / "coco" / "result.json"
+    names = [image["file_name"] for image in json.loads(export.read_text())["images"]]
+    assert all(re.fullmatch(r"images/[0-9a-f]{8}__[0-9a-f]{8}-.+", name) for name in names), names
+    resolved = resolve(read_labels(str(export)), PoolIndex.of(pool))
+    assert resolved.problems == [] and sorted(resolved.images.values()) == [1, 2]

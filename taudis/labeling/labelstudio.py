@@ -51,6 +51,8 @@ LOCAL_FILES_PATH = "/data/local-files"  # Label Studio serves it with and withou
 STORAGE_DATA_PATH = "/storage-data/uploaded"
 UPLOAD_PATH = re.compile(r"(?:^|/)upload/\d+/[0-9a-f]{8}-(?P<name>[^/]+)$")
 DOWNLOAD_CACHE_PATH = re.compile(r"(?:^|/)images/[0-9a-f]{8}__(?P<name>[^/]+)$")
+UPLOAD_NAME = re.compile(r"[0-9a-f]{8}-(?P<name>.+)")  # an upload's stored name: 8 hex, "-", the file's name
+UUID_NAME = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?:\.[^./]*)?")
 POINT_TOLERANCE = 0.5  # percent: polygon points may stray this far past the image's edge
 
 # ---------------------------------------------------------------------------------- export
@@ -210,7 +212,11 @@ def normalise_ref(ref: str) -> str:
       ``?``) gives ``PATH``;
     - an uploaded file, ``/data/upload/<project>/<8 hex>-NAME`` (also ``upload/...``,
       ``media/upload/...`` and ``/storage-data/uploaded/?filepath=upload/...``), gives ``NAME``;
-    - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``;
+    - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``,
+      and an upload it downloaded (through ``/storage-data/uploaded``: every snapshot export, and
+      any server whose media live in a bucket), ``images/<8 hex>__<8 hex>-NAME``, gives ``NAME``
+      as an upload, unless the name is a UUID (a bucket's own name, not an upload's prefix);
+    - a path written on Windows (``..\\media\\upload\\1\\...``) reads as the same path with slashes;
     - ``gs://``, ``s3://`` and other http(s) URLs, and plain paths, are kept whole.
     """
     return _parse_ref(ref)[0]
@@ -219,6 +225,8 @@ def normalise_ref(ref: str) -> str:
 def _parse_ref(ref: str) -> tuple[str, bool]:
     """(:func:`normalise_ref` of ``ref``, whether it names a file uploaded to Label Studio)."""
     text = ref.strip()
+    if "\\" in text and "://" not in text:  # Label Studio's COCO export written on Windows (os.path.relpath)
+        text = text.replace("\\", "/")
     parts = urlsplit(text)
     query = parse_qs(parts.query)
     if parts.path.rstrip("/").endswith(LOCAL_FILES_PATH) and query.get("d"):
@@ -230,8 +238,13 @@ def _parse_ref(ref: str) -> tuple[str, bool]:
     if parts.scheme in ("", "http", "https"):
         for pattern in (UPLOAD_PATH, DOWNLOAD_CACHE_PATH):
             found = pattern.search(path)
+            if found and pattern is DOWNLOAD_CACHE_PATH:
+                upload = UPLOAD_NAME.fullmatch(found["name"])
+                if upload and not UUID_NAME.fullmatch(found["name"]):
+                    return upload["name"], True
+                return found["name"], False
             if found:
-                return found.group("name"), pattern is UPLOAD_PATH
+                return found["name"], True
     return unquote(text), False
 
 
@@ -294,7 +307,9 @@ def _image_key(
     image, so it is refused, and so are regions drawn on several of a task's images and tasks of
     several images (``<Image valueList>``): one image per task.
     """
-    names = list(dict.fromkeys(r.get("to_name") for r in results if isinstance(r, dict) and "to_name" in r))
+    names = list(
+        dict.fromkeys(r["to_name"] for r in results if isinstance(r, dict) and isinstance(r.get("to_name"), str))
+    )
     told = [n for n in (names or dict.fromkeys(file_names)) if isinstance(n, str) and n in data]
     pages = [r.get("item_index") for r in results if isinstance(r, dict) and r.get("item_index") not in (None, 0)]
     if pages or any(isinstance(data[n], list) for n in told):
@@ -496,8 +511,12 @@ def _task_annotations(
             problems.add(where, "result", "not an object")
             continue
         kind = result.get("type")
+        if not isinstance(kind, str) or not isinstance(result.get("to_name", ""), str):
+            field = "type" if not isinstance(kind, str) else "to_name"
+            problems.add(where, field, f"expected a string, got {result.get(field)!r}")
+            continue
         if kind in UNMASKED_REGION_TYPES:
-            problems.add(where, "type", f"a {kind} region has no mask: draw instances with the brush or polygons")
+            problems.add(where, "type", _unmasked(kind, results))
             continue
         if kind in UNLABELLED_REGION_TYPES:
             problems.add(
@@ -545,18 +564,34 @@ def _task_annotations(
     ]
 
 
+def _unmasked(kind: str, results: Sequence[Any]) -> str:
+    """Why a region without a mask is refused, with the likely cause where the annotation also has masks."""
+    message = f"a {kind} region has no mask: draw instances with the brush or polygons"
+    if any(isinstance(r, dict) and r.get("type") in MASK_TYPES for r in results):
+        message += (
+            "; beside the annotation's masks it is likely a smart tool's prompt (SAM's key point or box, kept when "
+            "auto-accept is off): delete it in Label Studio and submit again"
+        )
+    return message
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list field of an export, or no items where it is something else (a problem reported elsewhere)."""
+    return value if isinstance(value, list) else []
+
+
 def _region_tags(tasks: Sequence[Any]) -> list[str]:
     """The Image tags (``to_name``) the regions of a file's tasks name, in order of first use."""
     names = (
         r.get("to_name")
         for t in tasks
         if isinstance(t, dict)
-        for a in (t.get("annotations") or [])
+        for a in _listed(t.get("annotations"))
         if isinstance(a, dict)
-        for r in (a.get("result") or [])
+        for r in _listed(a.get("result"))
         if isinstance(r, dict)
     )
-    return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
 
 
 def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
@@ -604,7 +639,23 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
         pool_id = pool_id if key == TO_NAME else None  # taudis's tasks carry the pool id of data.image only
         images.append(ToolImage(index, record, name, tool_id, pool_id, False, height, width, renamed))
         annotations += _task_annotations(results, size, len(images) - 1, where, problems)
+    if doc and not images and not problems.items:
+        problems.add("document", "annotations", _none_submitted(doc))
     return ToolLabels(uri, "labelstudio-json", tuple(images), tuple(annotations), tuple(problems.items))
+
+
+def _none_submitted(tasks: Sequence[Mapping[str, Any]]) -> str:
+    """Why a file of tasks gives no image: none has a submitted annotation, and what they have instead."""
+    skipped = sum(
+        any(isinstance(a, dict) and a.get("was_cancelled") for a in t.get("annotations") or []) for t in tasks
+    )
+    drafts = sum(bool(t.get("drafts")) and not t.get("annotations") for t in tasks)
+    said = [f"{skipped} skipped" if skipped else "", f"{drafts} with drafts only" if drafts else ""]
+    told = f" ({', '.join(x for x in said if x)})" if skipped or drafts else ""
+    return (
+        f"none of the file's {len(tasks)} tasks has a submitted annotation{told}: nothing to ingest until "
+        "annotators submit them in Label Studio (a draft or a skip labels nothing)"
+    )
 
 
 # -------------------------------------------------------------------------------- COCO in
@@ -640,7 +691,11 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
         doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref, sizes_optional=True
     )
     records = doc.get("images") if labels.images else None  # read and valid when it gave images
-    uploads = {r.get("id") for r in records or () if isinstance(r, dict) and _parse_ref(str(r.get("file_name")))[1]}
+    uploads = {
+        r["id"]
+        for r in records or ()
+        if isinstance(r, dict) and _is_int(r.get("id")) and _parse_ref(str(r.get("file_name")))[1]
+    }
     images = tuple(replace(im, renamed=upload_file_name) if im.tool_id in uploads else im for im in labels.images)
     labels = replace(labels, images=images)
     repeated = _repeated_images(labels.images, uri)

@@ -3,9 +3,10 @@
 =====================  ======================================================================
 format                 what the file is
 =====================  ======================================================================
-``labelstudio-json``   a JSON list of tasks: Label Studio's JSON export (``taudis labelstudio pull``)
-``labelstudio-coco``   Label Studio's COCO export: the zip (``result.json`` inside) or the JSON,
-                       ``info.contributor`` "Label Studio"
+``labelstudio-json``   a JSON list of tasks: Label Studio's JSON export (``taudis labelstudio pull``),
+                       or one task
+``labelstudio-coco``   Label Studio's COCO export: the zip (``result.json`` at its root or in one
+                       folder) or the JSON, ``info.contributor`` "Label Studio"
 ``cvat-coco``          CVAT's COCO 1.0 export: a zip with ``annotations/instances_<subset>.json``,
                        or that JSON alone (datumaro's empty ``info`` and licence)
 ``cvat-xml``           CVAT's "CVAT for images 1.1" export: ``annotations.xml``, bare or zipped
@@ -41,8 +42,10 @@ from taudis.labeling.labelstudio import is_labelstudio_coco, read_labelstudio_co
 from taudis.labeling.toollabels import ToolLabels, unreadable
 
 ZIP_MAGIC = b"PK\x03\x04"
-LABEL_STUDIO_COCO_MEMBER = "result.json"
-LABEL_STUDIO_BRUSH_COCO_MEMBER = "result_coco.json"
+# Label Studio's COCO zips: at the root, or in one folder (a browser unpacked the download, and
+# the folder was zipped again)
+LABEL_STUDIO_COCO_MEMBER = re.compile(r"^(?:[^/]+/)?result\.json$")
+LABEL_STUDIO_BRUSH_COCO_MEMBER = re.compile(r"^(?:[^/]+/)?result_coco\.json$")
 LABEL_STUDIO_CONVERTER = "Label Studio Converter"  # info.contributor of its BRUSH_TO_COCO export
 # CVAT for images / for video 1.1, zipped: at the root, or in a folder (an unpacked export zipped again)
 CVAT_XML_MEMBER = re.compile(r"^(?:.*/)?annotations\.xml$")
@@ -110,6 +113,8 @@ def read_document(doc: Any, uri: str) -> ToolLabels:
     """Read an already parsed JSON export (the dispatch of ``read_labels`` for JSON files)."""
     if is_preannotations(doc):
         return refuse_preannotations(uri, "coco")
+    if _is_labelstudio_task(doc):
+        doc = [doc]  # one task (its "source" in the labelling screen, or the API's GET /api/tasks/<id>)
     if isinstance(doc, list):
         if doc and all(isinstance(t, dict) and "data" not in t and "annotation_id" in t for t in doc):
             return unreadable(uri, "labelstudio-json", f"Label Studio's JSON_MIN export has no task data: {USE_JSON}")
@@ -125,6 +130,11 @@ def read_document(doc: Any, uri: str) -> ToolLabels:
     if other is not None:
         return unreadable(uri, "coco", f"{other}, not an export taudis reads: convert it to COCO instances first")
     return read_coco(doc, uri)
+
+
+def _is_labelstudio_task(doc: Any) -> bool:
+    """Whether a JSON object is one Label Studio task: its data and annotations, no COCO images."""
+    return isinstance(doc, dict) and isinstance(doc.get("data"), dict) and "annotations" in doc and "images" not in doc
 
 
 # Columns of every row of Label Studio's CSV and TSV exports, whatever the labelling config.
@@ -165,13 +175,20 @@ def _read_zip(data: bytes, uri: str) -> ToolLabels:
         names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
     except zipfile.BadZipFile as err:
         return unreadable(uri, "coco", f"not a readable zip archive: {err}")
-    if LABEL_STUDIO_COCO_MEMBER in names:
+    if any("\\" in name for name in names):
+        data = _with_slashes(data)
+        names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    names = {name for name in names if not name.startswith(MAC_METADATA)}
+    results = sorted(name for name in names if LABEL_STUDIO_COCO_MEMBER.match(name))
+    if len(results) > 1:
+        return unreadable(uri, "labelstudio-coco", f"several Label Studio exports {results}: one export a zip")
+    if results:
         try:
-            doc = json.loads(zipfile.ZipFile(io.BytesIO(data)).read(LABEL_STUDIO_COCO_MEMBER))
+            doc = json.loads(zipfile.ZipFile(io.BytesIO(data)).read(results[0]))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return unreadable(uri, "labelstudio-coco", f"{LABEL_STUDIO_COCO_MEMBER}: not valid JSON: {err}")
+            return unreadable(uri, "labelstudio-coco", f"{results[0]}: not valid JSON: {err}")
         return read_labelstudio_coco(doc, uri)
-    if LABEL_STUDIO_BRUSH_COCO_MEMBER in names:
+    if any(LABEL_STUDIO_BRUSH_COCO_MEMBER.match(name) for name in names):
         return _brush_to_coco(uri)
     xml_members = sorted(name for name in names if CVAT_XML_MEMBER.match(name))
     if len(xml_members) > 1:
@@ -181,6 +198,19 @@ def _read_zip(data: bytes, uri: str) -> ToolLabels:
     if not any(ANNOTATIONS_MEMBER.match(name) for name in names):
         return unreadable(uri, "coco", _unread_archive(names))
     return read_cvat_archive(data, uri)
+
+
+MAC_METADATA = "__MACOSX/"  # what macOS's Finder adds to a zip it makes: resource forks, never an export
+
+
+def _with_slashes(data: bytes) -> bytes:
+    """The zip with ``/`` for ``\\`` in its member names: Windows PowerShell 5.1's Compress-Archive
+    writes backslashes, which every zip reader but Windows's takes as part of a file's name."""
+    source, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename.replace("\\", "/"), source.read(info))
+    return out.getvalue()
 
 
 # Archives of exports that hold masks but not as taudis reads them, told by their members.
