@@ -46,6 +46,9 @@ def test_schedule_grows_with_the_labelled_set_within_bounds() -> None:
     assert [scheduled_iterations(cfg, n) for n in (1, 10, 20, 60, 1000)] == [50, 50, 100, 300, 300]
     fixed = load_config(CPU_CONFIG, ["TAUDIS.SCHEDULE.ENABLED", "False", "SOLVER.MAX_ITER", "77"])
     assert scheduled_iterations(fixed, 1000) == 77
+    assert scheduled_iterations(load_config(CPU_CONFIG, ["SOLVER.MAX_ITER", "7"]), 1000) == 7  # what was asked for
+    kept = load_config(CPU_CONFIG, ["SOLVER.MAX_ITER", "7", "TAUDIS.SCHEDULE.ENABLED", "True"])
+    assert scheduled_iterations(kept, 1000) == round(float(kept.TAUDIS.SCHEDULE.ITERS_PER_IMAGE) * 1000) != 7
 
 
 def test_bare_names_opts_and_errors(tmp_path: Path) -> None:

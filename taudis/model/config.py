@@ -15,7 +15,9 @@ TAUDIS keys (defaults below):
 - ``TAUDIS.SCHEDULE.ENABLED`` / ``ITERS_PER_IMAGE`` / ``MIN_ITERS`` / ``MAX_ITERS``: the training
   schedule grows with the labelled set, ``SOLVER.MAX_ITER = clamp(round(ITERS_PER_IMAGE *
   num_images), MIN_ITERS, MAX_ITERS)`` (a fixed schedule flattens the learning curve: more images
-  at equal iterations scored lower). Disabled, ``SOLVER.MAX_ITER`` is used as is.
+  at equal iterations scored lower). Disabled, ``SOLVER.MAX_ITER`` is used as is; an override of
+  ``SOLVER.MAX_ITER`` alone disables it (what anyone who types one means), unless the overrides
+  also set ``TAUDIS.SCHEDULE.ENABLED``.
 - ``TAUDIS.SCHEDULE.FINETUNE_SCALE``: when a round starts from the previous round's model instead
   of from scratch, it trains this fraction of the schedule's iterations.
 - ``TAUDIS.COLLAPSE.MAX_CLS_LOSS_RATIO`` / ``MIN_ITERS`` / ``RETRIES``: a run from scratch of at
@@ -121,6 +123,12 @@ def load_config(config: str | os.PathLike[str] = CPU_CONFIG, opts: Sequence[str]
     if len(opts) % 2:
         raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
     cfg.merge_from_list(_widen_ints(cfg, list(opts)))
+    keys = set(opts[::2])
+    if "SOLVER.MAX_ITER" in keys and "TAUDIS.SCHEDULE.ENABLED" not in keys and cfg.TAUDIS.SCHEDULE.ENABLED:
+        log.info(
+            "SOLVER.MAX_ITER %s given: the training schedule is off (TAUDIS.SCHEDULE.ENABLED)", cfg.SOLVER.MAX_ITER
+        )
+        cfg.TAUDIS.SCHEDULE.ENABLED = False
     cfg.MODEL.DEVICE = resolve_device(cfg.TAUDIS.DEVICE)
     cfg.DATALOADER.NUM_WORKERS = loader_workers(int(cfg.DATALOADER.NUM_WORKERS), shm_bytes())
     return cfg
