@@ -103,6 +103,17 @@ def test_an_absent_or_null_area_is_measured_from_the_mask() -> None:
     assert gt["annotations"][3]["area"] is None, "filled in a copy"
 
 
+def test_a_stated_area_unlike_the_mask_does_not_move_the_object_to_another_size_range() -> None:
+    """A converter's placeholder 0, or a box's area, would score these medium objects as small or large."""
+    gt = _grid(6, side=40)
+    predictions = _predictions(gt, shift=9)
+    measured = evaluate_predictions(gt, predictions)
+    assert measured["segm"]["APm"] is not None and measured["segm"]["APs"] is None
+    for area in (0, 4, 100_000):
+        odd = {**gt, "annotations": [{**a, "area": area} for a in gt["annotations"]]}
+        assert evaluate_predictions(odd, predictions) == measured, area
+
+
 def test_annotations_of_one_id_are_each_scored() -> None:
     # COCO's index is keyed by annotation id: two of one id would be one object, the other's match a false positive.
     gt = _grid(6)

@@ -96,9 +96,8 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
         where = f"image id {image_id}"
         for key in ("height", "width"):
             if not _is_int(image[key]) or image[key] <= 0:
-                raise CocoFormatError(
-                    source, f"must be a positive integer, got {image[key]!r}", record=where, field=key
-                )
+                raise CocoFormatError(source, f"must be a positive integer, got {size_advice(image[key])}",
+                                      record=where, field=key)  # fmt: skip
         if not isinstance(image["file_name"], str) or not image["file_name"]:
             raise CocoFormatError(source, "must be a non-empty string", record=where, field="file_name")
     _check_unique_files(images, source)
@@ -132,6 +131,14 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
         _check_bbox(ann["bbox"], image, source, record)
         _check_segmentation(ann["segmentation"], image, source, record)
         _check_box_mask(ann["bbox"], ann["segmentation"], image, source, record)
+
+
+def size_advice(value: Any) -> str:
+    """A refused image size as the message shows it: a whole float says what to write instead (a
+    converter built on numpy or pandas writes 640.0)."""
+    if isinstance(value, float) and value.is_integer() and value > 0:
+        return f"{value!r} (write it as {int(value)}: COCO sizes are whole pixels, as integers)"
+    return repr(value)
 
 
 def _is_int(value: Any) -> bool:

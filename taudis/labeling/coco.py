@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeGuard, cast
 
+from taudis.data.coco import size_advice
 from taudis.data.labels import bbox_problem, rle_json, segmentation_problem, segmentation_rle
 from taudis.labeling.predictions import Prediction
 from taudis.labeling.toollabels import Problems, ToolAnnotation, ToolImage, ToolLabels, unreadable
@@ -151,7 +152,7 @@ def _images(
         unsized = sizes_optional and image.get("height") is None and image.get("width") is None
         for key in ("height", "width"):
             if not unsized and (not _is_int(image.get(key)) or image[key] <= 0):
-                problems.add(record, key, f"expected a positive integer, got {image.get(key)!r}")
+                problems.add(record, key, f"expected a positive integer, got {size_advice(image.get(key))}")
         if len(problems) > before:
             images.pop(image["id"], None)  # an id listed twice names no image for sure
             continue

@@ -73,11 +73,15 @@ def evaluate_predictions(ground_truth: dict[str, Any], predictions: Sequence[dic
 
 
 def _with_areas(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy for COCOeval: annotation ids 1..N, and ``iscrowd`` and ``area`` (where absent or null, the mask's).
+    """A copy for COCOeval: annotation ids 1..N, ``iscrowd`` (0 where absent), and ``area`` the mask's.
 
     COCOeval's matching stores a matched ground truth's id, and 0 for "no match": a ground truth of
     id 0 counts as missed however well it is found. Its index is keyed by id, so two annotations of
     one id become one. The ids are never reported, so renumbering changes nothing else.
+
+    The area sorts an object into COCOeval's small, medium and large ranges, and COCO defines it
+    as the mask's: a file's own (0 as a placeholder, the box's width times height) would score a
+    large object as a small one, so it is never used.
     """
     from pycocotools import mask as mask_utils
 
@@ -87,9 +91,8 @@ def _with_areas(data: dict[str, Any]) -> dict[str, Any]:
     for number, ann in enumerate(data.get("annotations", []), start=1):
         ann = dict(ann, id=number)
         ann.setdefault("iscrowd", 0)
-        if ann.get("area") is None:
-            img = images[ann["image_id"]]
-            ann["area"] = float(mask_utils.area(_to_rle(ann["segmentation"], img["height"], img["width"])))
+        img = images[ann["image_id"]]
+        ann["area"] = float(mask_utils.area(_to_rle(ann["segmentation"], img["height"], img["width"])))
         anns.append(ann)
     out["annotations"] = anns
     out.setdefault("info", {})
