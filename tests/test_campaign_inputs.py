@@ -352,6 +352,20 @@ def test_a_retried_ingest_step_still_reports_the_files_its_first_attempt_handled
     assert (intake["ingested"], intake["rejected"]) == (["good.json"], ["broken.json"])
 
 
+def test_pool_images_whose_names_compare_alike_are_never_confused() -> None:
+    """Two files on a disk, one name to a tool: a label naming either is refused, never put on the other."""
+    from taudis.campaign.ingest import PoolIndex, match_image
+
+    pool = make_pool(3)
+    pool["images"][0]["file_name"] = "pool/a b.png"
+    pool["images"][1]["file_name"] = "pool/a%20b.png"
+    index = PoolIndex.of(pool)
+    for ref in ("pool/a b.png", "pool/a%20b.png", "gs://bucket/pool/a b.png", "a b.png"):
+        pool_id, why = match_image(ref, index)
+        assert pool_id is None and "differ only in URL encoding" in why, ref
+    assert match_image(pool["images"][2]["file_name"], index) == (3, "")
+
+
 def test_a_bucket_object_whose_name_holds_a_hash_or_question_mark_is_matched() -> None:
     from taudis.campaign.ingest import PoolIndex, match_image
 

@@ -88,16 +88,23 @@ class PoolIndex:
     by_name: dict[str, int]
     by_base: dict[str, list[int]]
     categories: dict[str, int]
+    # Names two or more pool images share once compared (``a b.png`` and ``a%20b.png``: two files on
+    # a disk, one name to a tool): a label naming one is refused, never put on the other.
+    alike: dict[str, list[int]] = field(default_factory=dict)
     _renamed: dict[Callable[[str], str], dict[str, list[int]]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, pool: Mapping[str, Any]) -> PoolIndex:
         by_id = {int(im["id"]): dict(im) for im in pool["images"]}
-        by_name = {_normal(im["file_name"]): image_id for image_id, im in by_id.items()}
+        named: dict[str, list[int]] = {}
+        for image_id, im in by_id.items():
+            named.setdefault(_normal(im["file_name"]), []).append(image_id)
+        by_name = {name: ids[0] for name, ids in named.items()}
         by_base: dict[str, list[int]] = {}
         for name, image_id in by_name.items():
             by_base.setdefault(posixpath.basename(name), []).append(image_id)
-        return cls(by_id, by_name, by_base, {str(c["name"]): int(c["id"]) for c in pool["categories"]})
+        categories = {str(c["name"]): int(c["id"]) for c in pool["categories"]}
+        return cls(by_id, by_name, by_base, categories, {name: ids for name, ids in named.items() if len(ids) > 1})
 
     def renamed(self, rule: Callable[[str], str]) -> dict[str, list[int]]:
         """The pool's images by their base names rewritten by a tool's upload ``rule`` (made once per rule)."""
@@ -135,6 +142,18 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
     pool's (``dog/001.png`` against ``cat/001.png``) names another file: it is refused, never
     matched by its base name.
     """
+    pool_id, why = _match(ref, pool, renamed)
+    alike = pool.alike.get(_normal(pool.by_id[pool_id]["file_name"]), []) if pool_id is not None else []
+    if alike:
+        names = [pool.by_id[i]["file_name"] for i in alike]
+        return None, (
+            f"{ref!r} names all of pool images {names}: their file names differ only in URL encoding, Unicode "
+            "form or slashes, which labelling tools do not keep apart: rename all but one"
+        )
+    return pool_id, why
+
+
+def _match(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None) -> tuple[int | None, str]:
     text = _normal(ref)
     if renamed is not None and (uploads := _uploads(text, pool.renamed(renamed))):
         if len(uploads) == 1:
