@@ -221,6 +221,7 @@ def test_label_studio_json_lists_every_problem() -> None:
     assert "mark exactly one as ground truth" in messages["task 4"]
     assert "decodes to" in messages["r2"] or "ends" in messages["r2"]
     assert "empty" in messages["r3"] and "has no mask" in messages["r7"]
+    assert "taudis-3-* as the parts of one predicted instance" in messages["taudis-3-1"]
     with pytest.raises(LabelValidationError, match="22 problem"):
         labels.raise_for_problems()
 

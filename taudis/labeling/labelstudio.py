@@ -555,7 +555,12 @@ def _task_annotations(
         if category is None or polygon is None:
             continue
         if key in found and found[key][1] != category:
-            problems.add(where, f"value.{kind}", f"{category!r} differs from its instance's {found[key][1]!r}")
+            message = (
+                f"{category!r} differs from its instance's {found[key][1]!r}: taudis exported regions "
+                f"taudis-{group.group(1) if group else '?'}-* as the parts of one predicted instance; to label "
+                "a part apart, delete it and draw it again (a region of its own id)"
+            )
+            problems.add(where, f"value.{kind}", message)
             continue
         found.setdefault(key, (where, category, []))[2].append(polygon)
     return [
