@@ -336,6 +336,34 @@ def test_a_file_named_in_another_unicode_form_is_found_and_named(tmp_path: Path)
     assert "image id 1" in problem and "another Unicode form" in problem and repr(decomposed) in problem
 
 
+@pytest.mark.parametrize(
+    ("on_disk", "file_name", "why"),
+    [
+        ("Tile 1.PNG", "tile 1.png", "other letter case"),
+        ("tile 1.png", "tile%201.png", "URL-encoded otherwise"),
+    ],
+)
+def test_a_file_named_in_other_case_or_url_encoding_is_named(
+    tmp_path: Path, on_disk: str, file_name: str, why: str
+) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / on_disk, format="PNG")
+    data = {"images": [{"id": 1, "file_name": file_name, "height": 4, "width": 4}], "categories": []}
+    (problem,) = check_image_files(data, str(tmp_path))
+    assert "image id 1" in problem and why in problem and repr(on_disk) in problem
+
+
+def test_file_names_that_repeat_the_image_roots_folder_say_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    data = {"images": [{"id": 1, "file_name": "images/a.png", "height": 4, "width": 4}], "categories": []}
+    (problem,) = check_image_files(data, str(tmp_path / "images"))
+    assert "the image root's own folder 'images/'" in problem and "give the folder above" in problem
+
+
 def test_a_file_named_by_a_windows_path_gets_the_path_to_write(tmp_path: Path) -> None:
     from PIL import Image
 

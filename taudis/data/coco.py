@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
 REQUIRED_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "segmentation")
@@ -329,7 +330,7 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
                 frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
                 opened.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
-            hint = "" if os.path.exists(path) else _missing_hint(image["file_name"], path, folders)
+            hint = "" if os.path.exists(path) else _missing_hint(image["file_name"], path, image_root, folders)
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}{hint}")
             continue
         if (height, width) != (image["height"], image["width"]):
@@ -482,17 +483,35 @@ def normalised_warning(data: dict[str, Any]) -> str | None:
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
-def _missing_hint(file_name: str, path: str, folders: dict[str, dict[str, list[str]]]) -> str:
-    """Why a file_name may name no file: a Windows path, or the name in another Unicode form."""
+def _missing_hint(file_name: str, path: str, image_root: str, folders: dict[str, dict[str, list[str]]]) -> str:
+    """Why a file_name may name no file: a Windows path, the image root's own folder named twice, or
+    the name in another form (Unicode, letter case, URL encoding)."""
     if WINDOWS_DRIVE.match(file_name) or file_name.startswith("\\\\"):
         return " (file_name is an absolute Windows path: write it relative to the image root, with /)"
     if "\\" in file_name:
         return f" (file_name uses Windows separators: write {file_name.replace(chr(92), '/')!r})"
+    first, _, rest = file_name.partition("/")
+    if (
+        rest
+        and first == os.path.basename(os.path.normpath(image_root))
+        and os.path.exists(os.path.join(image_root, rest))
+    ):
+        there = os.path.join(image_root, rest)
+        return (
+            f" (file_name starts with the image root's own folder {first + '/'!r}, and {there} exists: give the "
+            "folder above as the image root, or drop the folder from the file names)"
+        )
     return _other_form_hint(path, folders)
 
 
+def _alike(name: str) -> str:
+    """A file name as a person reads it: URL-decoded, one Unicode form, one letter case."""
+    return unicodedata.normalize("NFC", unquote(name)).casefold()
+
+
 def _other_form_hint(path: str, folders: dict[str, dict[str, list[str]]]) -> str:
-    """A hint when the folder holds the file under its name in another Unicode form (NFC, NFD)."""
+    """A hint when the folder holds the file under its name in another form: Unicode (NFC, NFD),
+    letter case (a disk that ignores it, where the names were written), or URL encoding."""
     folder, name = os.path.split(path)
     if folder not in folders:
         try:
@@ -501,14 +520,18 @@ def _other_form_hint(path: str, folders: dict[str, dict[str, list[str]]]) -> str
             listed = []
         folders[folder] = {}
         for entry in listed:
-            folders[folder].setdefault(unicodedata.normalize("NFC", entry), []).append(entry)
-    others = [n for n in folders[folder].get(unicodedata.normalize("NFC", name), []) if n != name]
+            folders[folder].setdefault(_alike(entry), []).append(entry)
+    others = [n for n in folders[folder].get(_alike(name), []) if n != name]
     if not others:
         return ""
-    return (
-        f" (the folder holds {others[0]!r}, the same name in another Unicode form, as macOS writes it: "
-        "rename the file, or the file_name, to one form)"
-    )
+    other = others[0]
+    if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+        why = "the same name in another Unicode form, as macOS writes it"
+    elif unquote(other) == unquote(name):
+        why = "the same name URL-encoded otherwise (%20 is a space)"
+    else:
+        why = "the same name in other letter case (a disk that ignores case, where the names were written)"
+    return f" (the folder holds {other!r}, {why}: rename the file, or the file_name, to one form)"
 
 
 def write_coco(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
