@@ -124,6 +124,12 @@ SEG0 = ("annotations", 0, "segmentation")
         (_set(("images", 1, "id"), 1), "image #1", "id", "duplicate image id 1"),
         (_set(("images", 0, "height"), 0), "image id 1", "height", "positive integer"),
         (_set(("images", 0, "width"), 640.0), "image id 1", "width", "got 640.0 (write it as 640"),
+        (
+            _set(("annotations",), [{"image_id": 1, "file_name": "a.png", "segments_info": []}]),
+            "annotation #0",
+            "segments_info",
+            "a COCO panoptic file",
+        ),
         (_set(("categories", 0, "name"), KeyError), "category #0", "name", "missing key"),
         (_set(("categories",), KeyError), None, "categories", "missing"),
         (_set(("images", 1, "file_name"), "./a.png"), "image id 2", "file_name", "also image id 1"),

@@ -81,3 +81,16 @@ def test_a_box_must_be_its_masks(bbox: list[float], agrees: bool) -> None:
 def test_an_empty_mask_has_no_box_to_disagree_with() -> None:
     empty = mask_utils.encode(np.zeros((4, 4), np.uint8, order="F"))
     assert box_mask_problem([1.0, 1.0, 2.0, 2.0], empty) is None
+
+
+def test_a_mask_run_row_by_row_is_named_as_such() -> None:
+    """A converter that ran the mask with numpy's default flatten() writes its runs row by row."""
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:20] = 1
+    flat = mask.flatten()  # row by row: COCO's runs go column by column
+    changes = np.flatnonzero(np.diff(np.r_[0, flat, 1 - flat[-1]]))
+    runs = np.diff(np.r_[0, changes]).tolist()
+    rle = mask_utils.frPyObjects({"size": [30, 40], "counts": runs}, 30, 40)
+    problem = box_mask_problem([5.0, 5.0, 15.0, 10.0], rle)
+    assert problem is not None and "read row by row" in problem and "column by column" in problem
+    assert "row by row" not in (box_mask_problem([20.0, 30.0, 60.0, 40.0], _box_rle(20, 30, 40, 10)) or "")

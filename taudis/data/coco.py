@@ -90,6 +90,14 @@ def validate_coco(data: dict[str, Any], *, source: str = "<memory>") -> None:
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
         raise CocoFormatError(source, "non-list top-level key 'annotations'", field="annotations")
+    if annotations and isinstance(annotations[0], dict) and "segments_info" in annotations[0]:
+        raise CocoFormatError(
+            source,
+            "a COCO panoptic file (segments_info, and masks in PNG files beside it): taudis reads COCO instance "
+            "segmentation (instances_*.json); convert it, e.g. with panopticapi's panoptic2detection converter",
+            record="annotation #0",
+            field="segments_info",
+        )
     categories = _check_records(data["categories"], "category", REQUIRED_CATEGORY_KEYS, source)
     images = _check_records(data["images"], "image", REQUIRED_IMAGE_KEYS, source)
     _check_unique_names(categories, source)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 MAX_PROBLEMS = 50  # shown in the message; every problem stays in ``problems``
 
 
@@ -167,17 +169,42 @@ def box_mask_problem(bbox: Sequence[float], rle: Mapping[str, Any]) -> str | Non
 
     if int(mask_utils.area(rle)) == 0:
         return None  # nothing to compare with: the mask's own rule reports it where it matters
-    mx, my, mw, mh = (float(v) for v in mask_utils.toBbox(rle))
-    x, y, w, h = (float(v) for v in bbox)
+    mask_box = [float(v) for v in mask_utils.toBbox(rle)]
+    if _boxes_agree(bbox, mask_box):
+        return None
+    told = f"box {[round(float(v), 1) for v in bbox]} is not its mask's, which spans {[round(v, 1) for v in mask_box]}"
+    if _boxes_agree(bbox, _row_major_box(rle)):
+        return (
+            f"{told}, but is the mask's read row by row: COCO's RLE runs go column by column (numpy's "
+            "mask.flatten(order='F'), or pycocotools.mask.encode(np.asfortranarray(mask)))"
+        )
+    return (
+        f"{told} ([x, y, width, height]): a box given as [x1, y1, x2, y2], or a mask in other coordinates than the "
+        "image's pixels?"
+    )
+
+
+def _boxes_agree(box: Sequence[float], mask_box: Sequence[float] | None) -> bool:
+    """Whether a stated box is a mask's box, within the slack of rounding and of tools' outlines."""
+    if mask_box is None:
+        return False
+    x, y, w, h = (float(v) for v in box)
+    mx, my, mw, mh = mask_box
     slack_x = BOX_SLACK_PIXELS + BOX_SLACK_SHARE * mw
     slack_y = BOX_SLACK_PIXELS + BOX_SLACK_SHARE * mh
-    if max(abs(x - mx), abs(x + w - mx - mw)) <= slack_x and max(abs(y - my), abs(y + h - my - mh)) <= slack_y:
+    return max(abs(x - mx), abs(x + w - mx - mw)) <= slack_x and max(abs(y - my), abs(y + h - my - mh)) <= slack_y
+
+
+def _row_major_box(rle: Mapping[str, Any]) -> list[float] | None:
+    """The box of the mask whose runs are read row by row (the mix-up of a converter that ran them so)."""
+    from pycocotools import mask as mask_utils
+
+    mask = mask_utils.decode(dict(rle))
+    rows = mask.flatten(order="F").reshape(mask.shape)  # the runs' pixels in the order they were written
+    ys, xs = np.nonzero(rows)
+    if ys.size == 0:
         return None
-    mask_box = [round(v, 1) for v in (mx, my, mw, mh)]
-    return (
-        f"box {[round(v, 1) for v in (x, y, w, h)]} is not its mask's, which spans {mask_box} ([x, y, width, height]): "
-        "a box given as [x1, y1, x2, y2], or a mask in other coordinates than the image's pixels?"
-    )
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
 def segmentation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
