@@ -163,6 +163,12 @@ def test_a_coco_folder_that_breaks_the_splits_is_refused_naming_the_file(tmp_pat
     (gone / "images" / "b.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"pool\.json, images\[1\] \(id 2\), field 'file_name': no file"):
         prepare_dataset(str(gone), tmp_path / "w")
+    _png(gone / "images" / "B.PNG")  # named otherwise on disk: the message says how
+    with pytest.raises(
+        FileNotFoundError, match=r"no file .*b\.png \(the folder holds 'B\.PNG', the same name in other"
+    ):
+        prepare_dataset(str(gone), tmp_path / "w")
+    (gone / "images" / "B.PNG").unlink()
     _png(gone / "images" / "b.png")  # fixed: checked again, and accepted
     assert len(json.loads(prepare_dataset(str(gone), tmp_path / "w").pool.read_text())["images"]) == 2
     with pytest.raises(FileNotFoundError, match=r"--initial given needs .*train\.json"):

@@ -25,6 +25,7 @@ from taudis.data.coco import (
     annotation_warnings,
     inspect_image_files,
     load_coco,
+    missing_file_hint,
     normal_file_name,
     nothing_to_score,
     subset_coco,
@@ -318,8 +319,9 @@ def _check_splits(found: dict[str, dict[str, Any]], paths: dict[str, Path], imag
     for split, d in found.items():
         for i, image in enumerate(d["images"]):
             if not (images / image["file_name"]).is_file():
+                hint = missing_file_hint(image["file_name"], str(images))
                 raise FileNotFoundError(f"{paths[split]}, images[{i}] (id {image['id']}), field 'file_name': "
-                                        f"no file {images / image['file_name']}")  # fmt: skip
+                                        f"no file {images / image['file_name']}{hint}")  # fmt: skip
     for split in ("pool", "val"):
         _require_objects(found[split], paths[split], split)
     warnings = []

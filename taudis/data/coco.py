@@ -491,6 +491,11 @@ def normalised_warning(data: dict[str, Any]) -> str | None:
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
+def missing_file_hint(file_name: str, image_root: str) -> str:
+    """Why ``file_name`` may name no file under ``image_root`` (empty when nothing tells): " (...)"."""
+    return _missing_hint(file_name, os.path.join(image_root, file_name), image_root, {})
+
+
 def _missing_hint(file_name: str, path: str, image_root: str, folders: dict[str, dict[str, list[str]]]) -> str:
     """Why a file_name may name no file: a Windows path, the image root's own folder named twice, or
     the name in another form (Unicode, letter case, URL encoding)."""
