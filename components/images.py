@@ -62,10 +62,15 @@ def check_registry(registry: str) -> str:
         ValueError: a scheme, a tag, upper case in the path or anything else a reference cannot hold.
     """
     value = registry.strip().rstrip("/")
-    if not _REGISTRY.match(value):
+    host = value.split("/", 1)[0]
+    # A first part without "." or ":" is a host only when it is localhost or holds upper case (an
+    # engine reads "myorg/x" as Docker Hub's myorg): "R" or "REGISTRY" is a placeholder left unfilled.
+    placeholder = not any(c in host for c in ".:") and host != LOCAL_REGISTRY and host != host.lower()
+    if not _REGISTRY.match(value) or placeholder:
         raise ValueError(
             f"image registry {registry!r} is not HOST[:PORT][/PATH] with a lower-case path "
             "(e.g. europe-west4-docker.pkg.dev/my-project/taudis, ghcr.io/my-org, localhost)"
+            + (f": {host!r} names no host (a placeholder left unfilled?)" if placeholder else "")
         )
     return value
 

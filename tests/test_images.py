@@ -152,6 +152,9 @@ def test_compiling_for_a_cluster_without_a_registry_fails_and_locally_means_loca
     assert images == set(image_refs("localhost").values())
     with pytest.raises(ValueError, match="registry"):
         compile_pipeline(tmp_path / "bad.yaml", "round", "taudis", registry="https://Registry.example/Taudis")
+    for placeholder in ("R", "REGISTRY/taudis"):  # pasted from the docs unfilled: a host named "R"
+        with pytest.raises(ValueError, match="placeholder"):
+            compile_pipeline(tmp_path / "bad.yaml", "round", "taudis", registry=placeholder)
     with pytest.raises(SystemExit, match="--push needs --registry"):
         build_images.main(["--push", "--dry-run"])
 
