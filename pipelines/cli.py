@@ -405,7 +405,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"taudis pipeline: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        why = _api_failure(err)
+        if why is None:
+            raise
+        print(f"taudis pipeline: the KFP API at {args.host}: {why}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _api_failure(err: Exception) -> str | None:
+    """What went wrong talking to a KFP endpoint (unreachable, or an error answer), else None: a bug propagates."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    if isinstance(err, urllib3.exceptions.MaxRetryError):
+        return f"cannot be reached ({err.reason}): is --host right, and the port-forward or proxy up?"
+    if isinstance(err, urllib3.exceptions.HTTPError):
+        return f"cannot be reached ({err})"
+    if isinstance(err, ApiException):
+        hint = " (the runner's identity lacks the permission?)" if err.status in (401, 403) else ""
+        return f"answered {err.status} {err.reason}{hint}: {str(err.body or '')[:500]}"
+    return None
 
 
 if __name__ == "__main__":

@@ -255,6 +255,19 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(packages,
     assert body["pipeline_spec"]["pipeline_spec"] == pipeline_spec(package)
 
 
+def test_an_unreachable_kfp_endpoint_is_one_line_not_a_traceback(packages, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    params = [arg for k, v in REQUIRED.items() for arg in ("-p", f"{k}={v}")]
+    args = ["submit", str(packages["round", "taudis", "kubernetes"]), "--host", host, "--pipeline-root", "gs://b/r"]
+    assert main([*args, *params]) == 1
+    err = capsys.readouterr().err
+    assert f"the KFP API at {host}: cannot be reached" in err and "Traceback" not in err
+
+
 def test_cli_schedule_refuses_bad_parameters_before_sending_anything(packages, fake_kfp, capsys):
     package = packages["round", "taudis", "kubernetes"]
     params = [arg for k, v in REQUIRED.items() for arg in ("-p", f"{k}={v}")]
