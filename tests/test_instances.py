@@ -86,6 +86,37 @@ def test_iter_shards_rejects_different_embedding_widths(tmp_path: Path) -> None:
     assert err.value.field == "embeddings" and "s2" in err.value.shard
 
 
+def test_iter_shards_rejects_shards_of_two_models(tmp_path: Path) -> None:
+    """An earlier round's shards left in the folder: their scores and embeddings do not compare."""
+    write_shard(tmp_path / "s0", **columns(), model_id="sha256:aaaa")
+    write_shard(tmp_path / "s1", **columns())  # names no model: not compared
+    write_shard(tmp_path / "s2", **columns(), model_id="sha256:aaaa")
+    assert len(list(iter_shards(tmp_path))) == 3
+    write_shard(tmp_path / "s3", **columns(), model_id="sha256:bbbb")
+    with pytest.raises(InstanceTableError, match=r"model sha256:bbbb, and .*s0 by model sha256:aaaa") as err:
+        list(iter_shards(tmp_path))
+    assert err.value.field == "model_id" and "s3" in err.value.shard
+
+
+def test_core_set_refuses_labelled_shards_of_another_model_or_width(tmp_path: Path) -> None:
+    from taudis.select import select
+
+    write_shard(tmp_path / "pool" / "s0", **columns(), model_id="sha256:aaaa")
+    labelled = {**columns(), "image_ids": np.arange(90, 93), "instance_image": np.repeat(np.arange(90, 93), (2, 0, 3))}
+    write_shard(tmp_path / "other" / "s0", **labelled, model_id="sha256:bbbb")
+    with pytest.raises(InstanceTableError, match="both must come from one model"):
+        select(tmp_path / "pool", 2, "coreset", labelled=tmp_path / "other")
+    wide = columns(d=8)
+    write_shard(
+        tmp_path / "wide" / "s0",
+        **{**wide, "image_ids": labelled["image_ids"], "instance_image": labelled["instance_image"]},
+    )
+    with pytest.raises(InstanceTableError, match=r"embedding widths \[5, 8\]"):
+        select(tmp_path / "pool", 2, "coreset", labelled=tmp_path / "wide")
+    write_shard(tmp_path / "same" / "s0", **labelled, model_id="sha256:aaaa")
+    assert len(select(tmp_path / "pool", 2, "coreset", labelled=tmp_path / "same").image_ids) == 2
+
+
 def test_list_shards_skips_a_crashed_writers_temporary_directory(tmp_path: Path) -> None:
     write_shard(tmp_path / "s0", **columns())
     shutil.copytree(tmp_path / "s0", tmp_path / ".s1.abc123")  # complete, but never renamed into place

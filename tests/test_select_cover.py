@@ -238,3 +238,22 @@ def test_greedi_small_and_empty(n: int, k: int, parts: int) -> None:
         assert res.covered == coverage_count(g, res.chosen)
         if k >= n:
             assert res.covered == single.covered == n
+
+
+def test_a_graph_that_would_not_fit_in_memory_is_refused_before_it_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Post-ReLU embeddings link nearly every pair at sigma 0.8: on a large pool a pod would be killed
+    without a word, so the graph is refused up front with the estimate and what makes it smaller."""
+    from taudis.select import graph as graph_module
+
+    rng = np.random.default_rng(0)
+    dense = np.maximum(rng.standard_normal((3000, 16)) + 2.0, 0).astype(np.float32)
+    edges = 3000 * 2999 // 2
+    monkeypatch.setattr(graph_module, "available_memory", lambda: edges * graph_module.BYTES_PER_EDGE // 4)
+    with pytest.raises(graph_module.GraphTooLargeError, match=r"sigma 0\.8 would hold about .* GiB.*whiten"):
+        similarity_graph(dense, 0.8)
+    with pytest.raises(graph_module.GraphTooLargeError, match="3,000 x 3,000"):
+        bipartite_graph(dense, dense, 0.8)
+    sparse = rng.standard_normal((3000, 16)).astype(np.float32)  # centred: few pairs within 0.8
+    assert 0 < similarity_graph(sparse, 0.8).num_edges < edges // 4  # fits the same memory: built
+    monkeypatch.setattr(graph_module, "available_memory", lambda: None)  # unknown: built as before
+    assert similarity_graph(dense[:300], 0.8).num_edges > 0

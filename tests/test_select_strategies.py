@@ -377,6 +377,19 @@ def test_cli_reports_bad_input(pool: Path, tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "x.json").exists()
 
 
+def test_cli_names_what_it_cannot_write_or_read(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "huge.txt").write_text("99999999999999999999\n")
+    cases = [
+        (["--out", str(tmp_path / "folder")], "is a folder"),
+        (["--out", str(tmp_path / "x.json"), "--exclude", str(tmp_path / "huge.txt")], "huge.txt, line 1"),
+    ]
+    for extra, words in cases:
+        assert cli_main(["--instances", str(pool), "--budget", "3", *extra]) == 2
+        assert words in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "huge.txt"]  # nothing half written
+
+
 def test_taudis_cli_dispatches_select(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from taudis.cli import main as taudis_main
 

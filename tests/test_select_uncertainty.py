@@ -110,6 +110,19 @@ def test_combinations() -> None:
     np.testing.assert_allclose(combine(base, "product_rank"), [0.0, 0.0, 0.5])
 
 
+def test_a_constant_base_metric_is_left_out_of_a_product_not_made_everyones_zero() -> None:
+    """Saturated masks (float16 0/1) make seg_entropy constant: the product must still tell instances apart."""
+    base = {"margin": np.array([0.1, 0.9, 0.5]), "entropy": np.array([0.2, 0.6, 0.4]), "seg_entropy": np.zeros(3)}
+    without = {"margin": base["margin"], "entropy": base["entropy"]}
+    for how in ("rank", "minmax"):
+        normalise = rank_normalise if how == "rank" else minmax_normalise
+        want = np.prod([normalise(v) for v in without.values()], axis=0)
+        np.testing.assert_allclose(combine(base, f"product_{how}"), want)
+        assert np.argmax(combine(base, f"product_{how}")) == 1
+    flat = {m: np.full(3, 0.3) for m in base}
+    np.testing.assert_array_equal(combine(flat, "product_rank"), np.zeros(3))  # nothing tells them apart
+
+
 @pytest.mark.parametrize("aggregation", ["mean", "max", "sum"])
 def test_aggregation(aggregation: str) -> None:
     images = np.array([1, 2, 5, 9])

@@ -269,11 +269,13 @@ def list_shards(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def iter_shards(root: str | os.PathLike[str], *, validate: bool = True) -> Iterator[InstanceShard]:
-    """Open every shard under ``root`` in name order, checking that they agree on classes and
-    on the embedding width (of the shards that have instances; an empty one may have any width).
+    """Open every shard under ``root`` in name order, checking that they agree on the model that
+    wrote them (where they name one), on classes and on the embedding width (of the shards that
+    have instances; an empty one may have any width).
     """
     first: InstanceShard | None = None
     width: tuple[Path, int] | None = None  # the first shard with instances, and its embedding width
+    model: InstanceShard | None = None  # the first shard that names its model
     for path in list_shards(root):
         shard = read_shard(path, validate=validate)
         if first is None:
@@ -283,6 +285,16 @@ def iter_shards(root: str | os.PathLike[str], *, validate: bool = True) -> Itera
                 path,
                 f"class names {shard.class_names} differ from {first.path}'s {first.class_names}",
                 field="class_names",
+            )
+        if shard.model_id and model is None:
+            model = shard
+        elif shard.model_id and model is not None and shard.model_id != model.model_id:
+            # Shards of two rounds' models in one folder: their scores and embeddings do not compare.
+            raise InstanceTableError(
+                path,
+                f"written by model {shard.model_id}, and {model.path} by model {model.model_id}: one model's "
+                "shards per selection (a folder holding an earlier round's shards too?)",
+                field="model_id",
             )
         if shard.num_instances and shard.embeddings.ndim == 2:
             if width is None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from taudis.data.instances import InstanceTableError
+from taudis.select.graph import GraphTooLargeError
 from taudis.select.pool import STRATEGIES, UNIVERSES
 from taudis.select.strategies import select
 from taudis.select.uncertainty import AGGREGATIONS, DEFAULT_METRIC, METRICS
@@ -52,6 +53,8 @@ def _read_ids(path: Path) -> list[int]:
             ids.append(int(text))
         except ValueError as err:
             raise ValueError(f"{path}, line {n}: not an image id: {text!r}") from err
+        if not -(2**63) <= ids[-1] < 2**63:
+            raise ValueError(f"{path}, line {n}: image id {text} is outside the 64-bit ids images have")
     return ids
 
 
@@ -76,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             whiten=args.whiten,
             labelled=args.labelled,
         )
-    except (InstanceTableError, ValueError, OSError) as err:
+        selection.save(args.out)
+    except (InstanceTableError, ValueError, OSError, GraphTooLargeError) as err:
         print(f"taudis select: error: {err}", file=sys.stderr)
         return 2
-    selection.save(args.out)
     stats = selection.stats
     coverage = "n/a" if stats["coverage"] is None else f"{stats['coverage']:.4f}"
     print(

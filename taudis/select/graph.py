@@ -163,6 +163,72 @@ def _csr_from_pairs(num_rows: int, rows: np.ndarray, cols: np.ndarray, mirror: b
     return indptr, indices
 
 
+# Bytes a graph holds at its peak per edge it stores (one direction): the tiles' int32 (row, col)
+# pairs, their concatenated copy, the CSR indices, and the cover's transposed index.
+BYTES_PER_EDGE = 28
+SAMPLED_PAIRS = 200_000  # pairs drawn to estimate a large graph's edges before building it
+
+
+class GraphTooLargeError(MemoryError):
+    """The graph would not fit in this machine's memory; the message says how to make it smaller."""
+
+
+def check_fits_in_memory(x: np.ndarray, y: np.ndarray, sigma: float, *, symmetric: bool) -> None:
+    """Refuse, before building it, a graph whose edges would not fit in the memory left.
+
+    Mask-head embeddings are post-ReLU, so their cosines crowd near 1 and at sigma 0.8 most pairs
+    can be edges: a graph on every instance of a large pool (diversity-only, ``universe=pool``)
+    would then need tens of GiB, and a pod would be killed without a word. The edges are
+    estimated from a sample of pairs (the unit rows ``x`` and ``y``).
+
+    Raises:
+        GraphTooLargeError: naming the estimate, the memory left and what makes the graph smaller.
+    """
+    n, m = x.shape[0], y.shape[0]
+    pairs = n * (n - 1) // 2 if symmetric else n * m
+    available = available_memory()
+    if available is None or pairs * BYTES_PER_EDGE <= available // 2:
+        return  # even a complete graph fits: nothing to estimate
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, n, SAMPLED_PAIRS), rng.integers(0, m, SAMPLED_PAIRS)
+    if symmetric:
+        keep = i != j
+        i, j = i[keep], j[keep]
+    cosines = np.einsum("ij,ij->i", x[i], y[j])
+    density = float(np.mean(cosines >= sigma - COS_ATOL)) if cosines.size else 0.0
+    needed = density * pairs * BYTES_PER_EDGE
+    if needed <= available:
+        return
+    raise GraphTooLargeError(
+        f"the similarity graph of {n:,} x {m:,} embeddings at sigma {sigma:g} would hold about "
+        f"{density * pairs:,.0f} edges ({density:.0%} of the pairs are within sigma), about "
+        f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB this machine has left: "
+        "raise sigma, whiten the embeddings (whiten, with sigma 0.3 to 0.5), split the cover with "
+        "partitions (GreeDi), or cover the candidates rather than the pool (universe=candidates)"
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of the machine's available memory and its
+    cgroup's (a container's) limit less its usage; None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
+            text = limit.read().strip()
+            if text != "max":
+                limits.append(int(text) - int(used.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -187,6 +253,7 @@ def similarity_graph(embeddings: np.ndarray, sigma: float, *, tile: int = TILE, 
     n = x.shape[0]
     if n >= np.iinfo(np.int32).max:
         raise ValueError(f"{n} nodes exceed the int32 node ids of the graph")
+    check_fits_in_memory(x, x, sigma, symmetric=True)
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     no_skip = np.full(tile, -1, np.int64)
@@ -220,6 +287,7 @@ def bipartite_graph(
     """
     x, y = unit_rows(rows_x), unit_rows(cols_y)
     r_total, c_total = x.shape[0], y.shape[0]
+    check_fits_in_memory(x, y, sigma, symmetric=False)
     skip_all = np.full(r_total, -1, np.int64) if self_cols is None else np.asarray(self_cols, dtype=np.int64)
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []

@@ -133,9 +133,14 @@ class Selection:
         """Write the JSON to ``path`` (atomically: a temporary sibling renamed into place)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder: --out names the selection's JSON file")
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(self.to_json())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing half written is left beside it
         return path
 
     @classmethod

@@ -25,10 +25,12 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from taudis.data.instances import InstanceTableError, read_shard
 from taudis.select.baselines import coreset_images, image_embeddings, random_images, uncertainty_images
 from taudis.select.cover import CoverResult, cover_embeddings, greedy_cover_bipartite
 from taudis.select.graph import bipartite_graph
@@ -302,7 +304,7 @@ def select(
         images = uncertainty_images(pool.image_ids, img_u, pool.instance_counts, b, aggregation, metric)
     else:
         emb, has = image_embeddings(scores.shard_paths, pool.image_ids, pool.eligible, scores.shard_offsets)
-        centers = labelled_centers(labelled) if labelled is not None else None
+        centers = labelled_centers(labelled, like=scores) if labelled is not None else None
         if centers is not None:
             notes = [*notes, f"k-center from {len(centers)} labelled images with an embedding as the first centers"]
         images = coreset_images(pool.image_ids, emb, has, img_u, b, seed, centers)
@@ -310,12 +312,39 @@ def select(
     return _finish(strategy, params, budget, pool, images, [], notes, 0, filled, None)
 
 
-def labelled_centers(labelled: str | os.PathLike[str]) -> np.ndarray:
-    """Image embeddings (float32, unit rows) of the labelled images that have a predicted instance."""
+def labelled_centers(labelled: str | os.PathLike[str], like: PoolScores | None = None) -> np.ndarray:
+    """Image embeddings (float32, unit rows) of the labelled images that have a predicted instance.
+
+    With ``like`` (the pool's scores), the labelled shards must come from the pool's model: another
+    model's embeddings live in another space, and distances between the two mean nothing.
+    """
     scores = score_pool(labelled, [DEFAULT_METRIC])
+    if like is not None:
+        _same_model(scores, like, labelled)
     every = np.ones(scores.instance_image.shape[0], bool)
     emb, has = image_embeddings(scores.shard_paths, scores.image_ids, every, scores.shard_offsets)
     return emb[has]
+
+
+def _same_model(labelled: PoolScores, pool: PoolScores, where: str | os.PathLike[str]) -> None:
+    labelled_shards = [read_shard(p, validate=False) for p in labelled.shard_paths]
+    pool_shards = [read_shard(p, validate=False) for p in pool.shard_paths]
+    ours = {shard.model_id for shard in labelled_shards} - {""}
+    theirs = {shard.model_id for shard in pool_shards} - {""}
+    if ours and theirs and ours != theirs:
+        raise InstanceTableError(
+            Path(where),
+            f"the labelled images' shards were written by model {sorted(ours)}, the pool's by {sorted(theirs)}: "
+            "core-set compares their embeddings, so both must come from one model",
+            field="model_id",
+        )
+    widths = {shard.embeddings.shape[1] for shard in (*labelled_shards, *pool_shards) if shard.num_instances}
+    if len(widths) > 1:
+        raise InstanceTableError(
+            Path(where),
+            f"embedding widths {sorted(widths)} of the labelled and the pool's shards differ",
+            field="embeddings",
+        )
 
 
 def _cover_and_vote(

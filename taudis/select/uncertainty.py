@@ -17,7 +17,9 @@ instance. Metric names live in one registry, :data:`METRICS`:
   numbers do not depend on which images are excluded):
   ``mean_minmax`` / ``product_minmax`` (min-max normalised to [0, 1]; a constant metric
   normalises to 0) and ``mean_rank`` / ``product_rank`` (rank normalised: the fraction of
-  instances with a strictly smaller value, so ties share a rank).
+  instances with a strictly smaller value, so ties share a rank). A base metric that is constant
+  over those instances (one-hot class probabilities, saturated masks) tells none apart: a
+  product leaves it out, rather than multiplying every instance by its 0.
 
 The default metric is ``product_rank``, chosen by the active-learning benchmark
 (docs/benchmark.md): on both of its datasets, three seeds each, every strategy from the same
@@ -178,9 +180,12 @@ def combine(base: dict[str, np.ndarray], name: str) -> np.ndarray:
     how, _, norm = name.partition("_")
     normalise = minmax_normalise if norm == "minmax" else rank_normalise
     parts = [normalise(base[m]) for m in BASE_METRICS]
+    if not parts[0].size:
+        return np.zeros(0)
     if how == "mean":
-        return np.mean(parts, axis=0) if parts[0].size else np.zeros(0)
-    return np.prod(parts, axis=0) if parts[0].size else np.zeros(0)
+        return np.mean(parts, axis=0)
+    telling = [part for m, part in zip(BASE_METRICS, parts, strict=True) if np.ptp(base[m]) > 0]
+    return np.prod(telling, axis=0) if telling else np.zeros_like(parts[0])
 
 
 def derive_metrics(base: dict[str, np.ndarray], metrics: Sequence[str], num_classes: int) -> dict[str, np.ndarray]:
