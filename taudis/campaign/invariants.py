@@ -153,11 +153,11 @@ def _withdrawn(campaign: Campaign, ledger: Ledger) -> list[str]:
     files = storage.list_uris(campaign.file("labels/")) + (
         [campaign.labelled] if storage.exists(campaign.labelled) else []
     )
-    for uri in files:
+    for uri, data in zip(files, storage.read_many(files, missing_ok=True), strict=True):
         try:
-            document = json.loads(storage.read_bytes(uri))
-            held = sorted({int(im["id"]) for im in document["images"]} & ledger.withdrawn)
-        except (storage.NotFoundError, ValueError, KeyError, TypeError):
+            document = json.loads(data) if data is not None else {}
+            held = sorted({int(im["id"]) for im in document.get("images", [])} & ledger.withdrawn)
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue  # gone meanwhile, or not a label file: the other checks name what is damaged
         if held:
             out.append(f"{uri} holds withdrawn images {held[:10]}")

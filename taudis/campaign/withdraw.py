@@ -334,10 +334,11 @@ def _scrub(uri: str, withdrawn: frozenset[int]) -> str:
 
 
 def _label_documents(campaign: Campaign) -> Iterable[dict[str, Any]]:
-    for uri in storage.list_uris(campaign.file("labels/")):
+    uris = storage.list_uris(campaign.file("labels/"))
+    for data in storage.read_many(uris, missing_ok=True):
         try:
-            document = json.loads(storage.read_bytes(uri))
-        except (storage.NotFoundError, ValueError):
+            document = json.loads(data) if data is not None else None
+        except ValueError:
             continue
         if isinstance(document, dict):
             yield document

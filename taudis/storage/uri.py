@@ -34,7 +34,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -286,6 +287,35 @@ def read_bytes(uri: str | os.PathLike[str]) -> bytes:
         return _read_local(uri)
     with _gcs_errors(uri):
         return bytes(_blob(uri).download_as_bytes(retry=gcs_retry(), timeout=REQUEST_TIMEOUT))
+
+
+# Objects read at once by read_many on GCS: each read waits on a round trip, not on the CPU.
+PARALLEL_READS = 16
+
+
+def read_many(uris: Sequence[str], *, missing_ok: bool = False) -> list[bytes | None]:
+    """Every object's bytes, in order: in parallel on GCS (a campaign's hundreds of label parts
+    would otherwise cost a round trip each, one after another), one by one locally.
+
+    Args:
+        missing_ok: a missing object gives None instead of raising.
+
+    Raises:
+        NotFoundError: an object is missing (unless ``missing_ok``).
+    """
+
+    def read(uri: str) -> bytes | None:
+        try:
+            return read_bytes(uri)
+        except NotFoundError:
+            if missing_ok:
+                return None
+            raise
+
+    if len(uris) > 1 and any(is_gcs(u) for u in uris):
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, len(uris))) as pool:
+            return list(pool.map(read, uris))
+    return [read(u) for u in uris]
 
 
 def write_bytes(uri: str | os.PathLike[str], data: bytes, *, content_type: str = "application/octet-stream") -> None:
