@@ -102,6 +102,40 @@ def test_compaction_writes_a_snapshot_and_keeps_the_state(tmp_path: Path) -> Non
     assert read_ledger(uri) == state and state.pending == frozenset(range(COMPACT_AFTER + 3))
 
 
+def test_segments_two_snapshots_old_are_deleted_and_the_state_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weekly rounds write about a hundred segments a week: ledger/ keeps about two snapshots' worth."""
+    monkeypatch.setattr(ledger_mod, "COMPACT_AFTER", 4)
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(100))
+    counts = []
+    for i in range(40):
+        state = update_ledger(uri, f"op-{i}", _add_pending(i))
+        counts.append(len(list((tmp_path / "ledger").iterdir())))
+        assert read_ledger(uri) == state  # every head's segments are there
+    assert max(counts) <= 2 * 4 + 1 and state.pending == frozenset(range(40))
+    listed = set(storage.read_json(uri)["segments"])
+    kept = {f"ledger/{p.name}" for p in (tmp_path / "ledger").iterdir()}
+    assert listed <= kept
+
+
+def test_brief_op_ids_are_kept_among_the_latest_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal's or a round's facts' op id guards its own call's retries: the head need not keep it for years."""
+    monkeypatch.setattr(ledger_mod, "BRIEF_OPS_KEPT", 3)
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(100))
+    update_ledger(uri, "ingest:file-a", _add_pending(0))
+    for i in range(10):
+        update_ledger(uri, f"renew:{i}", _add_pending(i + 1), brief=True)
+    update_ledger(uri, "ingest:file-b", _add_pending(50))
+    state = read_ledger(uri)
+    assert [op["op_id"] for op in state.ops] == ["ingest:file-a", "renew:7", "renew:8", "renew:9", "ingest:file-b"]
+    assert state.revision == 12 and state.pending == frozenset([*range(11), 50])
+    assert update_ledger(uri, "ingest:file-a", _add_pending(99)) == state  # kept for good: still applied once
+    assert update_ledger(uri, "renew:9", _add_pending(98)) == state  # a retry of a recent brief one, too
+
+
 def test_an_update_never_unlabels_an_image_or_rewrites_a_label_part(tmp_path: Path) -> None:
     uri = str(tmp_path / "ledger.json")
     create_ledger(uri, range(5))

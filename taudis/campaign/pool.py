@@ -135,7 +135,7 @@ def sync_pool(
         change.update(added=len(new.pool - ledger.pool), removed=len(ledger.pool - new.pool), pool=len(new.pool))
         return also(new, dict(change)) if also is not None else new
 
-    update_ledger(campaign.ledger, f"sync_pool:{uuid.uuid4().hex}", apply, kind="sync_pool")
+    update_ledger(campaign.ledger, f"sync_pool:{uuid.uuid4().hex}", apply, kind="sync_pool", brief=True)
     if change["added"] or change["removed"]:
         log.info("pool of %s: %d images added, %d removed", campaign.uri, change["added"], change["removed"])
     if change.get("withdrawn_listed"):

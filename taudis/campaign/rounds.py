@@ -162,7 +162,9 @@ def claim_round(campaign: Campaign, run: str) -> int:
         }
         return _replace_round(ledger, record)
 
-    claimed_ledger = update_ledger(campaign.ledger, f"claim:{run}:{uuid.uuid4().hex}", apply, kind="claim_round")
+    claimed_ledger = update_ledger(
+        campaign.ledger, f"claim:{run}:{uuid.uuid4().hex}", apply, kind="claim_round", brief=True
+    )
     log.info("run %s claimed round %d of %s", run, claimed["round"], campaign.uri)
     clean_staging(campaign, claimed_ledger)  # a run taken over leaves its staging archive behind
     return claimed["round"]
@@ -189,7 +191,7 @@ def release_claim(campaign: Campaign) -> dict[str, Any] | None:
         released.update(last, run=run, heartbeat_at=expired, claimed_at=expired, released_at=_stamp(_now()))
         return _replace_round(ledger, released)
 
-    update_ledger(campaign.ledger, f"release:{uuid.uuid4().hex}", apply, kind="release_claim")
+    update_ledger(campaign.ledger, f"release:{uuid.uuid4().hex}", apply, kind="release_claim", brief=True)
     if released:
         log.info("released round %d of %s from run %s", released["round"], campaign.uri, released.get("run"))
     return released or None
@@ -205,7 +207,7 @@ def renew_claim(campaign: Campaign, round_index: int, run: str) -> None:
     def apply(ledger: Ledger) -> Ledger:
         return _replace_round(ledger, {**_owned(ledger, round_index, run), "heartbeat_at": _stamp(_now())})
 
-    update_ledger(campaign.ledger, f"renew:{run}:{uuid.uuid4().hex}", apply, kind="renew_claim")
+    update_ledger(campaign.ledger, f"renew:{run}:{uuid.uuid4().hex}", apply, kind="renew_claim", brief=True)
 
 
 def record_round_facts(campaign: Campaign, round_index: int, run: str, facts: Mapping[str, Any]) -> None:
@@ -232,7 +234,7 @@ def record_round_facts(campaign: Campaign, round_index: int, run: str, facts: Ma
                 record[key] = value
         return _replace_round(ledger, record | {"heartbeat_at": _stamp(_now())})
 
-    update_ledger(campaign.ledger, f"facts:{run}:{uuid.uuid4().hex}", apply, kind="record_round_facts")
+    update_ledger(campaign.ledger, f"facts:{run}:{uuid.uuid4().hex}", apply, kind="record_round_facts", brief=True)
 
 
 def pool_change_recorder(round_index: int, run: str) -> Callable[[Ledger, dict[str, int]], Ledger]:
@@ -268,7 +270,7 @@ def record_evaluation(
             ledger, record | {"metrics": dict(metrics), "model_uri": model_uri, "heartbeat_at": _stamp(_now())}
         )
 
-    update_ledger(campaign.ledger, f"evaluate:{run}:{uuid.uuid4().hex}", apply, kind="record_evaluation")
+    update_ledger(campaign.ledger, f"evaluate:{run}:{uuid.uuid4().hex}", apply, kind="record_evaluation", brief=True)
 
 
 # --------------------------------------------------------------------------------------- commit
@@ -415,7 +417,7 @@ def roll_back(campaign: Campaign, round_index: int, reason: str) -> None:
         record = {**record, "state": "rolled_back", "rolled_back": reason}
         return dataclasses.replace(_replace_round(ledger, record), pending=ledger.pending - images)
 
-    update_ledger(campaign.ledger, f"rollback:{round_index}:{uuid.uuid4().hex}", apply, kind="roll_back")
+    update_ledger(campaign.ledger, f"rollback:{round_index}:{uuid.uuid4().hex}", apply, kind="roll_back", brief=True)
     log.warning("round %d of %s rolled back: %s", round_index, campaign.uri, reason)
 
 

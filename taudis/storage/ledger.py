@@ -14,7 +14,7 @@ Head::
      "counts": {"pool", "labelled", "pending", "unlabelled"[, "withdrawn"]},   # checked against the segments
      "segments": [name, ...],            # relative to the head's folder, applied in order
      "rounds": [{"round": int, "state": str, ... every field but "images"}, ...],
-     "ops": [{"op_id": str, "kind": str, "revision": int, "at": str}, ...]}   # every update applied
+     "ops": [{"op_id": str, "kind": str, "revision": int, "at": str[, "brief": true]}, ...]}   # updates applied
 
 Segment (``kind`` "snapshot" holds the whole state, "change" what one update changed)::
 
@@ -44,8 +44,16 @@ instead of applying twice. A segment whose head write lost the race is never ref
 readers only follow the head, so they never see a half-applied update.
 
 Cost: an update writes its change segment (O(images changed)) and the head (O(rounds + ops)); every
-``COMPACT_AFTER`` segments the update writes one snapshot instead (O(pool), amortised). Reading
-costs O(pool) (the state) and fetches each segment once per process (they are immutable).
+``COMPACT_AFTER`` segments the update writes one snapshot instead (O(pool), amortised), and deletes
+the segments that the snapshot before it replaced (so a reader of a head 64 updates old still finds
+its segments, and ``ledger/`` stays about two snapshots' worth). Reading costs O(pool) (the state)
+and fetches each segment once per process (they are immutable).
+
+A campaign of weekly rounds applies about a hundred updates a week, most of them with an op id
+drawn for the call (a claim's renewal, a round's facts): such an op id guards only that call's own
+retries, so an update made ``brief`` is kept among the latest ``BRIEF_OPS_KEPT`` only, and the head
+does not grow with them for years. An op id derived from content (a label file's, a withdrawal's,
+a round's commit) is kept for good: it is what makes a file dropped twice count once.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import random
 import secrets
@@ -67,11 +76,14 @@ import numpy as np
 
 from taudis.storage import uri as storage
 
+log = logging.getLogger(__name__)
+
 SCHEMA = "taudis.ledger"
 SEGMENT_SCHEMA = "taudis.ledger.segment"
 VERSION = 2
 SEGMENT_DIR = "ledger"
 COMPACT_AFTER = 64  # segments in the head before an update writes a snapshot instead of a change
+BRIEF_OPS_KEPT = 256  # brief ops the head keeps (a retry checks its own op id within seconds)
 UPDATE_TIMEOUT_ENV = "TAUDIS_LEDGER_UPDATE_TIMEOUT"
 DEFAULT_UPDATE_TIMEOUT = 300.0
 
@@ -564,8 +576,12 @@ def update_ledger(
     *,
     kind: str = "update",
     timeout: float | None = None,
+    brief: bool = False,
 ) -> Ledger:
     """Apply ``fn`` to the ledger by compare-and-swap, exactly once per ``op_id``.
+
+    ``brief``: the op id was drawn for this call (nothing but its own retries ever asks for it),
+    so the head keeps it among the latest ``BRIEF_OPS_KEPT`` brief ops only.
 
     ``fn`` must be a pure function of the ledger it gets (it may run several times, on newer
     states, when writers race); it may raise LedgerError to refuse the update, and may return
@@ -591,7 +607,7 @@ def update_ledger(
     while True:
         attempt += 1
         try:
-            return _update_once(uri, op_id, fn, kind)
+            return _update_once(uri, op_id, fn, kind, brief)
         except storage.PreconditionFailedError as err:
             last: BaseException = err
         except Exception as err:
@@ -604,7 +620,7 @@ def update_ledger(
         time.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(attempt, 7))))
 
 
-def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str) -> Ledger:
+def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str, brief: bool = False) -> Ledger:
     versioned = storage.read_versioned(uri)
     if versioned is None:
         raise storage.NotFoundError(f"ledger {uri}: not found")
@@ -622,7 +638,7 @@ def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str
         revision=revision,
         created=current.created,
         updated=now,
-        ops=(*current.ops, {"op_id": op_id, "kind": kind, "revision": revision, "at": now}),
+        ops=_kept_ops((*current.ops, {"op_id": op_id, "kind": kind, "revision": revision, "at": now} | _brief(brief))),
         uri=uri,
     )
     check_ledger(new)  # never write a document a reader would reject
@@ -632,7 +648,39 @@ def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str
     name = _segment_name(revision)
     storage.write_bytes(_segment_uri(uri, name), storage.dumps_json(segment_doc), content_type="application/json")
     storage.write_if_generation(uri, _head(new, [name] if snapshot else [*segments, name]), versioned.generation)
+    if snapshot and segments:
+        _delete_segments_before(uri, _revision_of(segments[0]))
     return new
+
+
+def _brief(brief: bool) -> dict[str, Any]:
+    return {"brief": True} if brief else {}
+
+
+def _kept_ops(ops: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Every op but the brief ones older than the latest ``BRIEF_OPS_KEPT`` of them, in order."""
+    brief = [i for i, op in enumerate(ops) if op.get("brief")]
+    dropped = set(brief[: max(0, len(brief) - BRIEF_OPS_KEPT)])
+    return tuple(op for i, op in enumerate(ops) if i not in dropped)
+
+
+def _revision_of(segment: str) -> int:
+    """The revision a segment's name starts with (``ledger/00000128-<hex>.json``); -1 if none."""
+    stem = segment.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(stem) if stem.isdigit() else -1
+
+
+def _delete_segments_before(uri: str, revision: int) -> None:
+    """Delete the segments older than the previous snapshot (``revision``): no head has named them
+    for ``COMPACT_AFTER`` updates, and the segments of races lost since. Best effort: a segment
+    left behind costs storage only."""
+    folder = storage.join(folder_of(uri), SEGMENT_DIR) + "/"
+    for old in storage.list_uris(folder):
+        if 0 <= _revision_of(old) < revision:
+            try:
+                storage.delete(old)
+            except storage.StorageError as err:
+                log.warning("%s: could not delete the old ledger segment %s: %s", uri, old, err)
 
 
 __all__ = [
