@@ -300,3 +300,15 @@ def test_a_directory_without_shards_is_an_error_not_an_empty_pool(tmp_path: Path
         list_shards(tmp_path)
     with pytest.raises(InstanceTableError, match="no such directory"):
         list_shards(tmp_path / "missing")
+
+
+def test_images_inference_could_not_read_are_named_in_the_selections_notes(tmp_path: Path) -> None:
+    from taudis.select import select
+
+    failed = [{"file": "gone.png", "image_id": "99", "error": "gone.png: cannot open image"}]
+    write_shard(tmp_path / "s0", **columns(), failed_images=failed)
+    for strategy in ("taudis", "random", "coreset"):
+        (note, *_) = select(tmp_path, 2, strategy).notes
+        assert "1 pool image(s) could not be read at inference and were not candidates: 99" in note, strategy
+    write_shard(tmp_path / "s0", **columns())
+    assert not any("could not be read" in n for n in select(tmp_path, 2).notes)

@@ -442,3 +442,51 @@ def test_images_without_detections_are_listed_with_zero_instances(
     assert shard.num_instances == 0 and shard.class_probs.shape == (0, 5) and shard.mask_probs.shape == (0, 28, 28)
     assert sorted(shard.image_ids.tolist()) == sorted(img["id"] for img in load_coco(pool)["images"])
     assert shard.header["extra"]["score_threshold"] == 1.0
+
+
+def test_a_batch_holds_images_of_one_input_size_and_a_record_of_another_size_fails(tmp_path: Path) -> None:
+    """detectron2 pads a batch to its largest image, which changes a smaller image's detections: in
+    a pool of mixed sizes an image's predictions would depend on its neighbours."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from taudis.model.infer import iter_batches
+
+    sizes = [(40, 40), (40, 40), (60, 30), (40, 40), (40, 40), (40, 40), (30, 60)]  # (width, height)
+    records = []
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i * 20, 0, 0)).save(tmp_path / f"{i}.png")
+        records.append({"id": i, "file_name": f"{i}.png", "width": w, "height": h})
+    records[4] = {**records[4], "width": 44}  # the record of a file replaced, or turned by its EXIF orientation
+    cfg = SimpleNamespace(INPUT=SimpleNamespace(MIN_SIZE_TEST=32, MAX_SIZE_TEST=64, FORMAT="BGR"))
+    failed: list[dict[str, str]] = []
+    batches = list(iter_batches(records, str(tmp_path), cfg, 4, failed))
+    assert [b.image_ids for b in batches] == [[0, 1], [2], [3, 5], [6]]  # in order, never two sizes in one
+    for batch in batches:
+        assert len({tuple(i["image"].shape) for i in batch.inputs}) == 1
+    (bad,) = failed
+    assert bad["image_id"] == "4" and "40x40 as displayed" in bad["error"] and "says 44x40" in bad["error"]
+
+
+def test_evaluate_and_infer_name_bad_input_in_one_line(
+    trained: tuple[Path, dict[str, Any]], dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from taudis.model.evaluate import main as evaluate_main
+    from taudis.model.infer import main as infer_main
+
+    model_dir, _ = trained
+    val = json.loads((dataset / "annotations/val.json").read_text())
+    subset = tmp_path / "val-subset.json"  # a val file that lists only the categories it uses
+    subset.write_text(json.dumps({**val, "categories": val["categories"][:1], "annotations": []}))
+    images = str(dataset / "images")
+    assert evaluate_main(["--model", str(model_dir), "--annotations", str(subset), "--images", images]) == 1
+    err = capsys.readouterr().err
+    assert "val-subset.json: the model was trained on categories" in err and "those without examples too" in err
+    assert "Traceback" not in err
+    missing = ["--model", str(tmp_path / "no-model"), "--annotations", str(dataset / "annotations/val.json")]
+    assert evaluate_main([*missing, "--images", images]) == 1
+    assert "is not a trained model directory" in capsys.readouterr().err
+    args = ["--model", str(model_dir), "--annotations", str(tmp_path / "none.json"), "--images", images]
+    assert infer_main([*args, "--out", str(tmp_path / "shards")]) == 1
+    assert "none.json: cannot read" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from taudis.data.coco import category_ids, class_names, load_coco
+from taudis.data.coco import CocoFormatError, category_ids, class_names, load_coco
 
 log = logging.getLogger("taudis.model.evaluate")
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -162,7 +163,11 @@ def _empty_summary(gt_data: dict[str, Any], names: dict[int, str]) -> dict[str, 
 
 
 def predict_coco_results(
-    model_dir: str, annotations: dict[str, Any], image_root: str, batch_size: int = 4
+    model_dir: str,
+    annotations: dict[str, Any],
+    image_root: str,
+    batch_size: int = 4,
+    source: str = "the evaluation set",
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Run the plain model over a COCO dict's images; COCO results (binary masks as RLE) and failures."""
     import torch
@@ -172,7 +177,7 @@ def predict_coco_results(
 
     model, cfg = load_model(model_dir, taudis_heads=False)
     model_ids = list(cfg.TAUDIS.CATEGORY_IDS) or list(range(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1))
-    _check_categories(cfg, annotations)
+    _check_categories(cfg, annotations, source)
     failed: list[dict[str, str]] = []
     results: list[dict[str, Any]] = []
     images = sorted(annotations["images"], key=lambda r: r["id"])
@@ -198,11 +203,22 @@ def predict_coco_results(
     return results, failed
 
 
-def _check_categories(cfg: Any, annotations: dict[str, Any]) -> None:
+class CategoriesDifferError(ValueError):
+    """The evaluation set's categories are not the model's."""
+
+
+def _check_categories(cfg: Any, annotations: dict[str, Any], source: str = "the evaluation set") -> None:
     trained = dict(zip(cfg.TAUDIS.CATEGORY_IDS, cfg.TAUDIS.CLASS_NAMES, strict=True))
     given = {c["id"]: c["name"] for c in annotations["categories"]}
     if trained and trained != given:
-        raise ValueError(f"the model was trained on categories {trained}, the evaluation set has {given}")
+        hint = (
+            ": list every category of the model, those without examples too"
+            if set(given.items()) < set(trained.items())
+            else ""
+        )
+        raise CategoriesDifferError(
+            f"{source}: the model was trained on categories {trained}, this file has {given}{hint}"
+        )
 
 
 def evaluate_model(
@@ -222,7 +238,7 @@ def evaluate_model(
         are skipped and listed; they count as images without predictions).
     """
     gt = load_coco(annotations)
-    results, failed = predict_coco_results(model_dir, gt, image_root, batch_size)
+    results, failed = predict_coco_results(model_dir, gt, image_root, batch_size, str(annotations))
     report = evaluate_predictions(gt, results)
     report["model_dir"] = str(model_dir)
     report["failed_images"] = failed
@@ -248,6 +264,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    report = evaluate_model(args.model, args.annotations, args.images, out=args.out, batch_size=args.batch_size)
+    try:
+        report = evaluate_model(args.model, args.annotations, args.images, out=args.out, batch_size=args.batch_size)
+    except (CocoFormatError, FileNotFoundError, CategoriesDifferError) as err:
+        print(f"taudis evaluate: {err}", file=sys.stderr)  # the input's fault: its message, not a traceback
+        return 1
     print(json.dumps({k: report[k] for k in ("segm", "bbox")}, indent=1))
     return 0

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from taudis.data.coco import read_coco_json, validate_coco
+from taudis.data.coco import CocoFormatError, read_coco_json, validate_coco
 from taudis.data.instances import write_shard
 from taudis.model import numerics
 from taudis.model.config import EMBEDDING_LAYERS
@@ -89,7 +90,14 @@ class _Batch:
 def iter_batches(
     images: Sequence[dict[str, Any]], image_root: str, cfg: Any, batch_size: int, failed: list[dict[str, str]]
 ) -> Iterator[_Batch]:
-    """Model inputs for COCO image records, ``batch_size`` at a time; unreadable images go to ``failed``."""
+    """Model inputs for COCO image records, up to ``batch_size`` at a time, in order.
+
+    A batch holds images of one input size only: detectron2 pads a batch to its largest image, and
+    the padding changes a smaller image's detections, so in a pool of mixed sizes an image's
+    predictions (and the choice) would depend on its neighbours. Images that cannot be read, or
+    whose size is not the one their record states (a photo turned by its EXIF orientation, a file
+    replaced), go to ``failed`` with the reason: their masks would land on the wrong pixels.
+    """
     import torch
 
     from taudis.model.images import ImageReadError, load_for_inference
@@ -103,7 +111,19 @@ def iter_batches(
             log.warning("skipping unreadable image %s: %s", record["id"], err)
             failed.append({"file": record["file_name"], "image_id": str(record["id"]), "error": str(err)})
             continue
+        if (loaded.height, loaded.width) != (record.get("height"), record.get("width")):
+            error = (
+                f"{path}: the image is {loaded.width}x{loaded.height} as displayed (after its EXIF orientation), "
+                f"its record says {record.get('width')}x{record.get('height')}: "
+                "`taudis data check --images` names the cause"
+            )
+            log.warning("skipping image %s: %s", record["id"], error)
+            failed.append({"file": record["file_name"], "image_id": str(record["id"]), "error": error})
+            continue
         tensor = torch.as_tensor(np.ascontiguousarray(loaded.pixels.transpose(2, 0, 1)))
+        if batch.inputs and tuple(tensor.shape) != tuple(batch.inputs[0]["image"].shape):
+            yield batch
+            batch = _Batch([], [])
         batch.image_ids.append(int(record["id"]))
         batch.inputs.append({"image": tensor, "height": loaded.height, "width": loaded.width})
         if len(batch.inputs) == batch_size:
@@ -303,16 +323,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    path = infer_instances(
-        args.model,
-        args.annotations,
-        args.images,
-        args.out,
-        shard=args.shard,
-        num_shards=args.num_shards,
-        batch_size=args.batch_size,
-        score_threshold=args.score_threshold,
-        embedding_layer=args.embedding_layer,
-    )
+    try:
+        path = infer_instances(
+            args.model,
+            args.annotations,
+            args.images,
+            args.out,
+            shard=args.shard,
+            num_shards=args.num_shards,
+            batch_size=args.batch_size,
+            score_threshold=args.score_threshold,
+            embedding_layer=args.embedding_layer,
+        )
+    except (CocoFormatError, FileNotFoundError) as err:
+        print(f"taudis infer: {err}", file=sys.stderr)  # the input's fault: its message, not a traceback
+        return 1
     print(path)
     return 0

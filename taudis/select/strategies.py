@@ -292,7 +292,7 @@ def select(
     params = make_params(alpha, beta, sigma, metric, aggregation, seed, universe=universe, centre=centre, whiten=whiten)
     scores = score_pool(instances, [metric])
     pool = make_pool(scores.image_ids, scores.instance_image, exclude)
-    notes = budget_notes(budget, pool)
+    notes = budget_notes(budget, pool) + unread_notes(scores)
     if strategy in ("taudis", "diversity"):
         return _cover_and_vote(strategy, scores, pool, params, budget, notes, universe, partitions)
     u = scores.metrics[metric]
@@ -310,6 +310,19 @@ def select(
         images = coreset_images(pool.image_ids, emb, has, img_u, b, seed, centers)
     filled = sum(im.filled for im in images)
     return _finish(strategy, params, budget, pool, images, [], notes, 0, filled, None)
+
+
+def unread_notes(scores: PoolScores) -> list[str]:
+    """A note naming the pool images inference could not read (its shards' ``failed_images``): they
+    are in no shard, so nothing here can choose them, and the team should know."""
+    failed = [f for path in scores.shard_paths for f in read_shard(path, validate=False).failed_images]
+    if not failed:
+        return []
+    ids = ", ".join(str(f.get("image_id", f.get("file"))) for f in failed[:10]) + (" ..." if len(failed) > 10 else "")
+    return [
+        f"{len(failed)} pool image(s) could not be read at inference and were not candidates: {ids} "
+        f"(the first: {failed[0].get('error', '')})"
+    ]
 
 
 def labelled_centers(labelled: str | os.PathLike[str], like: PoolScores | None = None) -> np.ndarray:
