@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench_storage import storage_root
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "70f9da2"  # the last commit with ledger version 1
@@ -135,23 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default=BEFORE, help="git commit of the version-1 ledger")
     parser.add_argument("--out", type=Path, default=None, help="also write the results JSON here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "tests"))
-    server = None
-    if args.storage == "gcs":
-        from gcs_server import FakeGcsServer
-
-        server = FakeGcsServer(backend="memory").start()
-        os.environ["STORAGE_EMULATOR_HOST"] = server.url
-        root = server.create_bucket("ledger-bench")
-    else:
-        root = tempfile.mkdtemp(prefix="taudis-ledger-bench-")
     meter = Meter()
-    try:
+    with storage_root(args.storage, "ledger-bench") as root:
         v1 = run_v1(load_v1(args.before), f"{root}/v1/ledger.json", args.pool, args.batch, args.rounds, meter)
         v2 = run_v2(f"{root}/v2/ledger.json", args.pool, args.batch, args.rounds, meter)
-    finally:
-        if server is not None:
-            server.stop()
     result = {
         "pool": args.pool,
         "batch": args.batch,

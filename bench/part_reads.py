@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_storage import storage_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,27 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results JSON here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "tests"))
-    server = None
-    if args.storage == "gcs":
-        from gcs_server import FakeGcsServer
-
-        server = FakeGcsServer(backend="memory").start()
-        os.environ["STORAGE_EMULATOR_HOST"] = server.url
-        root = server.create_bucket("part-reads-bench")
-    else:
-        root = tempfile.mkdtemp(prefix="taudis-part-reads-")
     results = []
-    try:
+    with storage_root(args.storage, "part-reads-bench") as root:
         campaigns = [build(root, n) for n in args.parts]
         if args.latency_ms:
             with_latency(args.latency_ms / 1000)
         for campaign in campaigns:
             results.append({**measure(campaign), "storage": args.storage, "latency_ms": args.latency_ms})
             print(json.dumps(results[-1]))
-    finally:
-        if server is not None:
-            server.stop()
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0
