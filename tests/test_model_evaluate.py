@@ -114,6 +114,15 @@ def test_a_stated_area_unlike_the_mask_does_not_move_the_object_to_another_size_
         assert evaluate_predictions(odd, predictions) == measured, area
 
 
+def test_no_prediction_at_all_scores_zero_only_in_the_size_ranges_that_hold_objects() -> None:
+    small = _grid(6, side=8)  # 64 px each: small objects only
+    report = evaluate_predictions(small, [])
+    assert report["segm"]["AP"] == 0.0 and report["segm"]["APs"] == 0.0
+    assert report["segm"]["APm"] is None and report["segm"]["APl"] is None
+    one = evaluate_predictions(small, _predictions(small)[:1])  # COCOeval's own answer agrees on which are None
+    assert [one["segm"][k] is None for k in ("APm", "APl")] == [True, True]
+
+
 def test_annotations_of_one_id_are_each_scored() -> None:
     # COCO's index is keyed by annotation id: two of one id would be one object, the other's match a false positive.
     gt = _grid(6)

@@ -490,3 +490,23 @@ def test_evaluate_and_infer_name_bad_input_in_one_line(
     args = ["--model", str(model_dir), "--annotations", str(tmp_path / "none.json"), "--images", images]
     assert infer_main([*args, "--out", str(tmp_path / "shards")]) == 1
     assert "none.json: cannot read" in capsys.readouterr().err
+
+
+def test_training_refuses_an_image_whose_size_is_not_its_records_before_the_first_iteration(
+    dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from taudis.data.coco import CocoFormatError
+
+    train = json.loads((dataset / "annotations/train.json").read_text())
+    images = tmp_path / "images"
+    shutil.copytree(dataset / "images", images)
+    replaced = train["images"][1]
+    with Image.open(images / replaced["file_name"]) as original:  # a file replaced by one of another size
+        original.resize((replaced["width"] + 8, replaced["height"])).save(images / replaced["file_name"])
+    with pytest.raises(CocoFormatError, match=rf"image id {replaced['id']}, field 'width'.*as displayed"):
+        train_model(str(dataset / "annotations/train.json"), str(images), str(tmp_path / "model"), opts=tiny_opts(2))
+    assert not (tmp_path / "model" / "model_final.pth").exists()

@@ -155,9 +155,17 @@ def _mean_percent(precision: np.ndarray) -> float | None:
 
 
 def _empty_summary(gt_data: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
-    """No predictions at all: AP 0 where there is ground truth, None elsewhere."""
-    present = {ann["category_id"] for ann in gt_data["annotations"] if not ann.get("iscrowd", 0)}
+    """No predictions at all: AP 0 where there is ground truth (of the size range, for APs, APm and
+    APl, as COCOeval's own ranges sort it), None elsewhere."""
+    from pycocotools.cocoeval import Params
+
+    objects = [ann for ann in gt_data["annotations"] if not ann.get("iscrowd", 0)]
+    present = {ann["category_id"] for ann in objects}
     out: dict[str, Any] = {k: (0.0 if present else None) for k in SUMMARY_KEYS}
+    params = Params(iouType="segm")
+    for key, label in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
+        low, high = params.areaRng[params.areaRngLbl.index(label)]
+        out[key] = 0.0 if any(low <= ann["area"] <= high for ann in objects) else None
     out["per_class"] = {name: (0.0 if cid in present else None) for cid, name in names.items()}
     return out
 

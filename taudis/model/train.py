@@ -217,6 +217,28 @@ def _check_files_exist(dicts: list[dict[str, Any]], annotations: str, image_root
             f"{annotations}: {len(missing)} of its {len(dicts)} images are not under {image_root}, e.g. "
             f"{missing[0]!r}; `taudis data check --annotations {annotations} --images {image_root}` lists them"
         )
+    _check_sizes([d for d in dicts if not str(d["file_name"]).startswith("gs://")], annotations, image_root)
+
+
+def _check_sizes(dicts: list[dict[str, Any]], annotations: str, image_root: str) -> None:
+    """Fail before training on an image whose size is not its record's (a photo turned by its EXIF
+    orientation, a file replaced): its masks would not fit it, and the iteration that first sampled
+    it would stop the run. Only headers are read (a TIFF is loaded: its reader turns it then)."""
+    from taudis.data.coco import CocoFormatError
+    from taudis.model.images import displayed_size, open_image
+
+    for d in dicts:
+        with open_image(d["file_name"]) as image:
+            width, height = displayed_size(image)
+        if (height, width) != (d["height"], d["width"]):
+            raise CocoFormatError(
+                annotations,
+                f"the image {d['file_name']} is {width}x{height} as displayed (after its EXIF orientation), the "
+                f"record says {d['width']}x{d['height']}; `taudis data check --annotations {annotations} --images "
+                f"{image_root}` names the cause",
+                record=f"image id {d['image_id']}",
+                field="height" if height != d["height"] else "width",
+            )
 
 
 def _train_attempt(
