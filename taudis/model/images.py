@@ -130,15 +130,19 @@ def _other_byte(args: Any) -> Any:
 
 
 def _scaled_to_8_bit(values: np.ndarray, *, is_float: bool) -> np.ndarray:
-    """High-depth samples to uint8: the maximum to 255 (values <= 255 kept), 0..1 floats times 255."""
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    values = np.clip(values, 0, None)
+    """High-depth samples to uint8: the maximum to 255 (values <= 255 kept), 0..1 floats times 255.
+
+    One float64 copy, worked on in place: a large 16-bit scene is gigabytes per copy.
+    """
+    values = values.astype(np.float64)
+    np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(values, 0, None, out=values)
     top = float(values.max()) if values.size else 0.0
     if top > 255:
-        values = values * (255.0 / top)
+        values *= 255.0 / top
     elif is_float and top <= 1.0:
-        values = values * 255.0
-    return np.rint(values).astype(np.uint8)
+        values *= 255.0
+    return np.rint(values, out=values).astype(np.uint8)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
