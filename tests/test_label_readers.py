@@ -647,7 +647,7 @@ def test_read_labels_through_gcs(gcs_bucket: str) -> None:
         ("https://img.example/pool/t%201.png", "https://img.example/pool/t 1.png"),
         ("../srv/pool/images/tiles/t.png", "../srv/pool/images/tiles/t.png"),
         ("tiles/1a2b3c4d-t.png", "tiles/1a2b3c4d-t.png"),  # not an upload folder: kept
-        ("images/e9f1c4c2__8f3a2b1c-t1.png", "t1.png"),  # an upload the COCO export fetched
+        ("images/e9f1c4c2__8f3a2b1c-t1.png", "8f3a2b1c-t1.png"),  # maybe an upload: ingest tries t1.png too
         # a bucket's UUID-named object the COCO export fetched: no upload prefix to take off
         ("images/e9f1c4c2__8f3a2b1c-1d2e-4f5a-9b8c-0123456789ab.png", "8f3a2b1c-1d2e-4f5a-9b8c-0123456789ab.png"),
         ("..\\..\\media\\upload\\1\\8f3a2b1c-t1.png", "t1.png"),  # the COCO export written on Windows
@@ -721,6 +721,25 @@ ODD_POOL = {
     "annotations": [],
     "categories": [{"id": 1, "name": "house"}],
 }
+
+
+def test_a_fetched_name_that_may_be_an_upload_is_matched_by_either_reading_never_the_wrong_one() -> None:
+    """images/<md5>__20230115-0001.png: a bucket's file named by date, or the upload 0001.png."""
+    from taudis.campaign.ingest import PoolIndex, resolve
+
+    polygon = {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [[1, 1, 9, 1, 9, 9]], "bbox": [1, 1, 8, 8],
+               "iscrowd": 0, "area": 32}  # fmt: skip
+    doc = _ls_coco([{"id": 0, "file_name": "images/1a2b3c4d__20230115-0001.png", "width": 40, "height": 30}], [polygon])
+    labels = read_document(doc, "ls.json")
+
+    def pool_of(*names: str) -> PoolIndex:
+        images = [{"id": i + 1, "file_name": n, "height": 30, "width": 40} for i, n in enumerate(names)]
+        return PoolIndex.of({"images": images, "annotations": [], "categories": [{"id": 1, "name": "house"}]})
+
+    assert resolve(labels, pool_of("tiles/20230115-0001.png", "x.png")).images == {0: 1}  # the file
+    assert resolve(labels, pool_of("x.png", "other/0001.png")).images == {0: 2}  # the upload
+    both = resolve(labels, pool_of("tiles/20230115-0001.png", "other/0001.png"))
+    assert both.images == {} and "rename one of them apart" in both.problems[0].message
 
 
 def test_a_label_studio_coco_zip_zipped_again_in_its_folder_is_read() -> None:

@@ -129,7 +129,9 @@ def _normal(ref: str) -> str:
     return text
 
 
-def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None = None) -> tuple[int | None, str]:
+def match_image(
+    ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None = None, upload: str | None = None
+) -> tuple[int | None, str]:
     """The pool image a tool's image reference names, or (None, why not).
 
     A file the tool renamed on upload (``renamed``, its rule: Label Studio's drops spaces and
@@ -142,6 +144,8 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
     pool's (``dog/001.png`` against ``cat/001.png``) names another file: it is refused, never
     matched by its base name.
     """
+    if upload is not None and renamed is not None:
+        return _file_or_upload(ref, upload, pool, renamed)
     pool_id, why = _match(ref, pool, renamed)
     alike = pool.alike.get(_normal(pool.by_id[pool_id]["file_name"]), []) if pool_id is not None else []
     if alike:
@@ -151,6 +155,22 @@ def match_image(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None 
             "form or slashes, which labelling tools do not keep apart: rename all but one"
         )
     return pool_id, why
+
+
+def _file_or_upload(ref: str, upload: str, pool: PoolIndex, renamed: Callable[[str], str]) -> tuple[int | None, str]:
+    """A reference that names a file, or an upload stored as ``upload``: the one pool image either
+    reading names (the file by the file-name rules, the upload by the tool's rename rule only)."""
+    pool_id, why = match_image(ref, pool)
+    uploads = _uploads(_normal(upload), pool.renamed(renamed))
+    if len(uploads) != 1 or uploads[0] == pool_id:
+        return pool_id, why
+    if pool_id is None:
+        return uploads[0], ""
+    names = [pool.by_id[i]["file_name"] for i in (pool_id, uploads[0])]
+    return None, (
+        f"{ref!r} is pool image {names[0]!r} by its file name, and {names[1]!r} if it is an upload the tool "
+        "stored under an 8-digit prefix: rename one of them apart"
+    )
 
 
 def _match(ref: str, pool: PoolIndex, renamed: Callable[[str], str] | None) -> tuple[int | None, str]:
@@ -255,7 +275,7 @@ def resolve(labels: Any, pool: PoolIndex) -> _Resolved:
     if not labels.images and not labels.problems:
         problem("document", "images", "the file lists no image: nothing to ingest (an empty export?)")
     for position, image in enumerate(labels.images):  # annotations name images by position in this list
-        pool_id, why = match_image(image.ref, pool, image.renamed)
+        pool_id, why = match_image(image.ref, pool, image.renamed, image.upload)
         if pool_id is None:
             problem(image.record, "file_name", why)
             continue

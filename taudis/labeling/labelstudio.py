@@ -214,23 +214,30 @@ def normalise_ref(ref: str) -> str:
       ``media/upload/...`` and ``/storage-data/uploaded/?filepath=upload/...``), gives ``NAME``;
     - a file that Label Studio's COCO export downloaded, ``images/<8 hex>__NAME``, gives ``NAME``,
       and an upload it downloaded (through ``/storage-data/uploaded``: every snapshot export, and
-      any server whose media live in a bucket), ``images/<8 hex>__<8 hex>-NAME``, gives ``NAME``
-      as an upload, unless the name is a UUID (a bucket's own name, not an upload's prefix);
+      any server whose media live in a bucket), ``images/<8 hex>__<8 hex>-NAME``, gives
+      ``<8 hex>-NAME``, which ingest also tries as the upload ``NAME`` (see :func:`_parse_ref`);
     - a path written on Windows (``..\\media\\upload\\1\\...``) reads as the same path with slashes;
     - ``gs://``, ``s3://`` and other http(s) URLs, and plain paths, are kept whole.
     """
     return _parse_ref(ref)[0]
 
 
-def _parse_ref(ref: str) -> tuple[str, bool]:
-    """(:func:`normalise_ref` of ``ref``, whether it names a file uploaded to Label Studio)."""
+def _parse_ref(ref: str) -> tuple[str, bool, str | None]:
+    """(:func:`normalise_ref` of ``ref``, whether it names a file uploaded to Label Studio, and the
+    upload's stored name where the reference may be one without saying so).
+
+    A file the COCO export fetched, ``images/<8 hex>__NAME``, is an upload when NAME begins with an
+    upload's 8 hex digits and "-", or a bucket's or disk's file whose name merely begins so (a
+    date, ``20230115-0001.png``): its name is kept whole, and the upload it may be comes third,
+    for ingest to try both (taudis.campaign.ingest.match_image).
+    """
     text = ref.strip()
     if "\\" in text and "://" not in text:  # Label Studio's COCO export written on Windows (os.path.relpath)
         text = text.replace("\\", "/")
     parts = urlsplit(text)
     query = parse_qs(parts.query)
     if parts.path.rstrip("/").endswith(LOCAL_FILES_PATH) and query.get("d"):
-        return query["d"][0], False
+        return query["d"][0], False, None
     if parts.path.rstrip("/").endswith(STORAGE_DATA_PATH) and query.get("filepath"):
         text = query["filepath"][0]
         parts = urlsplit(text)
@@ -240,12 +247,11 @@ def _parse_ref(ref: str) -> tuple[str, bool]:
             found = pattern.search(path)
             if found and pattern is DOWNLOAD_CACHE_PATH:
                 upload = UPLOAD_NAME.fullmatch(found["name"])
-                if upload and not UUID_NAME.fullmatch(found["name"]):
-                    return upload["name"], True
-                return found["name"], False
+                maybe = upload["name"] if upload and not UUID_NAME.fullmatch(found["name"]) else None
+                return found["name"], False, maybe
             if found:
-                return found["name"], True
-    return unquote(text), False
+                return found["name"], True, None
+    return unquote(text), False, None
 
 
 def upload_file_name(name: str) -> str:
@@ -639,10 +645,10 @@ def read_labelstudio_json(doc: Any, uri: str) -> ToolLabels:
             continue
         height, width = size if size is not None else (None, None)
         tool_id = task["id"] if _is_int(task.get("id")) else None
-        name, uploaded = _parse_ref(str(task["data"].get(key or "")))
-        renamed = upload_file_name if uploaded else None
+        name, uploaded, upload = _parse_ref(str(task["data"].get(key or "")))
+        renamed = upload_file_name if uploaded or upload else None
         pool_id = pool_id if key == TO_NAME else None  # taudis's tasks carry the pool id of data.image only
-        images.append(ToolImage(index, record, name, tool_id, pool_id, False, height, width, renamed))
+        images.append(ToolImage(index, record, name, tool_id, pool_id, False, height, width, renamed, upload))
         annotations += _task_annotations(results, size, len(images) - 1, where, problems)
     if doc and not images and not problems.items:
         problems.add("document", "annotations", _none_submitted(doc))
@@ -696,12 +702,17 @@ def read_labelstudio_coco(doc: Any, uri: str) -> ToolLabels:
         doc, uri, fmt="labelstudio-coco", ids_are_pool_ids=False, ref=normalise_ref, sizes_optional=True
     )
     records = doc.get("images") if labels.images else None  # read and valid when it gave images
-    uploads = {
-        r["id"]
+    refs = {
+        r["id"]: _parse_ref(str(r.get("file_name")))
         for r in records or ()
-        if isinstance(r, dict) and _is_int(r.get("id")) and _parse_ref(str(r.get("file_name")))[1]
+        if isinstance(r, dict) and _is_int(r.get("id"))
     }
-    images = tuple(replace(im, renamed=upload_file_name) if im.tool_id in uploads else im for im in labels.images)
+    images = tuple(
+        replace(im, renamed=upload_file_name, upload=refs[im.tool_id][2])
+        if im.tool_id in refs and (refs[im.tool_id][1] or refs[im.tool_id][2])
+        else im
+        for im in labels.images
+    )
     labels = replace(labels, images=images)
     repeated = _repeated_images(labels.images, uri)
     masked = {annotation.image for annotation in labels.annotations}

@@ -56,6 +56,7 @@ class ToolImage:
     height: int | None
     width: int | None
     renamed: Callable[[str], str] | None = None
+    upload: str | None = None  # the name an upload would have, where ``ref`` may be one (see match_image)
 
 
 @dataclass(frozen=True)
