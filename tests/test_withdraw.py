@@ -246,6 +246,29 @@ def test_a_withdrawal_landing_while_a_run_writes_labelled_json_is_not_undone(cam
     assert check_campaign(campaign.uri) == []
 
 
+def test_a_withdrawal_landing_between_a_publishers_ledger_read_and_its_part_reads_is_read_again(
+    campaign, monkeypatch
+) -> None:
+    """The parts the publisher's ledger lists were scrubbed meanwhile: it reads the newer ledger, whose are whole."""
+    from taudis.campaign import labels as labels_module
+    from taudis.campaign.labels import publish_labelled
+
+    campaign, pool, _pool_uri = campaign
+    read = labels_module.read_parts
+    landed: list[bool] = []
+
+    def withdrawn_meanwhile(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        if not landed:
+            landed.append(True)
+            withdraw_images(campaign, [2], pool)  # scrubs the seed's part, which holds image 2
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(labels_module, "read_parts", withdrawn_meanwhile)
+    dataset, ledger = publish_labelled(campaign, read_ledger(campaign.ledger))
+    assert landed and 2 not in {im["id"] for im in dataset["images"]} and 2 in ledger.withdrawn
+    assert check_campaign(campaign.uri) == []
+
+
 def test_a_round_after_a_withdrawal_trains_and_chooses_without_the_image(campaign, tmp_path, capsys) -> None:
     campaign, pool, pool_uri = campaign
     _drop(campaign, "a.json", subset(pool, [5, 6, 7]))

@@ -205,7 +205,15 @@ def publish_labelled(campaign: Campaign, ledger: Ledger | None = None) -> tuple[
     """
     ledger = ledger or read_ledger(campaign.ledger)
     while True:
-        dataset = labelled_dataset(campaign, ledger)
+        try:
+            dataset = _dataset(campaign, ledger)
+        except LedgerError:
+            fresh = read_ledger(campaign.ledger)
+            if fresh.revision == ledger.revision:
+                raise
+            # A withdrawal scrubbed a part this ledger still listed: the newer ledger's parts are whole.
+            ledger = fresh
+            continue
         storage.write_json(campaign.labelled, dataset)
         fresh = read_ledger(campaign.ledger)
         if (fresh.parts, fresh.withdrawn) == (ledger.parts, ledger.withdrawn):
