@@ -204,3 +204,36 @@ def test_16_bit_colour_from_a_bucket_is_read_whole(tmp_path: Path, monkeypatch: 
     _png_16_bit(tmp_path / "a.png", samples)
     monkeypatch.setattr(taudis.storage, "read_bytes", lambda uri: (tmp_path / "a.png").read_bytes())
     assert np.array_equal(read_image("gs://bucket/a.png", "RGB"), expected)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_16_bit_colour_tiff_with_its_planes_apart_is_refused_not_misread(
+    tmp_path: Path, compression: str | None
+) -> None:
+    import tifffile
+
+    samples, _ = _twelve_bit()
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(
+        path, samples.transpose(2, 0, 1), photometric="rgb", planarconfig="separate", compression=compression
+    )
+    with pytest.raises(ImageReadError, match=r"planar\.tif.*colour planes apart \(PlanarConfiguration 2\)"):
+        read_image(path, "RGB")
+
+
+def test_data_check_sees_a_16_bit_colour_tiffs_own_frames_and_orientation(tmp_path: Path) -> None:
+    """The model's reader decodes such a file at once; the check reads the file's own header."""
+    import tifffile
+
+    from taudis.data.coco import inspect_image_files
+
+    samples, _ = _twelve_bit()
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([samples, samples]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "turned.tif", samples, photometric="rgb", extratags=[(0x0112, 3, 1, 3, True)])
+    records = [
+        {"id": i, "file_name": name, "height": 30, "width": 40} for i, name in enumerate(["stack.tif", "turned.tif"])
+    ]
+    check = inspect_image_files({"images": records, "categories": []}, str(tmp_path))
+    assert check.problems == []
+    assert any("stack.tif): 2 frames" in w for w in check.warnings)
+    assert any("turned.tif): EXIF orientation 3" in w for w in check.warnings)

@@ -318,7 +318,7 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
     - A file of several frames (a TIFF stack, an animation): the model reads the first one only.
     """
     # The model's own reader: its size limit, and the EXIF orientation that training applies.
-    from taudis.model.images import displayed_size, open_image
+    from taudis.model.images import displayed_size, open_file, open_image
     from taudis.storage import is_gcs
 
     if not is_gcs(image_root) and not os.path.isdir(image_root):
@@ -330,13 +330,14 @@ def inspect_image_files(data: dict[str, Any], image_root: str, *, shown: int = 3
         path = os.path.join(image_root, image["file_name"])
         where = f"image id {image['id']} ({path})"
         try:
-            with open_image(path) as opened:
+            with open_file(path) as opened:  # the file's own header: its frames and orientation
                 orientation = opened.getexif().get(0x0112, 1)  # before displayed_size: loading a TIFF drops it
                 width, height = displayed_size(opened)
                 rotated = orientation in (5, 6, 7, 8)
                 # A camera's MPO JPEG holds the photo first and previews after it: one image.
                 frames = int(getattr(opened, "n_frames", 1)) if opened.format != "MPO" else 1
-                opened.load()
+            with open_image(path) as decoded:  # decoded as the model reads it: damage shows here
+                decoded.load()
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
             hint = "" if os.path.exists(path) else _missing_hint(image["file_name"], path, image_root, folders)
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}{hint}")

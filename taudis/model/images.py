@@ -24,6 +24,7 @@ import io
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ Image.MAX_IMAGE_PIXELS = 1_000_000_000
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _NO_REDUCE_MODES = ("1", "P", "PA")
 _ORIENTATION = 0x0112  # the EXIF orientation tag
+_PLANAR_CONFIGURATION = 284  # TIFF: 1 samples interleaved, 2 one plane per band
+_BITS_PER_SAMPLE = 258  # TIFF
 
 
 class ImageReadError(OSError):
@@ -52,7 +55,7 @@ class LoadedImage:
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open (lazily) a local file or a ``gs://`` object as a PIL image.
+    """Open (lazily) a local file or a ``gs://`` object as a PIL image, for the model's readers.
 
     A 16-bit colour image is decoded at once, to 8-bit RGB (see the module's rules).
 
@@ -60,6 +63,27 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         ImageReadError: naming the file, for missing, empty or undecodable files.
     """
     source = str(path)
+    image, reopen = _opened(source)
+    if not _is_deep_colour(image):
+        return image
+    try:
+        return _deep_colour_as_8_bit(image, reopen())
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError...
+        raise ImageReadError(f"{source}: cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def open_file(path: str | os.PathLike[str]) -> Image.Image:
+    """Open (lazily) a local file or a ``gs://`` object as Pillow reads it, nothing decoded: for
+    checks that read a file's own header (its frames, its EXIF orientation, its size).
+
+    Raises:
+        ImageReadError: naming the file, for missing, empty or unopenable files.
+    """
+    return _opened(str(path))[0]
+
+
+def _opened(source: str) -> tuple[ImageFile.ImageFile, Callable[[], ImageFile.ImageFile]]:
+    """The file opened lazily, and how to open it again (from the bytes already read, for gs://)."""
     try:
         if source.startswith("gs://"):
             from taudis.storage import read_bytes  # lazy: only remote images need the storage layer
@@ -76,8 +100,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
             def reopen() -> ImageFile.ImageFile:
                 return Image.open(source)
 
-        image = reopen()
-        return _deep_colour_as_8_bit(image, reopen()) if _is_deep_colour(image) else image
+        return reopen(), reopen
     except ImageReadError:
         raise
     except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
@@ -93,6 +116,10 @@ def _is_deep_colour(image: ImageFile.ImageFile) -> bool:
     """Whether Pillow would read this colour image's samples at 16 bits as their high byte."""
     if image.mode not in ("RGB", "RGBA", "RGBX"):
         return False  # 16-bit gray keeps its depth in Pillow (I;16)
+    if image.format == "TIFF":  # its planes-apart layout names plain rawmodes ("R", "G", "B") at 16 bits too
+        bits = getattr(image, "tag_v2", {}).get(_BITS_PER_SAMPLE, 8)
+        if any(int(b) > 8 for b in (bits if isinstance(bits, tuple) else (bits,))):
+            return True
     return bool(image.tile) and all(_rawmode(tile.args).endswith((";16B", ";16L", ";16N")) for tile in image.tile)
 
 
@@ -105,6 +132,12 @@ def _deep_colour_as_8_bit(high: ImageFile.ImageFile, low: ImageFile.ImageFile) -
     then follow the module's scaling rule, and a PNG's EXIF orientation is kept for the readers
     that turn the image later.
     """
+    if high.format == "TIFF" and getattr(high, "tag_v2", {}).get(_PLANAR_CONFIGURATION, 1) == 2:
+        # Planes apart (RRR..GGG..BBB): Pillow's decoders give no second byte order to read them by.
+        raise ValueError(
+            "a 16-bit colour TIFF with its colour planes apart (PlanarConfiguration 2) is not read: write it "
+            "with interleaved samples (gdal_translate -co INTERLEAVE=PIXEL, or tifffile's planarconfig='contig')"
+        )
     low.tile = [tile._replace(args=_other_byte(tile.args)) for tile in low.tile]
     high.load()
     low.load()

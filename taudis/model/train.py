@@ -143,7 +143,9 @@ def train_model(
 
     Raises:
         NothingToTrainError: the dataset holds nothing to train on (no image, category or non-crowd annotation).
-        taudis.data.coco.CocoFormatError, FileNotFoundError: the annotations or a labelled image.
+        taudis.data.coco.CocoFormatError, FileNotFoundError: the annotations or a labelled image (a size
+            not its record's included).
+        taudis.model.images.ImageReadError: a labelled image cannot be read.
         TrainingCollapsedError: every attempt collapsed.
     """
 
@@ -223,13 +225,19 @@ def _check_files_exist(dicts: list[dict[str, Any]], annotations: str, image_root
 def _check_sizes(dicts: list[dict[str, Any]], annotations: str, image_root: str) -> None:
     """Fail before training on an image whose size is not its record's (a photo turned by its EXIF
     orientation, a file replaced): its masks would not fit it, and the iteration that first sampled
-    it would stop the run. Only headers are read (a TIFF is loaded: its reader turns it then)."""
+    it would stop the run. Only headers are read, of local files (a TIFF is loaded: its reader turns
+    it then); a gs:// image is read as training samples it."""
     from taudis.data.coco import CocoFormatError
-    from taudis.model.images import displayed_size, open_image
+    from taudis.model.images import ImageReadError, displayed_size, open_file
 
     for d in dicts:
-        with open_image(d["file_name"]) as image:
-            width, height = displayed_size(image)
+        try:
+            with open_file(d["file_name"]) as image:
+                width, height = displayed_size(image)
+        except ImageReadError:
+            raise
+        except Exception as err:  # a TIFF is loaded to be sized: PIL raises OSError, ValueError...
+            raise ImageReadError(f"{d['file_name']}: cannot decode image: {type(err).__name__}: {err}") from err
         if (height, width) != (d["height"], d["width"]):
             raise CocoFormatError(
                 annotations,
