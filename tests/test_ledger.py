@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -118,6 +119,48 @@ def test_segments_two_snapshots_old_are_deleted_and_the_state_stays(
     listed = set(storage.read_json(uri)["segments"])
     kept = {f"ledger/{p.name}" for p in (tmp_path / "ledger").iterdir()}
     assert listed <= kept
+
+
+def test_a_reader_whose_head_moved_on_while_its_segments_were_deleted_reads_the_new_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_mod, "COMPACT_AFTER", 2)
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(100))
+    update_ledger(uri, "op-0", _add_pending(0))
+    stale = storage.read_versioned(uri)  # a slow reader's head, before two snapshots
+    for i in range(1, 9):
+        state = update_ledger(uri, f"op-{i}", _add_pending(i))
+    assert stale is not None
+    ledger_mod._segment_cache.clear()  # a reader in another process: it never saw the old segments
+    real = storage.read_versioned
+    calls: list[str] = []
+
+    def slow_reader(target: str) -> Any:
+        calls.append(target)
+        return stale if len(calls) == 1 else real(target)
+
+    monkeypatch.setattr(ledger_mod.storage, "read_versioned", slow_reader)
+    assert read_ledger(uri) == state and len(calls) == 2
+    ledger_mod._segment_cache.clear()
+    monkeypatch.setattr(ledger_mod.storage, "read_versioned", lambda target: stale)  # the head never moved: damage
+    with pytest.raises(LedgerError, match="a segment the head lists is missing"):
+        read_ledger(uri)
+
+
+def test_a_snapshot_deletes_a_bounded_number_of_old_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first snapshot of an aged campaign finds thousands: the rest go at the snapshots after it."""
+    monkeypatch.setattr(ledger_mod, "COMPACT_AFTER", 4)
+    monkeypatch.setattr(ledger_mod, "DELETED_PER_SNAPSHOT", 3)
+    uri = str(tmp_path / "ledger.json")
+    create_ledger(uri, range(100))
+    for k in range(7):  # segments of an old taudis, which never deleted them (never listed now)
+        storage.write_bytes(str(tmp_path / "ledger" / f"{k:08d}-old{k}.json"), b"{}")
+    left = []
+    for i in range(30):
+        update_ledger(uri, f"op-{i}", _add_pending(i))
+        left.append(len([p for p in (tmp_path / "ledger").iterdir() if "-old" in p.name]))
+    assert left[-1] == 0 and max(a - b for a, b in itertools.pairwise(left)) <= 3  # at most 3 at a time
 
 
 def test_brief_op_ids_are_kept_among_the_latest_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

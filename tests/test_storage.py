@@ -36,7 +36,7 @@ def test_invalid_json_names_uri(storage_root: str) -> None:
         storage.read_json(uri)
 
 
-def test_read_many_gives_every_object_in_order(storage_root: str) -> None:
+def test_read_many_gives_every_object_in_order(storage_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A campaign's scans read hundreds of label parts: at once on GCS, in the order asked."""
     uris = [storage.join(storage_root, f"labels/part-{i:03d}.json") for i in range(40)]
     for i, uri in enumerate(uris):
@@ -47,6 +47,11 @@ def test_read_many_gives_every_object_in_order(storage_root: str) -> None:
     with pytest.raises(storage.NotFoundError, match=r"gone\.json"):
         storage.read_many([uris[0], missing])
     assert storage.read_many([]) == []
+    monkeypatch.setattr(storage.uri, "SCAN_WINDOW", 7)  # windows of 7: the same objects, in order
+    assert list(storage.iter_many([*uris, missing], missing_ok=True)) == [
+        *((u, f"part {i}".encode()) for i, u in enumerate(uris)),
+        (missing, None),
+    ]
 
 
 def test_list_uris_prefix_and_sorted(storage_root: str) -> None:

@@ -153,7 +153,7 @@ def _withdrawn(campaign: Campaign, ledger: Ledger) -> list[str]:
     files = storage.list_uris(campaign.file("labels/")) + (
         [campaign.labelled] if storage.exists(campaign.labelled) else []
     )
-    for uri, data in zip(files, storage.read_many(files, missing_ok=True), strict=True):
+    for uri, data in storage.iter_many(files, missing_ok=True):
         try:
             document = json.loads(data) if data is not None else {}
             held = sorted({int(im["id"]) for im in document.get("images", [])} & ledger.withdrawn)

@@ -334,8 +334,7 @@ def _scrub(uri: str, withdrawn: frozenset[int]) -> str:
 
 
 def _label_documents(campaign: Campaign) -> Iterable[dict[str, Any]]:
-    uris = storage.list_uris(campaign.file("labels/"))
-    for data in storage.read_many(uris, missing_ok=True):
+    for _uri, data in storage.iter_many(storage.list_uris(campaign.file("labels/")), missing_ok=True):
         try:
             document = json.loads(data) if data is not None else None
         except ValueError:

@@ -167,6 +167,7 @@ def _csr_from_pairs(num_rows: int, rows: np.ndarray, cols: np.ndarray, mirror: b
 # pairs, their concatenated copy, the CSR indices, and the cover's transposed index.
 BYTES_PER_EDGE = 28
 SAMPLED_PAIRS = 200_000  # pairs drawn to estimate a large graph's edges before building it
+SAMPLE_CHUNK = 10_000
 
 
 class GraphTooLargeError(MemoryError):
@@ -194,8 +195,11 @@ def check_fits_in_memory(x: np.ndarray, y: np.ndarray, sigma: float, *, symmetri
     if symmetric:
         keep = i != j
         i, j = i[keep], j[keep]
-    cosines = np.einsum("ij,ij->i", x[i], y[j])
-    density = float(np.mean(cosines >= sigma - COS_ATOL)) if cosines.size else 0.0
+    edges = 0
+    for start in range(0, i.size, SAMPLE_CHUNK):  # a chunk's rows at a time: memory is short here
+        rows, cols = i[start : start + SAMPLE_CHUNK], j[start : start + SAMPLE_CHUNK]
+        edges += int(np.count_nonzero(np.einsum("ij,ij->i", x[rows], y[cols]) >= sigma - COS_ATOL))
+    density = edges / i.size if i.size else 0.0
     needed = density * pairs * BYTES_PER_EDGE
     if needed <= available:
         return
@@ -221,12 +225,26 @@ def available_memory() -> int | None:
         pass
     try:
         with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
-            text = limit.read().strip()
-            if text != "max":
-                limits.append(int(text) - int(used.read().strip()))
+            text, current = limit.read().strip(), int(used.read().strip())
+        if text != "max":
+            # The page cache of files read (shards, images) counts as used but is given back on
+            # demand: leave out its inactive part, as the kubelet does.
+            limits.append(max(0, int(text) - max(0, current - _inactive_file())))
     except (OSError, ValueError):
         pass
     return min(limits) if limits else None
+
+
+def _inactive_file() -> int:
+    try:
+        with open("/sys/fs/cgroup/memory.stat") as stat:
+            for line in stat:
+                key, _, value = line.partition(" ")
+                if key == "inactive_file":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -84,6 +84,7 @@ VERSION = 2
 SEGMENT_DIR = "ledger"
 COMPACT_AFTER = 64  # segments in the head before an update writes a snapshot instead of a change
 BRIEF_OPS_KEPT = 256  # brief ops the head keeps (a retry checks its own op id within seconds)
+DELETED_PER_SNAPSHOT = 256  # old segments a snapshot's update deletes at most
 UPDATE_TIMEOUT_ENV = "TAUDIS_LEDGER_UPDATE_TIMEOUT"
 DEFAULT_UPDATE_TIMEOUT = 300.0
 
@@ -248,6 +249,11 @@ _segment_cache: dict[str, dict[str, Any]] = {}
 _segment_cache_lock = threading.Lock()
 
 
+class _MissingSegmentError(LedgerError):
+    """A segment the head names is gone: damage, unless the head moved on (a snapshot deletes the
+    segments two snapshots old) while it was read: then reading the head again finds its own."""
+
+
 def _read_segment(uri: str) -> dict[str, Any]:
     """A segment's document (cached: segments are immutable and uniquely named)."""
     with _segment_cache_lock:
@@ -257,7 +263,7 @@ def _read_segment(uri: str) -> dict[str, Any]:
     try:
         doc = json.loads(storage.read_bytes(uri))
     except storage.NotFoundError as err:
-        raise LedgerError(uri, "a segment the head lists is missing") from err
+        raise _MissingSegmentError(uri, "a segment the head lists is missing") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LedgerError(uri, f"segment is not valid JSON: {err}") from err
     if not isinstance(doc, dict) or doc.get("schema") != SEGMENT_SCHEMA or doc.get("version") != VERSION:
@@ -566,7 +572,19 @@ def read_ledger(uri: str | os.PathLike[str]) -> Ledger:
     versioned = storage.read_versioned(uri)
     if versioned is None:
         raise storage.NotFoundError(f"ledger {uri}: not found")
-    return _decode(versioned.data, uri)
+    try:
+        return _decode(versioned.data, uri)
+    except _MissingSegmentError:
+        again = _moved_on(uri, versioned)
+        if again is None:
+            raise
+        return _decode(again.data, uri)
+
+
+def _moved_on(uri: str, versioned: storage.Versioned) -> storage.Versioned | None:
+    """The head now, if it moved on since ``versioned`` was read (else None: a segment it names is gone for good)."""
+    again = storage.read_versioned(uri)
+    return again if again is not None and again.generation != versioned.generation else None
 
 
 def update_ledger(
@@ -624,7 +642,12 @@ def _update_once(uri: str, op_id: str, fn: Callable[[Ledger], Ledger], kind: str
     versioned = storage.read_versioned(uri)
     if versioned is None:
         raise storage.NotFoundError(f"ledger {uri}: not found")
-    current = _decode(versioned.data, uri)
+    try:
+        current = _decode(versioned.data, uri)
+    except _MissingSegmentError as err:
+        if _moved_on(uri, versioned) is None:
+            raise
+        raise storage.PreconditionFailedError(f"ledger {uri}: the head moved on while it was read") from err
     if current.has_op(op_id):
         return current
     proposed = fn(current)
@@ -675,12 +698,14 @@ def _delete_segments_before(uri: str, revision: int) -> None:
     for ``COMPACT_AFTER`` updates, and the segments of races lost since. Best effort: a segment
     left behind costs storage only."""
     folder = storage.join(folder_of(uri), SEGMENT_DIR) + "/"
-    for old in storage.list_uris(folder):
-        if 0 <= _revision_of(old) < revision:
-            try:
-                storage.delete(old)
-            except storage.StorageError as err:
-                log.warning("%s: could not delete the old ledger segment %s: %s", uri, old, err)
+    stale = sorted((u for u in storage.list_uris(folder) if 0 <= _revision_of(u) < revision), key=_revision_of)
+    # At most DELETED_PER_SNAPSHOT an update (the first snapshot of an aged campaign finds thousands):
+    # the rest go at the snapshots after it, and the update that deletes stays quick.
+    for old in stale[:DELETED_PER_SNAPSHOT]:
+        try:
+            storage.delete(old)
+        except storage.StorageError as err:
+            log.warning("%s: could not delete the old ledger segment %s: %s", uri, old, err)
 
 
 __all__ = [

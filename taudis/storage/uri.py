@@ -289,8 +289,9 @@ def read_bytes(uri: str | os.PathLike[str]) -> bytes:
         return bytes(_blob(uri).download_as_bytes(retry=gcs_retry(), timeout=REQUEST_TIMEOUT))
 
 
-# Objects read at once by read_many on GCS: each read waits on a round trip, not on the CPU.
-PARALLEL_READS = 16
+# Objects read at once by read_many on GCS: each read waits on a round trip, not on the CPU. The
+# client's HTTP session keeps 10 connections: more threads would open and drop connections.
+PARALLEL_READS = 10
 
 
 def read_many(uris: Sequence[str], *, missing_ok: bool = False) -> list[bytes | None]:
@@ -316,6 +317,17 @@ def read_many(uris: Sequence[str], *, missing_ok: bool = False) -> list[bytes | 
         with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, len(uris))) as pool:
             return list(pool.map(read, uris))
     return [read(u) for u in uris]
+
+
+SCAN_WINDOW = 256  # objects iter_many holds in memory at a time
+
+
+def iter_many(uris: Sequence[str], *, missing_ok: bool = False) -> Iterator[tuple[str, bytes | None]]:
+    """(uri, bytes) of every object, in order, read as :func:`read_many` does a window at a time, so
+    that a scan of thousands of files holds a few hundred in memory."""
+    for start in range(0, len(uris), SCAN_WINDOW):
+        window = uris[start : start + SCAN_WINDOW]
+        yield from zip(window, read_many(window, missing_ok=missing_ok), strict=True)
 
 
 def write_bytes(uri: str | os.PathLike[str], data: bytes, *, content_type: str = "application/octet-stream") -> None:
