@@ -129,17 +129,19 @@ def test_every_format_is_turned_once_by_its_exif_orientation(tmp_path: Path, suf
 
 
 def _png_16_bit(path: Path, samples: np.ndarray, exif: bytes = b"") -> None:
-    """A 16-bit RGB PNG, written by the PNG specification (Pillow writes none), with an optional eXIf chunk."""
+    """A 16-bit RGB (or, of two bands, gray with alpha) PNG, written by the PNG specification
+    (Pillow writes none), with an optional eXIf chunk."""
     import struct
     import zlib
 
     height, width = samples.shape[:2]
+    colour_type = {3: 2, 2: 4}[samples.shape[2]]
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     extra = chunk(b"eXIf", exif) if exif else b""
     body = chunk(b"IHDR", header) + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
@@ -237,3 +239,11 @@ def test_data_check_sees_a_16_bit_colour_tiffs_own_frames_and_orientation(tmp_pa
     assert check.problems == []
     assert any("stack.tif): 2 frames" in w for w in check.warnings)
     assert any("turned.tif): EXIF orientation 3" in w for w in check.warnings)
+
+
+def test_16_bit_gray_with_alpha_is_still_read_as_pillow_reads_it(tmp_path: Path) -> None:
+    """Pillow has no second byte order for it: its high byte, as before, and never an error."""
+    samples = (np.random.default_rng(0).random((30, 40, 2)) * 65535).astype(np.uint16)
+    _png_16_bit(tmp_path / "la.png", samples)
+    pixels = read_image(tmp_path / "la.png", "RGB")
+    assert np.array_equal(pixels[..., 0], (samples[..., 0] >> 8).astype(np.uint8))

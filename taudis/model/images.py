@@ -20,6 +20,7 @@ Pixels come back in the model's channel order (``cfg.INPUT.FORMAT``, "BGR" or "R
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -116,11 +117,27 @@ def _is_deep_colour(image: ImageFile.ImageFile) -> bool:
     """Whether Pillow would read this colour image's samples at 16 bits as their high byte."""
     if image.mode not in ("RGB", "RGBA", "RGBX"):
         return False  # 16-bit gray keeps its depth in Pillow (I;16)
-    if image.format == "TIFF":  # its planes-apart layout names plain rawmodes ("R", "G", "B") at 16 bits too
-        bits = getattr(image, "tag_v2", {}).get(_BITS_PER_SAMPLE, 8)
-        if any(int(b) > 8 for b in (bits if isinstance(bits, tuple) else (bits,))):
-            return True
-    return bool(image.tile) and all(_rawmode(tile.args).endswith((";16B", ";16L", ";16N")) for tile in image.tile)
+    tags = getattr(image, "tag_v2", {}) if image.format == "TIFF" else {}
+    if tags.get(_PLANAR_CONFIGURATION, 1) == 2:
+        # Planes apart name plain rawmodes ("R", "G", "B") at 16 bits too: refused by the decode, not misread.
+        bits = tags.get(_BITS_PER_SAMPLE, 8)
+        return any(int(b) > 8 for b in (bits if isinstance(bits, tuple) else (bits,)))
+    return bool(image.tile) and all(_swappable(image.mode, _rawmode(tile.args)) for tile in image.tile)
+
+
+def _swappable(mode: str, rawmode: str) -> bool:
+    """Whether a 16-bit rawmode has its other byte order in Pillow for ``mode`` (16-bit gray with
+    alpha, "LA;16B" into RGBA, has not: Pillow reads it at its high byte, as it always did)."""
+    return rawmode.endswith((";16B", ";16L", ";16N")) and _unpacks(mode, _rawmode(_other_byte(rawmode)))
+
+
+@functools.cache
+def _unpacks(mode: str, rawmode: str) -> bool:
+    try:
+        Image.frombytes(mode, (1, 1), bytes(64), "raw", rawmode)
+    except ValueError:
+        return False
+    return True
 
 
 def _deep_colour_as_8_bit(high: ImageFile.ImageFile, low: ImageFile.ImageFile) -> Image.Image:
