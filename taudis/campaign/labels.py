@@ -180,17 +180,21 @@ def labelled_dataset(campaign: Campaign, ledger: Ledger | None = None) -> dict[s
     "images", "annotations", "categories"} with images sorted by id.
     """
     if ledger is None:
-        ledger = read_ledger(campaign.ledger)
-        try:
-            return _dataset(campaign, ledger)
-        except LedgerError:
-            fresh = read_ledger(campaign.ledger)
-            if fresh.revision == ledger.revision:
-                raise
-            # A withdrawal rewrites the parts it replaced once the ledger no longer lists them,
-            # which a ledger read just before it still did: the newer ledger's parts are whole.
-            return _dataset(campaign, fresh)
+        return _newest_dataset(campaign, read_ledger(campaign.ledger))[0]
     return _dataset(campaign, ledger)
+
+
+def _newest_dataset(campaign: Campaign, ledger: Ledger) -> tuple[dict[str, Any], Ledger]:
+    """The dataset of ``ledger``, or of the newer ledger when a part it lists was rewritten meanwhile."""
+    try:
+        return _dataset(campaign, ledger), ledger
+    except LedgerError:
+        fresh = read_ledger(campaign.ledger)
+        if fresh.revision == ledger.revision:
+            raise
+        # A withdrawal rewrites the parts it replaced once the ledger no longer lists them,
+        # which a ledger read just before it still did: the newer ledger's parts are whole.
+        return _dataset(campaign, fresh), fresh
 
 
 def publish_labelled(campaign: Campaign, ledger: Ledger | None = None) -> tuple[dict[str, Any], Ledger]:
@@ -205,15 +209,7 @@ def publish_labelled(campaign: Campaign, ledger: Ledger | None = None) -> tuple[
     """
     ledger = ledger or read_ledger(campaign.ledger)
     while True:
-        try:
-            dataset = _dataset(campaign, ledger)
-        except LedgerError:
-            fresh = read_ledger(campaign.ledger)
-            if fresh.revision == ledger.revision:
-                raise
-            # A withdrawal scrubbed a part this ledger still listed: the newer ledger's parts are whole.
-            ledger = fresh
-            continue
+        dataset, ledger = _newest_dataset(campaign, ledger)
         storage.write_json(campaign.labelled, dataset)
         fresh = read_ledger(campaign.ledger)
         if (fresh.parts, fresh.withdrawn) == (ledger.parts, ledger.withdrawn):

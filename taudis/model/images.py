@@ -219,6 +219,16 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     return width, height
 
 
+def size_disagreement(path: str, width: int, height: int, record: dict[str, Any]) -> str | None:
+    """Why an image of ``width`` x ``height`` (as displayed) is not the one its COCO record names, or None."""
+    if (height, width) == (record.get("height"), record.get("width")):
+        return None
+    return (
+        f"{path}: the image is {width}x{height} as displayed (after its EXIF orientation), its record says "
+        f"{record.get('width')}x{record.get('height')}: `taudis data check --images` names the cause"
+    )
+
+
 def read_image(path: str | os.PathLike[str], fmt: str = "BGR") -> np.ndarray:
     """Read a whole image as an (H, W, 3) uint8 array in ``fmt`` channel order ("BGR" or "RGB").
 

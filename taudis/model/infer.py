@@ -100,7 +100,7 @@ def iter_batches(
     """
     import torch
 
-    from taudis.model.images import ImageReadError, load_for_inference
+    from taudis.model.images import ImageReadError, load_for_inference, size_disagreement
 
     batch = _Batch([], [])
     for record in images:
@@ -111,12 +111,8 @@ def iter_batches(
             log.warning("skipping unreadable image %s: %s", record["id"], err)
             failed.append({"file": record["file_name"], "image_id": str(record["id"]), "error": str(err)})
             continue
-        if (loaded.height, loaded.width) != (record.get("height"), record.get("width")):
-            error = (
-                f"{path}: the image is {loaded.width}x{loaded.height} as displayed (after its EXIF orientation), "
-                f"its record says {record.get('width')}x{record.get('height')}: "
-                "`taudis data check --images` names the cause"
-            )
+        error = size_disagreement(path, loaded.width, loaded.height, record)
+        if error is not None:
             log.warning("skipping image %s: %s", record["id"], error)
             failed.append({"file": record["file_name"], "image_id": str(record["id"]), "error": error})
             continue

@@ -219,16 +219,16 @@ def _check_files_exist(dicts: list[dict[str, Any]], annotations: str, image_root
             f"{annotations}: {len(missing)} of its {len(dicts)} images are not under {image_root}, e.g. "
             f"{missing[0]!r}; `taudis data check --annotations {annotations} --images {image_root}` lists them"
         )
-    _check_sizes([d for d in dicts if not str(d["file_name"]).startswith("gs://")], annotations, image_root)
+    _check_sizes([d for d in dicts if not str(d["file_name"]).startswith("gs://")], annotations)
 
 
-def _check_sizes(dicts: list[dict[str, Any]], annotations: str, image_root: str) -> None:
+def _check_sizes(dicts: list[dict[str, Any]], annotations: str) -> None:
     """Fail before training on an image whose size is not its record's (a photo turned by its EXIF
     orientation, a file replaced): its masks would not fit it, and the iteration that first sampled
     it would stop the run. Only headers are read, of local files (a TIFF is loaded: its reader turns
     it then); a gs:// image is read as training samples it."""
     from taudis.data.coco import CocoFormatError
-    from taudis.model.images import ImageReadError, displayed_size, open_file
+    from taudis.model.images import ImageReadError, displayed_size, open_file, size_disagreement
 
     for d in dicts:
         try:
@@ -238,15 +238,10 @@ def _check_sizes(dicts: list[dict[str, Any]], annotations: str, image_root: str)
             raise
         except Exception as err:  # a TIFF is loaded to be sized: PIL raises OSError, ValueError...
             raise ImageReadError(f"{d['file_name']}: cannot decode image: {type(err).__name__}: {err}") from err
-        if (height, width) != (d["height"], d["width"]):
-            raise CocoFormatError(
-                annotations,
-                f"the image {d['file_name']} is {width}x{height} as displayed (after its EXIF orientation), the "
-                f"record says {d['width']}x{d['height']}; `taudis data check --annotations {annotations} --images "
-                f"{image_root}` names the cause",
-                record=f"image id {d['image_id']}",
-                field="height" if height != d["height"] else "width",
-            )
+        why = size_disagreement(d["file_name"], width, height, d)
+        if why is not None:
+            field = "height" if height != d["height"] else "width"
+            raise CocoFormatError(annotations, why, record=f"image id {d['image_id']}", field=field)
 
 
 def _train_attempt(
